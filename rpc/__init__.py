@@ -1,0 +1,57 @@
+"""rpc: AMQP RPC microservices on RabbitMQ, through Kombu."""
+
+from __future__ import annotations
+
+from rpc.config import Config
+from rpc.context import CallContext, current_call
+from rpc.dependencies import CurrentCall, Dependency, RpcProxy, Settings
+from rpc.entrypoints import rpc
+from rpc.errors import (
+    BrokerError,
+    CallError,
+    CallTimeoutError,
+    ConfigError,
+    InvalidArgumentsError,
+    MalformedRequestError,
+    MethodNotFoundError,
+    PayloadTooLargeError,
+    RemoteError,
+    RpcError,
+    SerializationError,
+    ServiceDefinitionError,
+    UnknownServiceError,
+)
+from rpc.proxy import USE_DEFAULT, ClusterProxy, MethodProxy, RpcFuture, ServiceProxy
+from rpc.worker import ServiceRunner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "USE_DEFAULT",
+    "BrokerError",
+    "CallContext",
+    "CallError",
+    "CallTimeoutError",
+    "ClusterProxy",
+    "Config",
+    "ConfigError",
+    "CurrentCall",
+    "Dependency",
+    "InvalidArgumentsError",
+    "MalformedRequestError",
+    "MethodNotFoundError",
+    "MethodProxy",
+    "PayloadTooLargeError",
+    "RemoteError",
+    "RpcError",
+    "RpcFuture",
+    "RpcProxy",
+    "SerializationError",
+    "ServiceDefinitionError",
+    "ServiceProxy",
+    "ServiceRunner",
+    "Settings",
+    "UnknownServiceError",
+    "current_call",
+    "rpc",
+]

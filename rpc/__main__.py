@@ -1,0 +1,5 @@
+"""``python -m rpc`` is the ``rpc`` command."""
+
+from rpc.cli import main
+
+main()

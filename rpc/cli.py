@@ -1,0 +1,137 @@
+"""The ``rpc`` command: run services, call them, make sure a broker is there."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+import orjson
+
+from rpc.broker import ensure_broker
+from rpc.config import Config
+from rpc.errors import RemoteError, RpcError
+from rpc.proxy import ClusterProxy
+from rpc.service import import_service
+from rpc.worker import ServiceRunner
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+broker_option = click.option(
+    "--broker", envvar="RPC_BROKER_URL", help="AMQP URL [env: RPC_BROKER_URL]"
+)
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="RPC_CONFIG",
+    help="YAML settings file [env: RPC_CONFIG]",
+)
+
+
+def _load_config(config_file: str | None, **flags: Any) -> Config:
+    try:
+        return Config.load(config_file, **flags)
+    except RpcError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def main(verbose: int) -> None:
+    """AMQP RPC microservices on RabbitMQ."""
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+@main.command()
+@click.argument("services", nargs=-1, required=True)
+@broker_option
+@config_option
+@click.option("--max-workers", type=click.IntRange(min=1), help="Handler threads.")
+def run(
+    services: tuple[str, ...],
+    broker: str | None,
+    config_file: str | None,
+    max_workers: int | None,
+) -> None:
+    """Run a worker daemon for SERVICES, given as module:Class."""
+    config = _load_config(config_file, broker_url=broker, max_workers=max_workers)
+    try:
+        runner = ServiceRunner([import_service(path) for path in services], config)
+    except RpcError as exc:
+        raise click.UsageError(str(exc)) from exc
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        runner.start()
+    except RpcError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"serving {', '.join(runner.services)}; Ctrl+C stops", err=True)
+    while not stop.wait(1.0):
+        pass
+    runner.stop()
+
+
+@main.command()
+@click.argument("target", metavar="SERVICE.METHOD")
+@click.argument("arguments", default="{}", metavar="[JSON]")
+@broker_option
+@config_option
+@click.option("--timeout", type=float, help="Seconds to wait for the reply.")
+def call(
+    target: str,
+    arguments: str,
+    broker: str | None,
+    config_file: str | None,
+    timeout: float | None,
+) -> None:
+    """Call SERVICE.METHOD with JSON arguments (an object for kwargs, a list for args)."""
+    service, dot, method = target.partition(".")
+    if not dot or not service or not method:
+        raise click.UsageError(f"expected SERVICE.METHOD, got {target!r}")
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError as exc:
+        raise click.UsageError(f"arguments are not valid JSON: {exc}") from exc
+    if isinstance(parsed, list):
+        args, kwargs = parsed, {}
+    elif isinstance(parsed, dict):
+        args, kwargs = [], parsed
+    else:
+        raise click.UsageError("arguments must be a JSON object (kwargs) or list (args)")
+    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    try:
+        with ClusterProxy(config=config) as cluster:
+            result = cluster.call(service, method, args, kwargs)
+    except RemoteError as exc:
+        click.echo(f"{exc.exc_type}: {exc.message}", err=True)
+        sys.exit(1)
+    except (RpcError, ValueError) as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+@main.group()
+def broker() -> None:
+    """Broker helpers."""
+
+
+@broker.command("ensure")
+@broker_option
+@config_option
+@click.option("--no-install", is_flag=True, help="Never install RabbitMQ.")
+def broker_ensure(broker: str | None, config_file: str | None, no_install: bool) -> None:
+    """Make sure the broker is reachable: start or install a local RabbitMQ."""
+    config = _load_config(config_file, broker_url=broker)
+    try:
+        click.echo(ensure_broker(config.broker_url, install=not no_install))
+    except RpcError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

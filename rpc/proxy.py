@@ -1,0 +1,394 @@
+"""Callers: ClusterProxy, ServiceProxy and MethodProxy, with futures and deadlines."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from rpc import protocol, serialization
+from rpc.config import Config
+from rpc.context import current_call
+from rpc.errors import (
+    BrokerError,
+    CallTimeoutError,
+    RpcError,
+    UnknownServiceError,
+)
+from rpc.serialization import JsonValue
+from rpc.transport import BrokerConnection, Delivery
+
+log = logging.getLogger(__name__)
+
+
+class _UseDefault:
+    def __repr__(self) -> str:
+        return "USE_DEFAULT"
+
+
+#: "Use the proxy's setting": the default of every per-call option.
+USE_DEFAULT: Final = _UseDefault()
+
+
+class RpcFuture:
+    """The pending result of one call; :meth:`result` waits for it.
+
+    The reply is decoded in the thread that asks for it, not on the I/O thread.
+    """
+
+    __slots__ = ("_cluster", "_future", "correlation_id", "deadline", "method", "service")
+
+    def __init__(
+        self,
+        cluster: ClusterProxy,
+        service: str,
+        method: str,
+        correlation_id: str,
+        deadline: float,
+    ) -> None:
+        self._cluster = cluster
+        self._future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
+        self.service = service
+        self.method = method
+        self.correlation_id = correlation_id
+        self.deadline = deadline
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> JsonValue:
+        """Wait for the reply and return its result, or raise what the call raised.
+
+        ``timeout`` bounds this wait only; the call's own deadline always applies.
+        """
+        remaining = self.deadline - time.time()
+        wait = remaining if timeout is None else min(timeout, remaining)
+        try:
+            delivery = self._future.result(timeout=max(wait, 0))
+        except concurrent.futures.TimeoutError:
+            if timeout is not None and timeout < remaining:
+                raise TimeoutError(f"{self.label} not done after {timeout}s") from None
+            self._cluster._forget(self.correlation_id)
+            raise CallTimeoutError(
+                f"{self.label} got no reply before its deadline"
+            ) from None
+        value = serialization.decode(delivery.body, delivery.content_type)
+        return protocol.parse_reply_body(value, service=self.service)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception :meth:`result` would raise, or None."""
+        try:
+            self.result(timeout)
+        except Exception as exc:
+            return exc
+        return None
+
+    def add_done_callback(self, callback: Callable[[RpcFuture], None]) -> None:
+        """Call ``callback(self)`` once a reply or a failure arrives (on the I/O thread)."""
+        self._future.add_done_callback(lambda _: callback(self))
+
+    @property
+    def label(self) -> str:
+        return f"call {self.service}.{self.method}"
+
+    def _deliver(self, delivery: Delivery) -> None:
+        if not self._future.done():
+            self._future.set_result(delivery)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(exc)
+
+
+class ClusterProxy:
+    """A client for every service on one broker: ``cluster.greeter.hello(name="x")``.
+
+    One connection serves every thread; concurrent calls are multiplexed on it and
+    matched to their replies by correlation id. Replies come on RabbitMQ's direct
+    reply-to, so no queue is declared per call or per caller.
+    """
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        timeout: float | None = None,
+        config: Config | None = None,
+        name: str = "client",
+    ) -> None:
+        base = config if config is not None else Config.load()
+        self.config = base.replace(broker_url=broker_url, default_timeout=timeout)
+        self.name = name
+        self._pending: dict[str, tuple[RpcFuture, bool]] = {}
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._connection = self._new_connection()
+        self._reply_to = protocol.DIRECT_REPLY_TO
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> ClusterProxy:
+        """Connect now; otherwise the first call connects."""
+        with self._start_lock:
+            if not self._started:
+                self._connection = self._new_connection()
+                self._connection.start()
+                self._started = True
+        return self
+
+    def stop(self) -> None:
+        """Close the connection; calls still waiting fail with BrokerError."""
+        with self._start_lock:
+            started, self._started = self._started, False
+        if started:
+            self._connection.stop()
+        self._fail_all(BrokerError("the proxy was closed"))
+
+    def _new_connection(self) -> BrokerConnection:
+        return BrokerConnection(
+            self.config.broker_url,
+            name=f"{self.name}-proxy",
+            heartbeat=self.config.heartbeat,
+            connect_timeout=self.config.connect_timeout,
+            on_connect=self._set_up,
+            on_disconnect=self._connection_lost,
+            on_tick=self._expire,
+        )
+
+    def __enter__(self) -> ClusterProxy:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __getattr__(self, service: str) -> ServiceProxy:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        return ServiceProxy(self, service)
+
+    def __getitem__(self, service: str) -> ServiceProxy:
+        return ServiceProxy(self, service)
+
+    # -- calls ---------------------------------------------------------------------
+
+    def call_async(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue] = (),
+        kwargs: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool = False,
+    ) -> RpcFuture:
+        """Publish a request and return its future at once."""
+        protocol.check_service_name(service)
+        protocol.check_method_name(method)
+        now = time.time()
+        deadline = self._deadline(now, timeout)
+        if deadline <= now:
+            raise CallTimeoutError(
+                f"call {service}.{method}: the caller's deadline has already passed"
+            )
+        body = serialization.encode(
+            protocol.request_body(args, kwargs or {}),
+            limit=self.config.max_message_bytes,
+        )
+        correlation_id = uuid.uuid4().hex
+        future = RpcFuture(self, service, method, correlation_id, deadline)
+        context = current_call()
+        caller = context.service if context is not None else self.name
+        if not self._started:
+            self.start()
+        connection = self._connection
+        if not connection.connected:
+            # Reconnecting after a blip: wait for it, within this call's deadline.
+            connection.wait_connected(min(deadline - now, self.config.connect_timeout))
+        self._pending[correlation_id] = (future, idempotent)
+        try:
+            connection.publish(
+                body,
+                exchange=protocol.RPC_EXCHANGE,
+                routing_key=protocol.routing_key(service, method),
+                content_type=serialization.CONTENT_TYPE,
+                headers=protocol.request_headers(method, deadline, caller),
+                mandatory=True,
+                correlation_id=correlation_id,
+                reply_to=self._reply_to,
+                expiration=protocol.expiration_ms(deadline, now),
+                delivery_mode=1,
+            )
+        except BrokerError:
+            self._pending.pop(correlation_id, None)
+            raise
+        return future
+
+    def call(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue] = (),
+        kwargs: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> JsonValue:
+        """Call and wait for the result."""
+        return self.call_async(service, method, args, kwargs, timeout=timeout).result()
+
+    def _deadline(self, now: float, timeout: float | _UseDefault | None) -> float:
+        seconds = (
+            self.config.default_timeout
+            if timeout is USE_DEFAULT or timeout is None
+            else float(timeout)  # type: ignore[arg-type]
+        )
+        deadline = now + seconds
+        context = current_call()
+        if context is not None and context.deadline is not None:
+            # A nested call never outlives the call it serves.
+            deadline = min(deadline, context.deadline)
+        return deadline
+
+    def _forget(self, correlation_id: str) -> None:
+        self._pending.pop(correlation_id, None)
+
+    # -- callbacks on the I/O thread ---------------------------------------------------
+
+    def _set_up(self, channel: Any) -> None:
+        connection = self._connection
+        channel.exchange_declare(
+            exchange=protocol.RPC_EXCHANGE,
+            type="topic",
+            durable=True,
+            auto_delete=False,
+        )
+        if connection.supports_direct_reply_to:
+            self._reply_to = protocol.DIRECT_REPLY_TO
+        else:
+            self._reply_to = f"rpc-reply-{self.name}-{uuid.uuid4().hex}"
+            channel.queue_declare(
+                queue=self._reply_to, exclusive=True, auto_delete=True, durable=False
+            )
+        connection.consume(channel, self._reply_to, self._on_reply, no_ack=True)
+        connection.on_return(channel, self._on_return)
+
+    def _on_reply(self, delivery: Delivery) -> None:
+        entry = self._pending.pop(delivery.correlation_id or "", None)
+        if entry is None:
+            log.debug("dropping a reply nobody waits for: %s", delivery.correlation_id)
+            return
+        entry[0]._deliver(delivery)
+
+    def _on_return(self, delivery: Delivery) -> None:
+        entry = self._pending.pop(delivery.correlation_id or "", None)
+        if entry is not None:
+            future = entry[0]
+            future._fail(
+                UnknownServiceError(
+                    f"no service {future.service!r} is listening: the broker could "
+                    f"not route {future.label} to any queue"
+                )
+            )
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        # Direct reply-to replies for these calls die with the channel: fail them now
+        # rather than let the caller wait for its timeout.
+        self._fail_all(
+            BrokerError(f"connection to the broker lost while the call was in flight: {exc}")
+        )
+
+    def _fail_all(self, exc: RpcError) -> None:
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            future._fail(exc)
+
+    def _expire(self) -> None:
+        now = time.time()
+        expired = [cid for cid, (f, _) in list(self._pending.items()) if f.deadline < now]
+        for correlation_id in expired:
+            entry = self._pending.pop(correlation_id, None)
+            if entry is not None:
+                entry[0]._fail(
+                    CallTimeoutError(f"{entry[0].label} got no reply before its deadline")
+                )
+
+
+class ServiceProxy:
+    """Calls to one service: ``proxy.method(...)``; returned by ``cluster.<service>``."""
+
+    def __init__(
+        self,
+        cluster: ClusterProxy,
+        service: str,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> None:
+        self._cluster = cluster
+        self._service = protocol.check_service_name(service)
+        self._timeout = timeout
+
+    def __getattr__(self, method: str) -> MethodProxy:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return MethodProxy(self._cluster, self._service, method, timeout=self._timeout)
+
+    def with_options(self, *, timeout: float | _UseDefault | None = USE_DEFAULT) -> ServiceProxy:
+        """The same service with other defaults, e.g. ``svc.with_options(timeout=5)``."""
+        return ServiceProxy(self._cluster, self._service, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<ServiceProxy {self._service}>"
+
+
+class MethodProxy:
+    """One remote method: call it, ``call_async`` it, or change its options."""
+
+    def __init__(
+        self,
+        cluster: ClusterProxy,
+        service: str,
+        method: str,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool = False,
+    ) -> None:
+        self._cluster = cluster
+        self.service = service
+        self.method = protocol.check_method_name(method)
+        self._timeout = timeout
+        self._idempotent = idempotent
+
+    def __call__(self, *args: JsonValue, **kwargs: JsonValue) -> JsonValue:
+        return self.call_async(*args, **kwargs).result()
+
+    def call_async(self, *args: JsonValue, **kwargs: JsonValue) -> RpcFuture:
+        """Send the request and return an :class:`RpcFuture` without waiting."""
+        return self._cluster.call_async(
+            self.service,
+            self.method,
+            args,
+            kwargs,
+            timeout=self._timeout,
+            idempotent=self._idempotent,
+        )
+
+    def with_options(
+        self,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool | None = None,
+    ) -> MethodProxy:
+        """The same method with other options, e.g. ``.with_options(timeout=2)(...)``."""
+        return MethodProxy(
+            self._cluster,
+            self.service,
+            self.method,
+            timeout=self._timeout if timeout is USE_DEFAULT else timeout,
+            idempotent=self._idempotent if idempotent is None else idempotent,
+        )
+
+    def __repr__(self) -> str:
+        return f"<MethodProxy {self.service}.{self.method}>"

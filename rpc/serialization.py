@@ -1,0 +1,54 @@
+"""The JSON codec: the only content type accepted, and how remote errors are encoded."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import orjson
+
+from rpc.errors import PayloadTooLargeError, SerializationError
+
+#: Any value that crosses the wire: whatever JSON can carry.
+JsonValue = Any
+
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+#: Content types a consumer accepts. Pickle is never on this list.
+ACCEPTED_CONTENT_TYPES = frozenset({CONTENT_TYPE})
+
+_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode(value: JsonValue, *, limit: int | None = None) -> bytes:
+    """Encode a value as UTF-8 JSON bytes, refusing what JSON cannot carry."""
+    try:
+        body = orjson.dumps(value, option=_DUMPS_OPTIONS)
+    except TypeError as exc:
+        raise SerializationError(f"cannot encode as JSON: {exc}") from exc
+    if limit is not None and len(body) > limit:
+        raise PayloadTooLargeError(
+            f"encoded payload is {len(body)} bytes, over the limit of {limit}"
+        )
+    return body
+
+
+def decode(body: bytes | str, content_type: str | None = CONTENT_TYPE) -> JsonValue:
+    """Decode a message body; anything but JSON is refused, never unpickled."""
+    if content_type not in ACCEPTED_CONTENT_TYPES:
+        raise SerializationError(
+            f"content type {content_type!r} is not accepted (only {CONTENT_TYPE})"
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"body is not valid JSON: {exc}") from exc
+
+
+def error_payload(exc: BaseException, *, with_traceback: bool = True) -> dict[str, str]:
+    """The wire shape of a failure: type name, message and traceback text."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)) if with_traceback else "",
+    }

@@ -1,0 +1,460 @@
+"""Kombu connections shared by threads: connect, heartbeats, reconnect with backoff.
+
+py-amqp connections are not thread-safe. A :class:`BrokerConnection` owns one Kombu
+connection and one channel; its I/O thread waits on the socket and reads frames, and
+any thread may publish or acknowledge by taking the connection's lock. Publishers
+never hand work to another thread, which keeps a call's latency to one socket write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import kombu
+
+from rpc.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+#: Longest wait between two reconnection attempts, in seconds.
+MAX_BACKOFF = 5.0
+FIRST_BACKOFF = 0.1
+#: Seconds a socket write may block before the connection is declared dead.
+WRITE_TIMEOUT = 10.0
+#: Poll period of transports without a socket (Kombu's memory transport).
+POLL_INTERVAL = 0.002
+#: Frames read per hold of the connection lock.
+FRAMES_PER_LOCK = 64
+
+RECONNECTING = "%s: connection lost (%s); reconnecting"
+RECONNECTED = "%s: connected to %s"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message as it came off the broker, in our own terms."""
+
+    body: bytes
+    content_type: str | None
+    headers: Mapping[str, Any]
+    correlation_id: str | None
+    reply_to: str | None
+    delivery_tag: int
+    redelivered: bool
+    routing_key: str
+    exchange: str
+    consumer_tag: str
+    #: Connection generation it arrived on: acks are only valid on the same one.
+    generation: int
+    properties: Mapping[str, Any]
+
+
+def _to_delivery(message: Any, generation: int) -> Delivery:
+    properties = message.properties
+    info = message.delivery_info or {}  # None on returned messages
+    headers = properties.get("application_headers") or getattr(message, "headers", None)
+    content_type = properties.get("content_type") or getattr(message, "content_type", None)
+    body = message.body
+    if isinstance(body, str):
+        body = body.encode()
+    return Delivery(
+        body=body,
+        content_type=content_type,
+        headers=headers or {},
+        correlation_id=properties.get("correlation_id"),
+        reply_to=properties.get("reply_to"),
+        delivery_tag=info.get("delivery_tag", 0),
+        redelivered=bool(info.get("redelivered", False)),
+        routing_key=info.get("routing_key", ""),
+        exchange=info.get("exchange", ""),
+        consumer_tag=info.get("consumer_tag", ""),
+        generation=generation,
+        properties=properties,
+    )
+
+
+DeliveryCallback = Callable[[Delivery], None]
+
+
+class BrokerConnection:
+    """One broker connection, kept alive and shared by every thread of its owner.
+
+    ``on_connect(channel)`` runs under the lock after every (re)connection and must
+    declare what the owner needs and start its consumers. ``on_disconnect(exc)`` runs
+    when the connection is lost, before reconnection starts, so the owner can fail
+    what was in flight. ``on_tick()`` runs on the I/O thread about once a second.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        heartbeat: float = 30.0,
+        connect_timeout: float = 10.0,
+        on_connect: Callable[[Any], None],
+        on_disconnect: Callable[[BaseException], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
+        reconnect: bool = True,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self._heartbeat = heartbeat
+        self._connect_timeout = connect_timeout
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._on_tick = on_tick
+        self._reconnect = reconnect
+        self._lock = threading.RLock()
+        self._connection: kombu.Connection | None = None
+        self._channel: Any = None
+        self._generation = 0
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (retrying until ``connect_timeout``) and start the I/O thread."""
+        deadline = time.monotonic() + self._connect_timeout
+        backoff = FIRST_BACKOFF
+        while True:
+            try:
+                self._connect()
+                break
+            except BrokerError:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        self._thread = threading.Thread(
+            target=self._run, name=f"rpc-io-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Close the connection and end the I/O thread; safe to call twice."""
+        self._stopping.set()
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        with self._lock:
+            self._close_connection()
+        for sock in (self._wake_reader, self._wake_writer):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def generation(self) -> int:
+        """Increases on every successful connection."""
+        return self._generation
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected, or ``timeout`` seconds; True if connected."""
+        return self._connected.wait(max(timeout, 0))
+
+    @property
+    def supports_direct_reply_to(self) -> bool:
+        """True on RabbitMQ; Kombu's virtual transports need a reply queue."""
+        connection = self._connection
+        return connection is not None and connection.transport.driver_type == "amqp"
+
+    @property
+    def has_socket(self) -> bool:
+        return self._socket() is not None
+
+    # -- operations for any thread -------------------------------------------------
+
+    @contextlib.contextmanager
+    def channel(self) -> Iterator[Any]:
+        """Hold the lock and use the live channel; BrokerError if there is none."""
+        with self._lock:
+            if not self._connected.is_set() or self._channel is None:
+                raise BrokerError(f"not connected to the broker ({self.name})")
+            try:
+                yield self._channel
+            except self._errors() as exc:
+                self._connected.clear()
+                self._wake()
+                raise BrokerError(f"broker connection failed: {exc}") from exc
+
+    def publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        content_type: str,
+        content_encoding: str = "utf-8",
+        headers: Mapping[str, Any] | None = None,
+        mandatory: bool = False,
+        **properties: Any,
+    ) -> None:
+        """Publish one message on the shared channel."""
+        with self.channel() as channel:
+            self._publish(
+                channel,
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                content_type=content_type,
+                content_encoding=content_encoding,
+                headers=headers,
+                mandatory=mandatory,
+                properties=properties,
+            )
+
+    def _publish(
+        self,
+        channel: Any,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        content_type: str,
+        content_encoding: str,
+        headers: Mapping[str, Any] | None,
+        mandatory: bool,
+        properties: dict[str, Any],
+    ) -> None:
+        message = channel.prepare_message(
+            body,
+            None,
+            content_type,
+            content_encoding,
+            dict(headers) if headers else {},
+            properties,
+        )
+        if mandatory:
+            channel.basic_publish(
+                message, exchange=exchange, routing_key=routing_key, mandatory=True
+            )
+        else:
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+
+    def publish_and_ack(
+        self, delivery: Delivery, body: bytes | None, **publish: Any
+    ) -> None:
+        """Publish a reply (if any) then acknowledge ``delivery``, in one lock hold.
+
+        Order matters: a crash between the two redelivers the request rather than
+        losing it. An ack for a delivery from an earlier connection is skipped: the
+        broker has already requeued that message.
+        """
+        with self.channel() as channel:
+            if body is not None:
+                publish.setdefault("content_encoding", "utf-8")
+                publish.setdefault("headers", None)
+                publish.setdefault("mandatory", False)
+                properties = publish.pop("properties", {})
+                self._publish(channel, body, properties=properties, **publish)
+            if delivery.generation == self._generation:
+                channel.basic_ack(delivery.delivery_tag)
+
+    def ack(self, delivery: Delivery) -> None:
+        self.publish_and_ack(delivery, None)
+
+    def reject(self, delivery: Delivery, *, requeue: bool) -> None:
+        """Give a delivery back (``requeue``) or drop it; ignored after a reconnection."""
+        with self.channel() as channel:
+            if delivery.generation == self._generation:
+                channel.basic_reject(delivery.delivery_tag, requeue=requeue)
+
+    def consume(
+        self,
+        channel: Any,
+        queue: str,
+        callback: DeliveryCallback,
+        *,
+        no_ack: bool = False,
+        consumer_tag: str = "",
+    ) -> str:
+        """Start a consumer; for use inside ``on_connect``. Returns the consumer tag."""
+        generation = self._generation
+
+        def on_message(message: Any) -> None:
+            callback(_to_delivery(message, generation))
+
+        tag: str = channel.basic_consume(
+            queue=queue, no_ack=no_ack, callback=on_message, consumer_tag=consumer_tag
+        )
+        return tag or consumer_tag
+
+    def on_return(self, channel: Any, callback: DeliveryCallback) -> None:
+        """Have ``callback`` see mandatory messages the broker could not route."""
+        events = getattr(channel, "events", None)
+        if events is None:
+            return
+        generation = self._generation
+
+        def returned(exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+            callback(_to_delivery(message, generation))
+
+        events["basic_return"].add(returned)
+
+    # -- the I/O thread ------------------------------------------------------------
+
+    def _connect(self) -> None:
+        connection = kombu.Connection(
+            self.url,
+            heartbeat=self._heartbeat or None,
+            connect_timeout=min(self._connect_timeout, 5.0),
+            transport_options={"write_timeout": WRITE_TIMEOUT},
+        )
+        try:
+            connection.connect()
+            channel = connection.channel()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                connection.release()
+            raise BrokerError(f"cannot connect to {self._safe_url()}: {exc}") from exc
+        with self._lock:
+            self._connection = connection
+            self._channel = channel
+            self._generation += 1
+            try:
+                self._on_connect(channel)
+            except BrokerError:
+                self._close_connection()
+                raise
+            except connection.connection_errors + connection.channel_errors as exc:
+                self._close_connection()
+                raise BrokerError(f"broker refused the set-up: {exc}") from exc
+            self._connected.set()
+        log.debug(RECONNECTED, self.name, self._safe_url())
+
+    def _safe_url(self) -> str:
+        connection = self._connection
+        if connection is not None:
+            return str(connection.as_uri())
+        return str(kombu.Connection(self.url).as_uri())
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        connection = self._connection
+        base: tuple[type[BaseException], ...] = (OSError,)
+        if connection is None:
+            return base
+        return base + tuple(connection.connection_errors) + tuple(
+            connection.channel_errors
+        )
+
+    def _socket(self) -> socket.socket | None:
+        connection = self._connection
+        if connection is None or connection.transport.driver_type != "amqp":
+            return None
+        raw = getattr(connection.connection, "sock", None)
+        return raw if isinstance(raw, socket.socket) else None
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    def _close_connection(self) -> None:
+        self._connected.clear()
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.release()
+
+    def _run(self) -> None:
+        last_tick = 0.0
+        while not self._stopping.is_set():
+            try:
+                if not self._connected.is_set():
+                    raise BrokerError("connection marked as lost")
+                self._pump()
+            except Exception as exc:  # every failure of the link ends up here
+                if self._stopping.is_set():
+                    break
+                self._lost(exc)
+                continue
+            now = time.monotonic()
+            if self._on_tick is not None and now - last_tick >= 1.0:
+                last_tick = now
+                try:
+                    self._on_tick()
+                except Exception:
+                    log.exception("%s: periodic task failed", self.name)
+
+    def _pump(self) -> None:
+        sock = self._socket()
+        if sock is None:
+            with self._lock:
+                connection = self._connection
+                assert connection is not None
+                with contextlib.suppress(socket.timeout):
+                    connection.drain_events(timeout=0)
+            time.sleep(POLL_INTERVAL)
+            return
+        interval = min(1.0, self._heartbeat / 4) if self._heartbeat else 1.0
+        readable = _readable(sock, self._wake_reader, interval)
+        if self._wake_reader in readable:
+            with contextlib.suppress(OSError):
+                self._wake_reader.recv(4096)
+        with self._lock:
+            connection = self._connection
+            if connection is None:
+                raise BrokerError("connection closed")
+            raw = connection.connection
+            # Read a bounded batch per lock hold so publishers are never starved.
+            for _ in range(FRAMES_PER_LOCK):
+                if sock not in readable and not _has_buffered(sock):
+                    break
+                with contextlib.suppress(socket.timeout):
+                    raw.drain_events(timeout=1.0)
+                readable = _readable(sock, None, 0)
+            if self._heartbeat:
+                connection.heartbeat_check(rate=2)
+
+    def _lost(self, exc: BaseException) -> None:
+        with self._lock:
+            self._close_connection()
+        log.warning(RECONNECTING, self.name, exc)
+        if self._on_disconnect is not None:
+            try:
+                self._on_disconnect(exc)
+            except Exception:
+                log.exception("%s: disconnect handler failed", self.name)
+        if not self._reconnect:
+            self._stopping.set()
+            return
+        backoff = FIRST_BACKOFF
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+                log.info(RECONNECTED, self.name, self._safe_url())
+                return
+            except BrokerError as error:
+                log.debug("%s: reconnect failed: %s", self.name, error)
+            self._stopping.wait(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def _readable(
+    sock: socket.socket, wake: socket.socket | None, timeout: float
+) -> list[socket.socket]:
+    sockets = [sock] if wake is None else [sock, wake]
+    ready, _, _ = select.select(sockets, [], [], timeout)
+    return ready
+
+
+def _has_buffered(sock: socket.socket) -> bool:
+    # TLS keeps decrypted bytes that select() cannot see.
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0

@@ -1,0 +1,327 @@
+"""One worker process: consume service queues, run handlers in a pool, reply, then ack."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rpc import protocol, serialization
+from rpc.config import Config
+from rpc.context import CallContext, serving
+from rpc.errors import (
+    BrokerError,
+    InvalidArgumentsError,
+    MalformedRequestError,
+    MethodNotFoundError,
+    SerializationError,
+    ServiceDefinitionError,
+)
+from rpc.proxy import ClusterProxy
+from rpc.serialization import JsonValue
+from rpc.service import Handler, ServiceDefinition
+from rpc.transport import BrokerConnection, Delivery
+
+log = logging.getLogger(__name__)
+
+HANDLER_FAILED = "%s.%s failed: %s"
+DROPPED_EXPIRED = "%s.%s: dropped, its caller's deadline passed %.3fs ago"
+
+
+class ServiceRunner:
+    """Runs one or more services in this process, on one connection and one pool.
+
+    Handlers run on up to ``max_workers`` threads, and the channel's prefetch equals
+    that number, so the broker never hands this process more than it can run: the
+    rest stays in the queue for other workers.
+    """
+
+    def __init__(self, services: Iterable[type], config: Config | None = None) -> None:
+        self.config = config if config is not None else Config.load()
+        definitions = [ServiceDefinition.from_class(cls) for cls in services]
+        names = [definition.name for definition in definitions]
+        duplicates = {name for name in names if names.count(name) > 1}
+        if duplicates:
+            raise ServiceDefinitionError(
+                f"services named twice in one runner: {', '.join(sorted(duplicates))}"
+            )
+        if not definitions:
+            raise ServiceDefinitionError("a runner needs at least one service")
+        self.services: dict[str, ServiceDefinition] = {d.name: d for d in definitions}
+        self._consumers: dict[str, str] = {}  # consumer tag -> service name
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.max_workers, thread_name_prefix="rpc-handler"
+        )
+        self._in_flight = 0
+        self._in_flight_lock = threading.Condition()
+        self._accepting = False
+        self._cluster: ClusterProxy | None = None
+        self._cluster_lock = threading.Lock()
+        self._connection = BrokerConnection(
+            self.config.broker_url,
+            name="-".join(self.services),
+            heartbeat=self.config.heartbeat,
+            connect_timeout=self.config.connect_timeout,
+            on_connect=self._set_up,
+        )
+
+    # -- what dependencies see (the Runtime protocol) ------------------------------
+
+    @property
+    def cluster(self) -> ClusterProxy:
+        """A client for calls from handlers to other services, made on first use."""
+        with self._cluster_lock:
+            if self._cluster is None:
+                self._cluster = ClusterProxy(
+                    config=self.config, name="-".join(self.services)
+                )
+            return self._cluster
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, declare the service queues and start consuming."""
+        self._accepting = True
+        self._connection.start()
+        log.info(
+            "serving %s on %s (max_workers=%d)",
+            ", ".join(self.services),
+            self._connection.url.rsplit("@", 1)[-1],
+            self.config.max_workers,
+        )
+
+    def stop(self) -> None:
+        """Graceful stop: stop consuming, finish handlers in progress, then close."""
+        self._accepting = False
+        try:
+            with self._connection.channel() as channel:
+                for tag in list(self._consumers):
+                    channel.basic_cancel(tag)
+        except BrokerError:
+            pass
+        self._wait_idle(self.config.shutdown_timeout)
+        self._pool.shutdown(wait=True)
+        self._close()
+
+    def kill(self) -> None:
+        """Stop now: unacknowledged requests go back to the queue for other workers."""
+        self._accepting = False
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._close()
+
+    def _close(self) -> None:
+        self._connection.stop()
+        with self._cluster_lock:
+            cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.stop()
+
+    def __enter__(self) -> ServiceRunner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests taken from the broker and not yet acknowledged."""
+        return self._in_flight
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._in_flight_lock:
+            while self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._in_flight_lock.wait(remaining)
+        return True
+
+    # -- the consumer --------------------------------------------------------------
+
+    def _set_up(self, channel: Any) -> None:
+        channel.exchange_declare(
+            exchange=protocol.RPC_EXCHANGE, type="topic", durable=True, auto_delete=False
+        )
+        # Prefetch for the whole channel: every service of this process together
+        # never holds more unacknowledged requests than it has handler threads.
+        channel.basic_qos(0, self.config.max_workers, True)
+        self._consumers.clear()
+        for name in self.services:
+            queue = protocol.service_queue(name)
+            channel.queue_declare(
+                queue=queue,
+                durable=True,
+                auto_delete=False,
+                exclusive=False,
+                arguments=self._queue_arguments(),
+            )
+            channel.queue_bind(
+                queue=queue,
+                exchange=protocol.RPC_EXCHANGE,
+                routing_key=protocol.service_binding(name),
+            )
+            tag = self._connection.consume(
+                channel, queue, self._on_delivery, consumer_tag=f"rpc-{name}-{id(self)}"
+            )
+            self._consumers[tag] = name
+
+    def _queue_arguments(self) -> dict[str, Any]:
+        if self.config.queue_type == "quorum":
+            return {"x-queue-type": "quorum"}
+        return {}
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        if not self._accepting:
+            # Stopping: hand it straight back so another worker runs it.
+            self._connection.reject(delivery, requeue=True)
+            return
+        with self._in_flight_lock:
+            self._in_flight += 1
+        self._pool.submit(self._handle, delivery)
+
+    def _handle(self, delivery: Delivery) -> None:
+        try:
+            self._answer(delivery)
+        except BrokerError as exc:
+            # Reply or ack could not be sent: the broker redelivers the request.
+            log.warning("could not answer %s: %s", delivery.correlation_id, exc)
+        except Exception:
+            log.exception("unexpected failure handling %s", delivery.correlation_id)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+                self._in_flight_lock.notify_all()
+
+    def _answer(self, delivery: Delivery) -> None:
+        """Run one request and publish its reply; ack only once the reply is out."""
+        service = self._service_for(delivery)
+        try:
+            request = self._decode(service, delivery)
+        except SerializationError as exc:
+            error = MalformedRequestError("MalformedRequestError", str(exc))
+            log.warning("malformed request on %s: %s", service.name, exc)
+            self._reply(delivery, error_payload=_without_traceback(error))
+            return
+        remaining = request.remaining()
+        if remaining is not None and remaining < 0:
+            log.info(DROPPED_EXPIRED, service.name, request.method, -remaining)
+            self._connection.ack(delivery)
+            return
+        outcome = self._run(service, request)
+        self._reply(delivery, **outcome)
+
+    def _service_for(self, delivery: Delivery) -> ServiceDefinition:
+        name, _, _ = delivery.routing_key.partition(".")
+        service = self.services.get(name)
+        if service is None:
+            # Published straight onto the queue: the consumer says which service.
+            name = self._consumers.get(delivery.consumer_tag, "")
+            service = self.services.get(name) or next(iter(self.services.values()))
+        return service
+
+    def _decode(self, service: ServiceDefinition, delivery: Delivery) -> protocol.Request:
+        if len(delivery.body) > self.config.max_message_bytes:
+            raise SerializationError(
+                f"request of {len(delivery.body)} bytes is over the limit of "
+                f"{self.config.max_message_bytes}"
+            )
+        args, kwargs = protocol.parse_request_body(
+            serialization.decode(delivery.body, delivery.content_type)
+        )
+        headers = delivery.headers
+        method = headers.get(protocol.HEADER_METHOD)
+        if not isinstance(method, str):
+            method = delivery.routing_key.rpartition(".")[2]
+        deadline = headers.get(protocol.HEADER_DEADLINE)
+        count = headers.get(protocol.HEADER_DELIVERY_COUNT, 1)
+        return protocol.Request(
+            service=service.name,
+            method=method,
+            args=args,
+            kwargs=kwargs,
+            correlation_id=delivery.correlation_id,
+            reply_to=delivery.reply_to,
+            deadline=float(deadline) if isinstance(deadline, (int, float)) else None,
+            caller=str(headers.get(protocol.HEADER_CALLER, "")),
+            redelivered=delivery.redelivered,
+            delivery_count=count if isinstance(count, int) else 1,
+        )
+
+    def _run(self, service: ServiceDefinition, request: protocol.Request) -> dict[str, Any]:
+        handler = service.rpc_handlers.get(request.method)
+        if handler is None:
+            error = MethodNotFoundError(
+                "MethodNotFoundError",
+                f"service {service.name!r} has no method {request.method!r}",
+            )
+            return {"error_payload": _without_traceback(error)}
+        try:
+            handler.bind(request.args, request.kwargs)
+        except TypeError as exc:
+            error = InvalidArgumentsError(
+                "InvalidArgumentsError", f"{service.name}.{request.method}(): {exc}"
+            )
+            return {"error_payload": _without_traceback(error)}
+        context = CallContext(service.name, request)
+        try:
+            result = self.invoke(service, handler, context)
+        except Exception as exc:
+            log.info(HANDLER_FAILED, service.name, request.method, exc)
+            return {"error_payload": serialization.error_payload(exc)}
+        return {"result": result}
+
+    def invoke(
+        self, service: ServiceDefinition, handler: Handler, context: CallContext
+    ) -> JsonValue:
+        """Make a fresh service instance with its dependencies and call the handler."""
+        instance = service.cls()
+        for attr, dependency in service.dependencies.items():
+            setattr(instance, attr, dependency.get_dependency(self, context))
+        request = context.request
+        with serving(context):
+            return handler.function(instance, *request.args, **request.kwargs)
+
+    def _reply(
+        self,
+        delivery: Delivery,
+        *,
+        result: JsonValue = None,
+        error_payload: dict[str, str] | None = None,
+    ) -> None:
+        if not delivery.reply_to:
+            self._connection.ack(delivery)
+            return
+        limit = self.config.max_message_bytes
+        try:
+            body = serialization.encode(
+                protocol.error_body(error_payload)
+                if error_payload is not None
+                else protocol.result_body(result),
+                limit=limit,
+            )
+        except SerializationError as exc:
+            body = serialization.encode(
+                protocol.error_body(serialization.error_payload(exc, with_traceback=False))
+            )
+        # Replies to direct reply-to must not be mandatory: RabbitMQ would return them
+        # as unroutable even though they are delivered.
+        self._connection.publish_and_ack(
+            delivery,
+            body,
+            exchange="",
+            routing_key=delivery.reply_to,
+            content_type=serialization.CONTENT_TYPE,
+            properties={"correlation_id": delivery.correlation_id, "delivery_mode": 1},
+        )
+
+
+def _without_traceback(error: Exception) -> dict[str, str]:
+    payload = serialization.error_payload(error, with_traceback=False)
+    payload["type"] = type(error).__name__
+    payload["message"] = getattr(error, "message", str(error))
+    return payload
