@@ -135,7 +135,8 @@ class ClusterProxy:
         """Connect now; otherwise the first call connects."""
         with self._start_lock:
             if not self._started:
-                self._connection = self._new_connection()
+                if self._connection.stopped:
+                    self._connection = self._new_connection()
                 self._connection.start()
                 self._started = True
         return self

@@ -73,8 +73,8 @@ def _to_delivery(message: Any, generation: int) -> Delivery:
         headers=headers or {},
         correlation_id=properties.get("correlation_id"),
         reply_to=properties.get("reply_to"),
-        delivery_tag=info.get("delivery_tag", 0),
-        redelivered=bool(info.get("redelivered", False)),
+        delivery_tag=info.get("delivery_tag") or getattr(message, "delivery_tag", 0),
+        redelivered=bool(info.get("redelivered") or getattr(message, "redelivered", False)),
         routing_key=info.get("routing_key", ""),
         exchange=info.get("exchange", ""),
         consumer_tag=info.get("consumer_tag", ""),
@@ -122,13 +122,17 @@ class BrokerConnection:
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
+        self._wake_reader: socket.socket | None = None
+        self._wake_writer: socket.socket | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
         """Connect (retrying until ``connect_timeout``) and start the I/O thread."""
+        if self._stopping.is_set():
+            raise BrokerError(f"{self.name}: a stopped connection cannot start again")
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
         deadline = time.monotonic() + self._connect_timeout
         backoff = FIRST_BACKOFF
         while True:
@@ -154,8 +158,12 @@ class BrokerConnection:
         with self._lock:
             self._close_connection()
         for sock in (self._wake_reader, self._wake_writer):
-            with contextlib.suppress(OSError):
+            if sock is not None:
                 sock.close()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
 
     @property
     def connected(self) -> bool:
@@ -290,7 +298,11 @@ class BrokerConnection:
         generation = self._generation
 
         def on_message(message: Any) -> None:
-            callback(_to_delivery(message, generation))
+            try:
+                callback(_to_delivery(message, generation))
+            except Exception:
+                # A bad message must never take the connection down with it.
+                log.exception("%s: consumer callback failed", self.name)
 
         tag: str = channel.basic_consume(
             queue=queue, no_ack=no_ack, callback=on_message, consumer_tag=consumer_tag
@@ -305,7 +317,10 @@ class BrokerConnection:
         generation = self._generation
 
         def returned(exc: Any, exchange: str, routing_key: str, message: Any) -> None:
-            callback(_to_delivery(message, generation))
+            try:
+                callback(_to_delivery(message, generation))
+            except Exception:
+                log.exception("%s: return callback failed", self.name)
 
         events["basic_return"].add(returned)
 
@@ -363,8 +378,9 @@ class BrokerConnection:
         return raw if isinstance(raw, socket.socket) else None
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"\0")
+        if self._wake_writer is not None:
+            with contextlib.suppress(OSError):
+                self._wake_writer.send(b"\0")
 
     def _close_connection(self) -> None:
         self._connected.clear()
@@ -404,10 +420,12 @@ class BrokerConnection:
             time.sleep(POLL_INTERVAL)
             return
         interval = min(1.0, self._heartbeat / 4) if self._heartbeat else 1.0
-        readable = _readable(sock, self._wake_reader, interval)
-        if self._wake_reader in readable:
+        wake = self._wake_reader
+        assert wake is not None
+        readable = _readable(sock, wake, interval)
+        if wake in readable:
             with contextlib.suppress(OSError):
-                self._wake_reader.recv(4096)
+                wake.recv(4096)
         with self._lock:
             connection = self._connection
             if connection is None:

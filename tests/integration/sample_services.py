@@ -1,0 +1,63 @@
+"""Services the integration tests run, in threads or as `rpc run` daemons."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from rpc import CurrentCall, RpcProxy, current_call, rpc
+
+
+class Echo:
+    name = "echo"
+
+    @rpc
+    def echo(self, value: object) -> object:
+        return value
+
+    @rpc
+    def whoami(self) -> int:
+        """The pid of the worker process that ran the call."""
+        return os.getpid()
+
+    @rpc
+    def fail(self, message: str) -> None:
+        raise ValueError(message)
+
+    @rpc
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @rpc
+    def remaining(self) -> float | None:
+        call = current_call()
+        return None if call is None else call.remaining()
+
+    @rpc
+    def unencodable(self) -> object:
+        return {1, 2, 3}
+
+    @rpc
+    def thread(self) -> str:
+        return threading.current_thread().name
+
+
+class Relay:
+    name = "relay"
+    echo = RpcProxy("echo")
+    call = CurrentCall()
+
+    @rpc
+    def relay(self, value: object) -> object:
+        return self.echo.echo(value)
+
+    @rpc
+    def nested_remaining(self) -> list[float | None]:
+        """Remaining deadline here, and as seen by the echo service we call."""
+        return [self.call.remaining(), self.echo.remaining()]
+
+    @rpc
+    def relay_sleep(self, seconds: float) -> float:
+        return float(self.echo.sleep(seconds))  # type: ignore[arg-type]
