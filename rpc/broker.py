@@ -42,7 +42,9 @@ def ensure_broker(url: str, *, install: bool = True, log: bool = True) -> str:
     if is_reachable(url):
         return f"broker reachable at {host}:{port}"
     if host not in LOOPBACK_HOSTS:
-        raise BrokerError(f"no broker answers at {host}:{port}; start it, or set RPC_BROKER_URL")
+        raise BrokerError(
+            f"no broker answers at {host}:{port}; start it, or set RPC_BROKER_URL"
+        )
     if shutil.which("rabbitmq-server") is None:
         if not install or shutil.which("apt-get") is None or os.geteuid() != 0:
             raise BrokerError(
@@ -70,4 +72,6 @@ def _run(command: list[str], log: bool) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise BrokerError(f"`{' '.join(command)}` failed with exit code {result.returncode}")
+        raise BrokerError(
+            f"`{' '.join(command)}` failed with exit code {result.returncode}"
+        )

@@ -91,7 +91,7 @@ def call(
     config_file: str | None,
     timeout: float | None,
 ) -> None:
-    """Call SERVICE.METHOD with JSON arguments (an object for kwargs, a list for args)."""
+    """Call SERVICE.METHOD with JSON: an object for kwargs, a list for args."""
     service, dot, method = target.partition(".")
     if not dot or not service or not method:
         raise click.UsageError(f"expected SERVICE.METHOD, got {target!r}")
@@ -104,7 +104,9 @@ def call(
     elif isinstance(parsed, dict):
         args, kwargs = [], parsed
     else:
-        raise click.UsageError("arguments must be a JSON object (kwargs) or list (args)")
+        raise click.UsageError(
+            "arguments must be a JSON object (kwargs) or list (args)"
+        )
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
     try:
         with ClusterProxy(config=config) as cluster:
@@ -127,7 +129,9 @@ def broker() -> None:
 @broker_option
 @config_option
 @click.option("--no-install", is_flag=True, help="Never install RabbitMQ.")
-def broker_ensure(broker: str | None, config_file: str | None, no_install: bool) -> None:
+def broker_ensure(
+    broker: str | None, config_file: str | None, no_install: bool
+) -> None:
     """Make sure the broker is reachable: start or install a local RabbitMQ."""
     config = _load_config(config_file, broker_url=broker)
     try:

@@ -72,7 +72,7 @@ class Config:
         environ: Mapping[str, str] | None = None,
         **flags: Any,
     ) -> Config:
-        """Build the settings: flags win over ``RPC_*`` variables, which win over the file.
+        """Build settings: flags win over ``RPC_*`` variables, which win over the file.
 
         The YAML file is ``path``, else the file named by ``RPC_CONFIG``, else none.
         """

@@ -46,7 +46,7 @@ def current_call() -> CallContext | None:
 
 @contextlib.contextmanager
 def serving(context: CallContext) -> Iterator[CallContext]:
-    """Make ``context`` current while a handler runs, so proxies inherit its deadline."""
+    """Make ``context`` current while a handler runs; proxies inherit its deadline."""
     token = _current.set(context)
     try:
         yield context

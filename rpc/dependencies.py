@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class Runtime(Protocol):
-    """What a worker offers its dependencies: settings and a client for other services."""
+    """What a worker offers dependencies: settings and a client for other services."""
 
     @property
     def config(self) -> Config: ...
@@ -59,7 +59,9 @@ class RpcProxy(Dependency):
 class Settings(Dependency):
     """Read-only access to the ``extra`` settings of the worker's configuration."""
 
-    def get_dependency(self, runtime: Runtime, context: CallContext) -> Mapping[str, Any]:
+    def get_dependency(
+        self, runtime: Runtime, context: CallContext
+    ) -> Mapping[str, Any]:
         return MappingProxyType(dict(runtime.config.extra))
 
 

@@ -1,18 +1,18 @@
 """Every exception the framework raises.
 
-    RpcError                                 root: ``except rpc.RpcError`` catches all of ours
-    ├── ConfigError (ValueError)             bad settings, found at start-up
-    ├── ServiceDefinitionError (TypeError)   a class that cannot be served
-    ├── BrokerError (ConnectionError)        broker unreachable, or connection lost
-    ├── SerializationError (ValueError)      payload cannot be encoded or decoded
-    │   └── PayloadTooLargeError             payload over ``max_message_bytes``
-    └── CallError                            a call produced no result
-        ├── CallTimeoutError (TimeoutError)
-        ├── UnknownServiceError (LookupError)  no queue bound: the mandatory publish came back
-        └── RemoteError                      the far side failed: exc_type, message, traceback
-            ├── MethodNotFoundError (LookupError)
-            ├── InvalidArgumentsError (TypeError)
-            └── MalformedRequestError (ValueError)
+RpcError                                 root: ``except RpcError`` catches all
+├── ConfigError (ValueError)             bad settings, found at start-up
+├── ServiceDefinitionError (TypeError)   a class that cannot be served
+├── BrokerError (ConnectionError)        broker unreachable, or connection lost
+├── SerializationError (ValueError)      payload cannot be encoded or decoded
+│   └── PayloadTooLargeError             payload over ``max_message_bytes``
+└── CallError                            a call produced no result
+    ├── CallTimeoutError (TimeoutError)
+    ├── UnknownServiceError (LookupError)  no queue bound: the publish came back
+    └── RemoteError                      the far side failed: type, message, traceback
+        ├── MethodNotFoundError (LookupError)
+        ├── InvalidArgumentsError (TypeError)
+        └── MalformedRequestError (ValueError)
 """
 
 from __future__ import annotations

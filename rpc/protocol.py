@@ -47,7 +47,7 @@ _METHOD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def check_service_name(name: str) -> str:
-    """Return ``name`` if it can be a service name on the wire, else raise ValueError."""
+    """Return ``name`` if it can name a service on the wire, else raise ValueError."""
     if not isinstance(name, str) or not _SERVICE_NAME.match(name):
         raise ValueError(
             f"invalid service name {name!r}: use letters, digits, '_' and '-'"
@@ -88,7 +88,7 @@ def deadline_after(timeout: float, now: float | None = None) -> float:
 
 
 def expiration_ms(deadline: float, now: float | None = None) -> str:
-    """AMQP ``expiration`` property for a request: the broker drops it past the deadline.
+    """AMQP ``expiration`` of a request: the broker drops it past the deadline.
 
     At least one millisecond: zero would make RabbitMQ drop it unless a consumer waits.
     """
@@ -106,12 +106,16 @@ def request_headers(method: str, deadline: float, caller: str) -> dict[str, Any]
     }
 
 
-def request_body(args: Sequence[JsonValue], kwargs: Mapping[str, JsonValue]) -> dict[str, Any]:
+def request_body(
+    args: Sequence[JsonValue], kwargs: Mapping[str, JsonValue]
+) -> dict[str, Any]:
     """The JSON object a request carries."""
     return {"args": list(args), "kwargs": dict(kwargs)}
 
 
-def parse_request_body(value: JsonValue) -> tuple[list[JsonValue], dict[str, JsonValue]]:
+def parse_request_body(
+    value: JsonValue,
+) -> tuple[list[JsonValue], dict[str, JsonValue]]:
     """Positional and keyword arguments from a decoded request body."""
     if not isinstance(value, dict):
         raise SerializationError("request body must be a JSON object")
@@ -171,8 +175,7 @@ class Request:
     delivery_count: int = 1
 
     def remaining(self, now: float | None = None) -> float | None:
-        """Seconds left before the caller gives up, or None when no deadline was sent."""
+        """Seconds left before the caller gives up; None when no deadline was sent."""
         if self.deadline is None:
             return None
         return self.deadline - (time.time() if now is None else now)
-

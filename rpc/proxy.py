@@ -40,7 +40,14 @@ class RpcFuture:
     The reply is decoded in the thread that asks for it, not on the I/O thread.
     """
 
-    __slots__ = ("_cluster", "_future", "correlation_id", "deadline", "method", "service")
+    __slots__ = (
+        "_cluster",
+        "_future",
+        "correlation_id",
+        "deadline",
+        "method",
+        "service",
+    )
 
     def __init__(
         self,
@@ -88,7 +95,7 @@ class RpcFuture:
         return None
 
     def add_done_callback(self, callback: Callable[[RpcFuture], None]) -> None:
-        """Call ``callback(self)`` once a reply or a failure arrives (on the I/O thread)."""
+        """Call ``callback(self)`` once a reply or a failure arrives (I/O thread)."""
         self._future.add_done_callback(lambda _: callback(self))
 
     @property
@@ -298,7 +305,9 @@ class ClusterProxy:
         # Direct reply-to replies for these calls die with the channel: fail them now
         # rather than let the caller wait for its timeout.
         self._fail_all(
-            BrokerError(f"connection to the broker lost while the call was in flight: {exc}")
+            BrokerError(
+                f"connection to the broker lost while the call was in flight: {exc}"
+            )
         )
 
     def _fail_all(self, exc: RpcError) -> None:
@@ -308,17 +317,21 @@ class ClusterProxy:
 
     def _expire(self) -> None:
         now = time.time()
-        expired = [cid for cid, (f, _) in list(self._pending.items()) if f.deadline < now]
+        expired = [
+            cid for cid, (f, _) in list(self._pending.items()) if f.deadline < now
+        ]
         for correlation_id in expired:
             entry = self._pending.pop(correlation_id, None)
             if entry is not None:
                 entry[0]._fail(
-                    CallTimeoutError(f"{entry[0].label} got no reply before its deadline")
+                    CallTimeoutError(
+                        f"{entry[0].label} got no reply before its deadline"
+                    )
                 )
 
 
 class ServiceProxy:
-    """Calls to one service: ``proxy.method(...)``; returned by ``cluster.<service>``."""
+    """Calls to one service: ``proxy.method(...)``, from ``cluster.<service>``."""
 
     def __init__(
         self,
@@ -336,8 +349,10 @@ class ServiceProxy:
             raise AttributeError(method)
         return MethodProxy(self._cluster, self._service, method, timeout=self._timeout)
 
-    def with_options(self, *, timeout: float | _UseDefault | None = USE_DEFAULT) -> ServiceProxy:
-        """The same service with other defaults, e.g. ``svc.with_options(timeout=5)``."""
+    def with_options(
+        self, *, timeout: float | _UseDefault | None = USE_DEFAULT
+    ) -> ServiceProxy:
+        """The same service with other defaults: ``svc.with_options(timeout=5)``."""
         return ServiceProxy(self._cluster, self._service, timeout=timeout)
 
     def __repr__(self) -> str:
@@ -382,7 +397,7 @@ class MethodProxy:
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool | None = None,
     ) -> MethodProxy:
-        """The same method with other options, e.g. ``.with_options(timeout=2)(...)``."""
+        """The same method with other options: ``.with_options(timeout=2)(...)``."""
         return MethodProxy(
             self._cluster,
             self.service,

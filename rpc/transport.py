@@ -63,7 +63,9 @@ def _to_delivery(message: Any, generation: int) -> Delivery:
     properties = message.properties
     info = message.delivery_info or {}  # None on returned messages
     headers = properties.get("application_headers") or getattr(message, "headers", None)
-    content_type = properties.get("content_type") or getattr(message, "content_type", None)
+    content_type = properties.get("content_type") or getattr(
+        message, "content_type", None
+    )
     body = message.body
     if isinstance(body, str):
         body = body.encode()
@@ -74,7 +76,9 @@ def _to_delivery(message: Any, generation: int) -> Delivery:
         correlation_id=properties.get("correlation_id"),
         reply_to=properties.get("reply_to"),
         delivery_tag=info.get("delivery_tag") or getattr(message, "delivery_tag", 0),
-        redelivered=bool(info.get("redelivered") or getattr(message, "redelivered", False)),
+        redelivered=bool(
+            info.get("redelivered") or getattr(message, "redelivered", False)
+        ),
         routing_key=info.get("routing_key", ""),
         exchange=info.get("exchange", ""),
         consumer_tag=info.get("consumer_tag", ""),
@@ -280,7 +284,7 @@ class BrokerConnection:
         self.publish_and_ack(delivery, None)
 
     def reject(self, delivery: Delivery, *, requeue: bool) -> None:
-        """Give a delivery back (``requeue``) or drop it; ignored after a reconnection."""
+        """Give a delivery back (``requeue``) or drop it; a no-op after reconnecting."""
         with self.channel() as channel:
             if delivery.generation == self._generation:
                 channel.basic_reject(delivery.delivery_tag, requeue=requeue)
@@ -366,8 +370,10 @@ class BrokerConnection:
         base: tuple[type[BaseException], ...] = (OSError,)
         if connection is None:
             return base
-        return base + tuple(connection.connection_errors) + tuple(
-            connection.channel_errors
+        return (
+            base
+            + tuple(connection.connection_errors)
+            + tuple(connection.channel_errors)
         )
 
     def _socket(self) -> socket.socket | None:

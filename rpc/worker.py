@@ -1,4 +1,4 @@
-"""One worker process: consume service queues, run handlers in a pool, reply, then ack."""
+"""One worker process: consume service queues, run handlers, reply, then ack."""
 
 from __future__ import annotations
 
@@ -145,7 +145,10 @@ class ServiceRunner:
 
     def _set_up(self, channel: Any) -> None:
         channel.exchange_declare(
-            exchange=protocol.RPC_EXCHANGE, type="topic", durable=True, auto_delete=False
+            exchange=protocol.RPC_EXCHANGE,
+            type="topic",
+            durable=True,
+            auto_delete=False,
         )
         # Prefetch for the whole channel: every service of this process together
         # never holds more unacknowledged requests than it has handler threads.
@@ -224,7 +227,9 @@ class ServiceRunner:
             service = self.services.get(name) or next(iter(self.services.values()))
         return service
 
-    def _decode(self, service: ServiceDefinition, delivery: Delivery) -> protocol.Request:
+    def _decode(
+        self, service: ServiceDefinition, delivery: Delivery
+    ) -> protocol.Request:
         if len(delivery.body) > self.config.max_message_bytes:
             raise SerializationError(
                 f"request of {len(delivery.body)} bytes is over the limit of "
@@ -252,7 +257,9 @@ class ServiceRunner:
             delivery_count=count if isinstance(count, int) else 1,
         )
 
-    def _run(self, service: ServiceDefinition, request: protocol.Request) -> dict[str, Any]:
+    def _run(
+        self, service: ServiceDefinition, request: protocol.Request
+    ) -> dict[str, Any]:
         handler = service.rpc_handlers.get(request.method)
         if handler is None:
             error = MethodNotFoundError(
@@ -306,7 +313,9 @@ class ServiceRunner:
             )
         except SerializationError as exc:
             body = serialization.encode(
-                protocol.error_body(serialization.error_payload(exc, with_traceback=False))
+                protocol.error_body(
+                    serialization.error_payload(exc, with_traceback=False)
+                )
             )
         # Replies to direct reply-to must not be mandatory: RabbitMQ would return them
         # as unroutable even though they are delivered.

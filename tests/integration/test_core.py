@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -157,10 +158,8 @@ def test_malformed_messages_get_error_replies_and_are_not_redelivered(
         ):
             deadline = time.monotonic() + 10
             while len(replies) < 3 and time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(TimeoutError):
                     connection.drain_events(timeout=1)
-                except TimeoutError:
-                    pass
     assert len(replies) == 3
     for reply in replies:
         assert reply["error"]["type"] == MalformedRequestError.__name__
