@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import kombu
+from kombu.connection import Connection as KombuConnection
 
 from rpc.errors import BrokerError
 
@@ -60,6 +60,7 @@ class Delivery:
 
 
 def _to_delivery(message: Any, generation: int) -> Delivery:
+    # py-amqp and Kombu's virtual transports spell a message differently.
     properties = message.properties
     info = message.delivery_info or {}  # None on returned messages
     headers = properties.get("application_headers") or getattr(message, "headers", None)
@@ -75,7 +76,9 @@ def _to_delivery(message: Any, generation: int) -> Delivery:
         headers=headers or {},
         correlation_id=properties.get("correlation_id"),
         reply_to=properties.get("reply_to"),
-        delivery_tag=info.get("delivery_tag") or getattr(message, "delivery_tag", 0),
+        delivery_tag=int(
+            info.get("delivery_tag") or _attribute(message, "delivery_tag")
+        ),
         redelivered=bool(
             info.get("redelivered") or getattr(message, "redelivered", False)
         ),
@@ -85,6 +88,14 @@ def _to_delivery(message: Any, generation: int) -> Delivery:
         generation=generation,
         properties=properties,
     )
+
+
+def _attribute(message: Any, name: str) -> int:
+    # py-amqp's returned messages have no delivery_info, and its property then fails.
+    try:
+        return int(getattr(message, name) or 0)
+    except (AttributeError, KeyError, TypeError):
+        return 0
 
 
 DeliveryCallback = Callable[[Delivery], None]
@@ -120,7 +131,7 @@ class BrokerConnection:
         self._on_tick = on_tick
         self._reconnect = reconnect
         self._lock = threading.RLock()
-        self._connection: kombu.Connection | None = None
+        self._connection: KombuConnection | None = None
         self._channel: Any = None
         self._generation = 0
         self._connected = threading.Event()
@@ -331,7 +342,7 @@ class BrokerConnection:
     # -- the I/O thread ------------------------------------------------------------
 
     def _connect(self) -> None:
-        connection = kombu.Connection(
+        connection = KombuConnection(
             self.url,
             heartbeat=self._heartbeat or None,
             connect_timeout=min(self._connect_timeout, 5.0),
@@ -363,7 +374,7 @@ class BrokerConnection:
         connection = self._connection
         if connection is not None:
             return str(connection.as_uri())
-        return str(kombu.Connection(self.url).as_uri())
+        return str(KombuConnection(self.url).as_uri())
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         connection = self._connection

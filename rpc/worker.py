@@ -270,10 +270,10 @@ class ServiceRunner:
         try:
             handler.bind(request.args, request.kwargs)
         except TypeError as exc:
-            error = InvalidArgumentsError(
+            invalid = InvalidArgumentsError(
                 "InvalidArgumentsError", f"{service.name}.{request.method}(): {exc}"
             )
-            return {"error_payload": _without_traceback(error)}
+            return {"error_payload": _without_traceback(invalid)}
         context = CallContext(service.name, request)
         try:
             result = self.invoke(service, handler, context)
