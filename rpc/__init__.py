@@ -27,7 +27,6 @@ from rpc.worker import ServiceRunner
 __version__ = "0.1.0"
 
 __all__ = [
-    "USE_DEFAULT",
     "BrokerError",
     "CallContext",
     "CallError",
@@ -51,6 +50,7 @@ __all__ = [
     "ServiceProxy",
     "ServiceRunner",
     "Settings",
+    "USE_DEFAULT",
     "UnknownServiceError",
     "current_call",
     "rpc",

@@ -1,0 +1,64 @@
+"""Settings come from flags, then environment, then a YAML file, then defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from rpc.config import DEFAULT_BROKER_URL, Config
+from rpc.errors import ConfigError
+
+
+def test_defaults():
+    config = Config.load(environ={})
+    assert config.broker_url == DEFAULT_BROKER_URL
+    assert config.default_timeout == 30.0
+
+
+def test_precedence_flag_then_environment_then_file(tmp_path):
+    path = tmp_path / "rpc.yaml"
+    path.write_text("broker_url: amqp://file//\nmax_workers: 3\ndefault_timeout: 7\n")
+    environ = {"RPC_BROKER_URL": "amqp://env//", "RPC_MAX_WORKERS": "5"}
+    config = Config.load(path, environ=environ, broker_url="amqp://flag//")
+    assert config.broker_url == "amqp://flag//"
+    assert config.max_workers == 5
+    assert config.default_timeout == 7
+    assert Config.load(path, environ=environ).broker_url == "amqp://env//"
+    assert Config.load(path, environ={}).broker_url == "amqp://file//"
+
+
+def test_file_named_by_environment(tmp_path):
+    path = tmp_path / "rpc.yaml"
+    path.write_text("heartbeat: 5\n")
+    assert Config.load(environ={"RPC_CONFIG": str(path)}).heartbeat == 5
+
+
+def test_flags_set_to_none_are_ignored():
+    assert Config.load(environ={}, broker_url=None).broker_url == DEFAULT_BROKER_URL
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("max_workers: 0\n", "max_workers"),
+        ("queue_type: stream\n", "queue_type"),
+        ("colour: blue\n", "unknown settings: colour"),
+        ("- a list\n", "mapping"),
+        ("broker_url: nowhere\n", "not a URL"),
+        ("key: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_files_give_clear_errors(tmp_path, content, message):
+    path = tmp_path / "rpc.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        Config.load(path, environ={})
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        Config.load(tmp_path / "absent.yaml", environ={})
+
+
+def test_bad_environment_value():
+    with pytest.raises(ConfigError, match="RPC_MAX_WORKERS"):
+        Config.load(environ={"RPC_MAX_WORKERS": "many"})

@@ -1,0 +1,100 @@
+"""The wire contract: names, headers and envelopes."""
+
+from __future__ import annotations
+
+import pytest
+
+from rpc import protocol
+from rpc.errors import InvalidArgumentsError, MethodNotFoundError, RemoteError
+
+
+def test_names_are_built_from_the_service_name():
+    assert protocol.service_queue("greeter") == "rpc-greeter"
+    assert protocol.routing_key("greeter", "hello") == "greeter.hello"
+    assert protocol.service_binding("greeter") == "greeter.*"
+    assert protocol.dead_letter_queue("greeter") == "rpc-greeter.dead-letter"
+
+
+@pytest.mark.parametrize("name", ["", "a.b", "a b", "a*", "#", "é"])
+def test_service_names_that_would_break_routing_are_refused(name):
+    with pytest.raises(ValueError, match="invalid service name"):
+        protocol.check_service_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a.b"])
+def test_method_names_must_be_identifiers(name):
+    with pytest.raises(ValueError, match="invalid method name"):
+        protocol.check_method_name(name)
+
+
+def test_expiration_is_the_remaining_time_in_whole_milliseconds():
+    assert protocol.expiration_ms(deadline=100.25, now=100.0) == "250"
+    assert protocol.expiration_ms(deadline=100.0001, now=100.0) == "1"
+    # Already late: still a positive TTL, the worker drops it on arrival.
+    assert protocol.expiration_ms(deadline=99.0, now=100.0) == "1"
+
+
+def test_request_headers_carry_method_deadline_and_caller():
+    headers = protocol.request_headers("hello", 123.5, "frontend")
+    assert headers[protocol.HEADER_METHOD] == "hello"
+    assert headers[protocol.HEADER_DEADLINE] == 123.5
+    assert headers[protocol.HEADER_CALLER] == "frontend"
+    assert headers[protocol.HEADER_VERSION] == protocol.PROTOCOL_VERSION
+
+
+def test_request_body_round_trip():
+    body = protocol.request_body((1, 2), {"x": 3})
+    assert protocol.parse_request_body(body) == ([1, 2], {"x": 3})
+    assert protocol.parse_request_body({}) == ([], {})
+
+
+@pytest.mark.parametrize(
+    "body", [[], "text", {"args": {}}, {"kwargs": []}, {"args": "abc"}]
+)
+def test_malformed_request_bodies_are_refused(body):
+    with pytest.raises(ValueError):
+        protocol.parse_request_body(body)
+
+
+def test_reply_with_a_result():
+    assert protocol.parse_reply_body(protocol.result_body([1, "a"])) == [1, "a"]
+
+
+def test_reply_with_an_error_raises_remote_error_with_details():
+    body = protocol.error_body(
+        {"type": "KeyError", "message": "'x'", "traceback": "Traceback..."}
+    )
+    with pytest.raises(RemoteError) as caught:
+        protocol.parse_reply_body(body, service="svc")
+    assert (caught.value.exc_type, caught.value.message) == ("KeyError", "'x'")
+    assert caught.value.traceback == "Traceback..."
+    assert caught.value.service == "svc"
+
+
+@pytest.mark.parametrize(
+    ("exc_type", "expected"),
+    [
+        ("MethodNotFoundError", MethodNotFoundError),
+        ("InvalidArgumentsError", InvalidArgumentsError),
+    ],
+)
+def test_framework_errors_come_back_as_their_own_classes(exc_type, expected):
+    body = protocol.error_body({"type": exc_type, "message": "m"})
+    with pytest.raises(expected):
+        protocol.parse_reply_body(body)
+
+
+def test_request_remaining_time():
+    request = protocol.Request(
+        service="s",
+        method="m",
+        args=[],
+        kwargs={},
+        correlation_id=None,
+        reply_to=None,
+        deadline=110.0,
+        caller="client",
+    )
+    assert request.remaining(now=100.0) == 10.0
+    no_deadline = protocol.Request("s", "m", [], {}, None, None, None, "client")
+    assert no_deadline.remaining() is None
