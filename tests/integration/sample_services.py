@@ -22,6 +22,11 @@ class Echo:
         return os.getpid()
 
     @rpc
+    def slow_whoami(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    @rpc
     def fail(self, message: str) -> None:
         raise ValueError(message)
 
