@@ -27,6 +27,7 @@ from rpc.worker import ServiceRunner
 __version__ = "0.1.0"
 
 __all__ = [
+    "USE_DEFAULT",
     "BrokerError",
     "CallContext",
     "CallError",
@@ -50,7 +51,6 @@ __all__ = [
     "ServiceProxy",
     "ServiceRunner",
     "Settings",
-    "USE_DEFAULT",
     "UnknownServiceError",
     "current_call",
     "rpc",

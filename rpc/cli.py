@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import click
@@ -13,7 +14,7 @@ import orjson
 
 from rpc.broker import ensure_broker
 from rpc.config import Config
-from rpc.errors import RemoteError, RpcError
+from rpc.errors import RemoteError, RpcError, UnknownServiceError
 from rpc.proxy import ClusterProxy
 from rpc.service import import_service
 from rpc.worker import ServiceRunner
@@ -84,12 +85,19 @@ def run(
 @broker_option
 @config_option
 @click.option("--timeout", type=float, help="Seconds to wait for the reply.")
+@click.option(
+    "--wait",
+    type=float,
+    default=0.0,
+    help="Seconds to keep retrying while no worker of the service has started yet.",
+)
 def call(
     target: str,
     arguments: str,
     broker: str | None,
     config_file: str | None,
     timeout: float | None,
+    wait: float,
 ) -> None:
     """Call SERVICE.METHOD with JSON: an object for kwargs, a list for args."""
     service, dot, method = target.partition(".")
@@ -110,7 +118,7 @@ def call(
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
     try:
         with ClusterProxy(config=config) as cluster:
-            result = cluster.call(service, method, args, kwargs)
+            result = _call_when_served(cluster, service, method, args, kwargs, wait)
     except RemoteError as exc:
         click.echo(f"{exc.exc_type}: {exc.message}", err=True)
         sys.exit(1)
@@ -118,6 +126,25 @@ def call(
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+def _call_when_served(
+    cluster: ClusterProxy,
+    service: str,
+    method: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    wait: float,
+) -> Any:
+    # Only "no queue yet" is retried: any other failure is an answer.
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            return cluster.call(service, method, args, kwargs)
+        except UnknownServiceError:
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(0.5)
 
 
 @main.group()
