@@ -88,3 +88,23 @@ def test_demo_runs_end_to_end(broker_url):
     assert result.returncode == 0, result.stderr
     assert "HELLO, WORLD!" in result.stdout
     assert "exit codes [0, 0]" in result.stdout
+
+
+def test_rpc_call_wait_retries_until_a_worker_has_started(broker_url, cluster):
+    caller = subprocess.Popen(
+        rpc_command("call", "--wait", "60", "echo.echo", '["late"]'),
+        cwd=PROJECT_ROOT,
+        env=project_env(broker_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with daemons(broker_url, [ECHO]):
+            out, err = caller.communicate(timeout=60)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.communicate()
+    assert caller.returncode == 0, err
+    assert out.strip() == '"late"'
