@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from rpc.config import Config
 from rpc.context import CallContext, current_call
-from rpc.dependencies import CurrentCall, Dependency, RpcProxy, Settings
-from rpc.entrypoints import rpc
+from rpc.dependencies import (
+    CurrentCall,
+    Dependency,
+    EventDispatcher,
+    RpcProxy,
+    Settings,
+)
+from rpc.entrypoints import event_handler, rpc
 from rpc.errors import (
     BrokerError,
     CallError,
@@ -21,12 +27,16 @@ from rpc.errors import (
     ServiceDefinitionError,
     UnknownServiceError,
 )
+from rpc.protocol import BROADCAST, SERVICE_POOL, SINGLETON
 from rpc.proxy import USE_DEFAULT, ClusterProxy, MethodProxy, RpcFuture, ServiceProxy
 from rpc.worker import ServiceRunner
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BROADCAST",
+    "SERVICE_POOL",
+    "SINGLETON",
     "USE_DEFAULT",
     "BrokerError",
     "CallContext",
@@ -37,6 +47,7 @@ __all__ = [
     "ConfigError",
     "CurrentCall",
     "Dependency",
+    "EventDispatcher",
     "InvalidArgumentsError",
     "MalformedRequestError",
     "MethodNotFoundError",
@@ -53,5 +64,6 @@ __all__ = [
     "Settings",
     "UnknownServiceError",
     "current_call",
+    "event_handler",
     "rpc",
 ]

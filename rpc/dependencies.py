@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +54,28 @@ class RpcProxy(Dependency):
 
     def __repr__(self) -> str:
         return f"RpcProxy({self.service_name!r})"
+
+
+class EventDispatcher(Dependency):
+    """Dispatch events as this service: ``self.dispatch("order_created", payload)``.
+
+    The call returns once the broker has the event (publisher confirms), so an
+    event dispatched by a handler that then returns is not lost with the worker.
+    """
+
+    def get_dependency(
+        self, runtime: Runtime, context: CallContext
+    ) -> Callable[[str, Any], None]:
+        cluster = runtime.cluster
+        source = context.service
+
+        def dispatch(event_type: str, payload: Any = None) -> None:
+            cluster.dispatch(source, event_type, payload)
+
+        return dispatch
+
+    def __repr__(self) -> str:
+        return "EventDispatcher()"
 
 
 class Settings(Dependency):

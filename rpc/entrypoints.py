@@ -1,13 +1,19 @@
-"""The ``@rpc`` decorator and the entrypoint object it attaches to a method."""
+"""The ``@rpc`` and ``@event_handler`` decorators and the entrypoints behind them."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
-from rpc.protocol import check_method_name
+from rpc.protocol import (
+    HANDLER_TYPES,
+    SERVICE_POOL,
+    check_event_pattern,
+    check_method_name,
+    check_service_name,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,9 +41,31 @@ class RpcEntrypoint(Entrypoint):
     """
 
     idempotent: bool = False
+    #: Argument whose value picks the worker (see "Key-sharded routing").
+    shard_by: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "rpc", "idempotent": self.idempotent}
+        described: dict[str, Any] = {"kind": "rpc", "idempotent": self.idempotent}
+        if self.shard_by is not None:
+            described["shard_by"] = self.shard_by
+        return described
+
+
+@dataclasses.dataclass(frozen=True)
+class EventHandlerEntrypoint(Entrypoint):
+    """A method run for events of ``source_service`` whose type matches a filter."""
+
+    source_service: str
+    event_types: tuple[str, ...]
+    handler_type: str = SERVICE_POOL
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "event_handler",
+            "source_service": self.source_service,
+            "event_types": list(self.event_types),
+            "handler_type": self.handler_type,
+        }
 
 
 def attach(func: Callable[..., Any], entrypoint: Entrypoint) -> None:
@@ -57,27 +85,78 @@ def rpc(func: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 @overload
-def rpc(*, idempotent: bool = False) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def rpc(
+    *, idempotent: bool = False, shard_by: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
 def rpc(
-    func: Callable[P, R] | None = None, /, *, idempotent: bool = False
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    idempotent: bool = False,
+    shard_by: str | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Expose a service method over RPC: ``@rpc`` or ``@rpc(idempotent=True)``.
 
-    The function itself is returned unchanged, so it keeps its signature, its types
-    and can still be called directly in tests.
+    ``shard_by="user_id"`` routes every call by the value of that argument, so
+    calls with the same value reach the same worker while the set of workers is
+    stable. The function itself is returned unchanged, so it keeps its signature,
+    its types and can still be called directly in tests.
     """
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
         if not callable(function):
             raise TypeError("@rpc decorates a method")
         name = check_method_name(function.__name__)
-        attach(function, RpcEntrypoint(name, idempotent=idempotent))
+        parameters = inspect.signature(function).parameters
+        if shard_by is not None and shard_by not in parameters:
+            raise TypeError(f"{name}() has no argument {shard_by!r} to shard by")
+        attach(function, RpcEntrypoint(name, idempotent=idempotent, shard_by=shard_by))
         return function
 
     if func is not None:
         return decorate(func)
+    return decorate
+
+
+def event_handler(
+    source_service: str,
+    event_type: str | Sequence[str],
+    *,
+    handler_type: str = SERVICE_POOL,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the method with the payload of every matching event ``source_service`` sends.
+
+    ``event_type`` is a type (``"order_created"``) or a filter with wildcards
+    (``"orders.*"``: one word, ``"#"``: any words), or a list of them: the handler
+    gets an event matching any. ``handler_type`` says who gets each event:
+    ``SERVICE_POOL`` (default) one worker of this service, and events wait in a
+    durable queue while none runs; ``BROADCAST`` every worker process;
+    ``SINGLETON`` one worker of the whole cluster at a time, the others standing by.
+    """
+    check_service_name(source_service)
+    patterns = (event_type,) if isinstance(event_type, str) else tuple(event_type)
+    if not patterns:
+        raise ValueError("@event_handler needs at least one event type")
+    for pattern in patterns:
+        check_event_pattern(pattern)
+    if handler_type not in HANDLER_TYPES:
+        raise ValueError(
+            f"handler_type must be one of {', '.join(HANDLER_TYPES)}, "
+            f"not {handler_type!r}"
+        )
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        if not callable(function):
+            raise TypeError("@event_handler decorates a method")
+        name = check_method_name(function.__name__)
+        attach(
+            function,
+            EventHandlerEntrypoint(name, source_service, patterns, handler_type),
+        )
+        return function
+
     return decorate
 
 

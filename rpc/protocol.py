@@ -42,8 +42,29 @@ HEADER_DELIVERY_COUNT = "x-rpc-delivery-count"
 #: Why a message was dead-lettered.
 HEADER_DEATH_REASON = "x-rpc-death-reason"
 
+#: Topic exchange events are published to, routed by ``<source>.<event type>``.
+EVENTS_EXCHANGE = "rpc.events"
+#: Service that dispatched an event.
+HEADER_EVENT_SOURCE = "x-rpc-event-source"
+#: Type of an event, e.g. ``orders.created``.
+HEADER_EVENT_TYPE = "x-rpc-event-type"
+
+#: Consistent-hash exchange of a sharded service (RabbitMQ plugin exchange type).
+SHARD_EXCHANGE_TYPE = "x-consistent-hash"
+#: Key a sharded call is routed by; the consistent-hash exchange hashes this header.
+HEADER_SHARD_KEY = "x-rpc-shard-key"
+#: Points each worker queue takes on the hash ring: more points, a more even spread.
+SHARD_WEIGHT = 100
+
+#: How an event handler's queue is shared (see :func:`event_queue`).
+SERVICE_POOL = "service_pool"
+BROADCAST = "broadcast"
+SINGLETON = "singleton"
+HANDLER_TYPES = (SERVICE_POOL, BROADCAST, SINGLETON)
+
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _METHOD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EVENT_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def check_service_name(name: str) -> str:
@@ -60,6 +81,109 @@ def check_method_name(name: str) -> str:
     if not isinstance(name, str) or not _METHOD_NAME.match(name):
         raise ValueError(f"invalid method name {name!r}: use a Python identifier")
     return name
+
+
+def check_event_type(event_type: str) -> str:
+    """Return ``event_type`` if it can be dispatched: dot-separated words."""
+    if not isinstance(event_type, str) or not all(
+        _EVENT_WORD.match(word) for word in event_type.split(".")
+    ):
+        raise ValueError(
+            f"invalid event type {event_type!r}: use words of letters, digits, "
+            "'_' and '-', separated by dots"
+        )
+    return event_type
+
+
+def check_event_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it can filter event types: words, ``*`` (one word), ``#``.
+
+    ``#`` stands for zero or more words, as in an AMQP topic binding.
+    """
+    if not isinstance(pattern, str) or not all(
+        word in ("*", "#") or _EVENT_WORD.match(word) for word in pattern.split(".")
+    ):
+        raise ValueError(
+            f"invalid event filter {pattern!r}: use dot-separated words, '*' for "
+            "exactly one word and '#' for any number of words"
+        )
+    return pattern
+
+
+def event_routing_key(source: str, event_type: str) -> str:
+    """Routing key of an event on :data:`EVENTS_EXCHANGE`."""
+    return f"{source}.{event_type}"
+
+
+def event_binding(source: str, pattern: str) -> str:
+    """Binding key that selects ``source``'s events whose type matches ``pattern``."""
+    return f"{source}.{pattern}"
+
+
+def event_queue(service: str, method: str, handler_type: str, instance: str) -> str:
+    """Queue of one event handler.
+
+    A service pool queue is durable and shared by every worker of the service, so
+    each event reaches one of them and waits while none runs. A singleton queue is
+    the same with RabbitMQ's single active consumer, so one worker at a time
+    receives. A broadcast queue belongs to one worker process (``instance``):
+    exclusive, deleted with its connection.
+    """
+    base = f"rpc-events.{service}.{method}"
+    if handler_type == BROADCAST:
+        return f"{base}.{instance}"
+    if handler_type == SINGLETON:
+        return f"{base}.singleton"
+    return base
+
+
+def event_queue_arguments(handler_type: str) -> dict[str, Any]:
+    """Queue arguments an event handler's queue is declared with."""
+    if handler_type == SINGLETON:
+        return {"x-single-active-consumer": True}
+    return {}
+
+
+def event_headers(source: str, event_type: str) -> dict[str, Any]:
+    """Application headers of an event."""
+    return {
+        HEADER_VERSION: PROTOCOL_VERSION,
+        HEADER_EVENT_SOURCE: source,
+        HEADER_EVENT_TYPE: event_type,
+    }
+
+
+def cast_headers(method: str, caller: str) -> dict[str, Any]:
+    """Application headers of a cast: a request without reply and without deadline."""
+    return {
+        HEADER_VERSION: PROTOCOL_VERSION,
+        HEADER_METHOD: method,
+        HEADER_CALLER: caller,
+    }
+
+
+def shard_exchange(service: str) -> str:
+    """The consistent-hash exchange that spreads ``service``'s sharded calls."""
+    return f"rpc.shard.{service}"
+
+
+def shard_routing_key(service: str, method: str) -> str:
+    """Routing key of a sharded call on :data:`RPC_EXCHANGE`.
+
+    Three words, so the service queue's ``<service>.*`` binding does not match it;
+    :func:`shard_binding` sends it on to the service's consistent-hash exchange.
+    """
+    return f"{service}.{method}.shard"
+
+
+def shard_binding(service: str) -> str:
+    """Binding key of a service's shard exchange on :data:`RPC_EXCHANGE`."""
+    return f"{service}.*.shard"
+
+
+def shard_queue(service: str, instance: str) -> str:
+    """One worker's queue for sharded calls: exclusive to that worker process."""
+    return f"rpc-{service}.shard.{instance}"
 
 
 def service_queue(service: str) -> str:
@@ -173,6 +297,8 @@ class Request:
     caller: str
     redelivered: bool = False
     delivery_count: int = 1
+    #: The event's type, when this is an event handler's call.
+    event_type: str | None = None
 
     def remaining(self, now: float | None = None) -> float | None:
         """Seconds left before the caller gives up; None when no deadline was sent."""

@@ -7,10 +7,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
-from rpc import protocol, serialization
+from rpc import events, protocol, scatter, serialization
 from rpc.config import Config
 from rpc.context import current_call
 from rpc.errors import (
@@ -94,6 +94,17 @@ class RpcFuture:
             return exc
         return None
 
+    def cancel(self) -> bool:
+        """Stop waiting: the reply is dropped if it comes. False if already done.
+
+        A request already taken by a worker still runs there.
+        """
+        if self._future.done():
+            return False
+        self._cluster._forget(self.correlation_id)
+        self._fail(concurrent.futures.CancelledError(f"{self.label} was cancelled"))
+        return True
+
     def add_done_callback(self, callback: Callable[[RpcFuture], None]) -> None:
         """Call ``callback(self)`` once a reply or a failure arrives (I/O thread)."""
         self._future.add_done_callback(lambda _: callback(self))
@@ -165,6 +176,7 @@ class ClusterProxy:
             on_connect=self._set_up,
             on_disconnect=self._connection_lost,
             on_tick=self._expire,
+            confirms=True,
         )
 
     def __enter__(self) -> ClusterProxy:
@@ -192,8 +204,13 @@ class ClusterProxy:
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool = False,
+        shard_key: str | None = None,
     ) -> RpcFuture:
-        """Publish a request and return its future at once."""
+        """Publish a request and return its future at once.
+
+        With ``shard_key``, the request goes to the worker of the service that owns
+        that key on the service's consistent-hash ring.
+        """
         protocol.check_service_name(service)
         protocol.check_method_name(method)
         now = time.time()
@@ -216,14 +233,19 @@ class ClusterProxy:
         if not connection.connected:
             # Reconnecting after a blip: wait for it, within this call's deadline.
             connection.wait_connected(min(deadline - now, self.config.connect_timeout))
+        headers = protocol.request_headers(method, deadline, caller)
+        key = protocol.routing_key(service, method)
+        if shard_key is not None:
+            headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
+            key = protocol.shard_routing_key(service, method)
         self._pending[correlation_id] = (future, idempotent)
         try:
             connection.publish(
                 body,
                 exchange=protocol.RPC_EXCHANGE,
-                routing_key=protocol.routing_key(service, method),
+                routing_key=key,
                 content_type=serialization.CONTENT_TYPE,
-                headers=protocol.request_headers(method, deadline, caller),
+                headers=headers,
                 mandatory=True,
                 correlation_id=correlation_id,
                 reply_to=self._reply_to,
@@ -246,6 +268,111 @@ class ClusterProxy:
     ) -> JsonValue:
         """Call and wait for the result."""
         return self.call_async(service, method, args, kwargs, timeout=timeout).result()
+
+    def cast(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue] = (),
+        kwargs: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> None:
+        """Send a request that wants no reply; return once the broker has it.
+
+        Exactly one worker of the service runs it, whenever one is free: the
+        message is persistent and has no deadline, so it waits in the durable queue
+        while no worker runs. Returns when the broker confirms the publish (after
+        writing it to disk); ``timeout`` bounds that wait. A handler's failure is
+        logged by its worker, never reported back.
+
+        Raises:
+            UnknownServiceError: no queue is bound for the service.
+            BrokerError: the broker refused the message, did not confirm it in
+                time, or the connection was lost first (it may then have arrived:
+                cast again only what is safe to run twice).
+        """
+        protocol.check_service_name(service)
+        protocol.check_method_name(method)
+        body = serialization.encode(
+            protocol.request_body(args, kwargs or {}),
+            limit=self.config.max_message_bytes,
+        )
+        context = current_call()
+        caller = context.service if context is not None else self.name
+        label = f"cast {service}.{method}"
+        routed = self._confirmed(
+            label,
+            timeout,
+            lambda connection: connection.publish_confirmed(
+                body,
+                exchange=protocol.RPC_EXCHANGE,
+                routing_key=protocol.routing_key(service, method),
+                content_type=serialization.CONTENT_TYPE,
+                headers=protocol.cast_headers(method, caller),
+                mandatory=True,
+                delivery_mode=2,
+            ),
+        )
+        if not routed:
+            raise UnknownServiceError(
+                f"no service {service!r} is listening: the broker could not route "
+                f"{label} to any queue"
+            )
+
+    def dispatch(
+        self,
+        source: str,
+        event_type: str,
+        payload: JsonValue = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> None:
+        """Publish an event as ``source``; return once the broker has it.
+
+        Every subscribing handler gets its own copy (none, if nobody subscribes).
+
+        Raises:
+            ValueError: ``source`` or ``event_type`` cannot be used on the wire.
+            BrokerError: as for :meth:`cast`.
+        """
+        self._confirmed(
+            f"event {source}.{event_type}",
+            timeout,
+            lambda connection: events.publish_event(
+                connection,
+                source,
+                event_type,
+                payload,
+                limit=self.config.max_message_bytes,
+            ),
+        )
+
+    def _confirmed(
+        self,
+        label: str,
+        timeout: float | _UseDefault | None,
+        publish: Callable[[BrokerConnection], concurrent.futures.Future[bool]],
+    ) -> bool:
+        # Publisher confirms: wait here, in the caller's thread, for the I/O thread
+        # to see the broker's ack for this message.
+        seconds = (
+            self.config.default_timeout
+            if timeout is USE_DEFAULT or timeout is None
+            else float(timeout)  # type: ignore[arg-type]
+        )
+        if not self._started:
+            self.start()
+        connection = self._connection
+        if not connection.connected:
+            connection.wait_connected(min(seconds, self.config.connect_timeout))
+        confirm = publish(connection)
+        try:
+            return confirm.result(timeout=seconds)
+        except concurrent.futures.TimeoutError:
+            raise BrokerError(
+                f"{label}: the broker did not confirm it within {seconds}s"
+            ) from None
 
     def _deadline(self, now: float, timeout: float | _UseDefault | None) -> float:
         seconds = (
@@ -273,6 +400,7 @@ class ClusterProxy:
             durable=True,
             auto_delete=False,
         )
+        events.declare_exchange(channel)
         if connection.supports_direct_reply_to:
             self._reply_to = protocol.DIRECT_REPLY_TO
         else:
@@ -360,7 +488,7 @@ class ServiceProxy:
 
 
 class MethodProxy:
-    """One remote method: call it, ``call_async`` it, or change its options."""
+    """One remote method: call it, ``call_async``, ``cast`` or ``map`` it, shard it."""
 
     def __init__(
         self,
@@ -370,12 +498,14 @@ class MethodProxy:
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool = False,
+        shard_key: str | None = None,
     ) -> None:
         self._cluster = cluster
         self.service = service
         self.method = protocol.check_method_name(method)
         self._timeout = timeout
         self._idempotent = idempotent
+        self._shard_key = shard_key
 
     def __call__(self, *args: JsonValue, **kwargs: JsonValue) -> JsonValue:
         return self.call_async(*args, **kwargs).result()
@@ -389,6 +519,79 @@ class MethodProxy:
             kwargs,
             timeout=self._timeout,
             idempotent=self._idempotent,
+            shard_key=self._shard_key,
+        )
+
+    def cast(self, *args: JsonValue, **kwargs: JsonValue) -> None:
+        """Send the request without wanting a reply; see :meth:`ClusterProxy.cast`."""
+        self._cluster.cast(
+            self.service, self.method, args, kwargs, timeout=self._timeout
+        )
+
+    def shard(self, key: object) -> MethodProxy:
+        """This method routed by ``key``: ``cache.get.shard("user:42")("user:42")``.
+
+        Calls with the same key reach the same worker while the service's set of
+        workers does not change; the service must take sharded calls (one of its
+        methods declares ``@rpc(shard_by=...)``), or the call fails with
+        UnknownServiceError.
+        """
+        return MethodProxy(
+            self._cluster,
+            self.service,
+            self.method,
+            timeout=self._timeout,
+            idempotent=self._idempotent,
+            shard_key=str(key),
+        )
+
+    def map(
+        self,
+        iterable: Iterable[JsonValue],
+        *,
+        max_in_flight: int = scatter.DEFAULT_MAX_IN_FLIGHT,
+        return_exceptions: bool = False,
+    ) -> Iterator[JsonValue]:
+        """Call the method once per item (its one argument), concurrently.
+
+        Like ``multiprocessing.Pool.imap`` across machines: results come in input
+        order while up to ``max_in_flight`` calls run on the service's workers.
+        The first failure raises and cancels the rest, unless
+        ``return_exceptions=True`` puts the exception in that item's place.
+        """
+        return scatter.gather(
+            self._submit,
+            (((item,), {}) for item in iterable),
+            max_in_flight=max_in_flight,
+            return_exceptions=return_exceptions,
+        )
+
+    def starmap(
+        self,
+        iterable: Iterable[Sequence[JsonValue] | Mapping[str, JsonValue]],
+        *,
+        max_in_flight: int = scatter.DEFAULT_MAX_IN_FLIGHT,
+        return_exceptions: bool = False,
+    ) -> Iterator[JsonValue]:
+        """As :meth:`map`, each item a list of arguments or a dict of keyword ones."""
+        return scatter.gather(
+            self._submit,
+            (scatter.as_arguments(item) for item in iterable),
+            max_in_flight=max_in_flight,
+            return_exceptions=return_exceptions,
+        )
+
+    def _submit(
+        self, args: Sequence[JsonValue], kwargs: Mapping[str, JsonValue]
+    ) -> RpcFuture:
+        return self._cluster.call_async(
+            self.service,
+            self.method,
+            args,
+            kwargs,
+            timeout=self._timeout,
+            idempotent=self._idempotent,
+            shard_key=self._shard_key,
         )
 
     def with_options(
@@ -404,6 +607,7 @@ class MethodProxy:
             self.method,
             timeout=self._timeout if timeout is USE_DEFAULT else timeout,
             idempotent=self._idempotent if idempotent is None else idempotent,
+            shard_key=self._shard_key,
         )
 
     def __repr__(self) -> str:

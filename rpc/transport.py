@@ -17,7 +17,9 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from kombu.connection import Connection as KombuConnection
@@ -121,6 +123,7 @@ class BrokerConnection:
         on_disconnect: Callable[[BaseException], None] | None = None,
         on_tick: Callable[[], None] | None = None,
         reconnect: bool = True,
+        confirms: bool = False,
     ) -> None:
         self.url = url
         self.name = name
@@ -139,6 +142,13 @@ class BrokerConnection:
         self._thread: threading.Thread | None = None
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
+        self._confirms = confirms
+        self._confirm_channel: Any = None
+        self._confirm_tag = 0
+        #: delivery tag -> (future, message id) of publishes not confirmed yet
+        self._unconfirmed: dict[int, tuple[Future[bool], str]] = {}
+        #: message ids the broker returned as unroutable, awaiting their confirm
+        self._returned: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -291,6 +301,117 @@ class BrokerConnection:
             if delivery.generation == self._generation:
                 channel.basic_ack(delivery.delivery_tag)
 
+    def publish_confirmed(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        content_type: str,
+        content_encoding: str = "utf-8",
+        headers: Mapping[str, Any] | None = None,
+        mandatory: bool = False,
+        **properties: Any,
+    ) -> Future[bool]:
+        """Publish on the confirm channel; the future resolves when the broker confirms.
+
+        Its result is True once the broker has taken the message (written to disk
+        first when it is persistent and its queue durable), False when a mandatory
+        message could not be routed to any queue; a nack or a lost connection fails
+        it with BrokerError. The wait happens in the caller, never under the lock,
+        so any number of threads can have publishes in flight: the I/O thread
+        matches the broker's acks to them by delivery tag. Needs ``confirms=True``.
+        """
+        future: Future[bool] = Future()
+        message_id = properties.setdefault("message_id", uuid.uuid4().hex)
+        with self.channel() as channel:
+            confirm_channel = self._confirm_channel
+            if confirm_channel is None:
+                # No confirms on this transport (Kombu's memory://): taken is taken.
+                self._publish(
+                    channel,
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    content_type=content_type,
+                    content_encoding=content_encoding,
+                    headers=headers,
+                    mandatory=mandatory,
+                    properties=properties,
+                )
+                future.set_result(True)
+                return future
+            # Tags count publishes on the channel, from 1 after confirm.select.
+            self._confirm_tag += 1
+            self._unconfirmed[self._confirm_tag] = (future, message_id)
+            try:
+                self._publish(
+                    confirm_channel,
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    content_type=content_type,
+                    content_encoding=content_encoding,
+                    headers=headers,
+                    mandatory=mandatory,
+                    properties=properties,
+                )
+            except BaseException:
+                self._unconfirmed.pop(self._confirm_tag, None)
+                raise
+        return future
+
+    def _open_confirm_channel(self, connection: KombuConnection) -> None:
+        channel = connection.channel()
+        if not hasattr(channel, "confirm_select"):
+            return
+        # A plain confirm.select: py-amqp's own confirm mode would block every
+        # publish until its ack arrives; the acks are handled as events instead.
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_confirm_ack)
+        channel.events["basic_nack"].add(self._on_confirm_nack)
+        channel.events["basic_return"].add(self._on_confirm_return)
+        self._confirm_channel = channel
+        self._confirm_tag = 0
+
+    def _on_confirm_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple, None)
+
+    def _on_confirm_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(
+            delivery_tag, multiple, BrokerError("the broker refused the message (nack)")
+        )
+
+    def _on_confirm_return(
+        self, exc: Any, exchange: str, routing_key: str, message: Any
+    ) -> None:
+        # RabbitMQ sends basic.return before the basic.ack of the same message.
+        message_id = message.properties.get("message_id")
+        if message_id:
+            self._returned.add(message_id)
+
+    def _settle(self, tag: int, multiple: bool, error: BrokerError | None) -> None:
+        tags = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
+        for each in tags:
+            entry = self._unconfirmed.pop(each, None)
+            if entry is None:
+                continue
+            future, message_id = entry
+            routed = message_id not in self._returned
+            self._returned.discard(message_id)
+            if not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(routed)
+
+    def _fail_unconfirmed(self, error: BrokerError) -> None:
+        pending, self._unconfirmed = self._unconfirmed, {}
+        self._returned.clear()
+        for future, _ in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
     def ack(self, delivery: Delivery) -> None:
         self.publish_and_ack(delivery, None)
 
@@ -361,6 +482,8 @@ class BrokerConnection:
             self._generation += 1
             try:
                 self._on_connect(channel)
+                if self._confirms:
+                    self._open_confirm_channel(connection)
             except BrokerError:
                 self._close_connection()
                 raise
@@ -402,6 +525,11 @@ class BrokerConnection:
     def _close_connection(self) -> None:
         self._connected.clear()
         connection, self._connection, self._channel = self._connection, None, None
+        self._confirm_channel = None
+        # Whether the broker took these is unknown: the publisher decides to resend.
+        self._fail_unconfirmed(
+            BrokerError("connection lost before the broker confirmed the message")
+        )
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.release()

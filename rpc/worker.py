@@ -6,12 +6,14 @@ import concurrent.futures
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from rpc import protocol, serialization
+from rpc import events, protocol, serialization
 from rpc.config import Config
 from rpc.context import CallContext, serving
+from rpc.entrypoints import EventHandlerEntrypoint, RpcEntrypoint
 from rpc.errors import (
     BrokerError,
     InvalidArgumentsError,
@@ -52,6 +54,10 @@ class ServiceRunner:
             raise ServiceDefinitionError("a runner needs at least one service")
         self.services: dict[str, ServiceDefinition] = {d.name: d for d in definitions}
         self._consumers: dict[str, str] = {}  # consumer tag -> service name
+        # consumer tag -> the event handler its queue feeds
+        self._event_consumers: dict[str, tuple[ServiceDefinition, Handler]] = {}
+        #: Names this process's own queues (broadcast events, sharded calls).
+        self.instance_id = uuid.uuid4().hex[:12]
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.max_workers, thread_name_prefix="rpc-handler"
         )
@@ -98,7 +104,7 @@ class ServiceRunner:
         self._accepting = False
         try:
             with self._connection.channel() as channel:
-                for tag in list(self._consumers):
+                for tag in [*self._consumers, *self._event_consumers]:
                     channel.basic_cancel(tag)
         except BrokerError:
             pass
@@ -154,6 +160,7 @@ class ServiceRunner:
         # never holds more unacknowledged requests than it has handler threads.
         channel.basic_qos(0, self.config.max_workers, True)
         self._consumers.clear()
+        self._event_consumers.clear()
         for name in self.services:
             queue = protocol.service_queue(name)
             channel.queue_declare(
@@ -172,6 +179,67 @@ class ServiceRunner:
                 channel, queue, self._on_delivery, consumer_tag=f"rpc-{name}-{id(self)}"
             )
             self._consumers[tag] = name
+            if _is_sharded(self.services[name]):
+                self._consume_shard(channel, name)
+            self._subscribe(channel, self.services[name])
+
+    def _consume_shard(self, channel: Any, name: str) -> None:
+        # Sharded calls: rpc --<service>.<method>.shard--> the service's
+        # consistent-hash exchange, which hashes the shard key header onto the
+        # queues of the live workers (RabbitMQ's consistent-hash exchange plugin).
+        exchange = protocol.shard_exchange(name)
+        channel.exchange_declare(
+            exchange=exchange,
+            type=protocol.SHARD_EXCHANGE_TYPE,
+            durable=True,
+            auto_delete=False,
+            arguments={"hash-header": protocol.HEADER_SHARD_KEY},
+        )
+        channel.exchange_bind(
+            destination=exchange,
+            source=protocol.RPC_EXCHANGE,
+            routing_key=protocol.shard_binding(name),
+        )
+        queue = protocol.shard_queue(name, self.instance_id)
+        channel.queue_declare(
+            queue=queue, durable=False, exclusive=True, auto_delete=True
+        )
+        channel.queue_bind(
+            queue=queue, exchange=exchange, routing_key=str(protocol.SHARD_WEIGHT)
+        )
+        tag = self._connection.consume(
+            channel,
+            queue,
+            self._on_delivery,
+            consumer_tag=f"rpc-{name}-shard-{id(self)}",
+        )
+        self._consumers[tag] = name
+
+    def _subscribe(self, channel: Any, service: ServiceDefinition) -> None:
+        subscriptions = [
+            handler
+            for handler in service.other_handlers
+            if isinstance(handler.entrypoint, EventHandlerEntrypoint)
+        ]
+        if not subscriptions:
+            return
+        events.declare_exchange(channel)
+        for handler in subscriptions:
+            assert isinstance(handler.entrypoint, EventHandlerEntrypoint)
+            queue = events.declare_subscription(
+                channel,
+                service.name,
+                handler.entrypoint,
+                instance=self.instance_id,
+                arguments=self._queue_arguments(),
+            )
+            tag = self._connection.consume(
+                channel,
+                queue,
+                self._on_delivery,
+                consumer_tag=f"rpc-{service.name}-{handler.name}-{id(self)}",
+            )
+            self._event_consumers[tag] = (service, handler)
 
     def _queue_arguments(self) -> dict[str, Any]:
         if self.config.queue_type == "quorum":
@@ -189,7 +257,11 @@ class ServiceRunner:
 
     def _handle(self, delivery: Delivery) -> None:
         try:
-            self._answer(delivery)
+            subscription = self._event_consumers.get(delivery.consumer_tag)
+            if subscription is not None:
+                self._handle_event(*subscription, delivery)
+            else:
+                self._answer(delivery)
         except BrokerError as exc:
             # Reply or ack could not be sent: the broker redelivers the request.
             log.warning("could not answer %s: %s", delivery.correlation_id, exc)
@@ -215,8 +287,77 @@ class ServiceRunner:
             log.info(DROPPED_EXPIRED, service.name, request.method, -remaining)
             self._connection.ack(delivery)
             return
+        if self._forward_to_shard(service, request, delivery):
+            return
         outcome = self._run(service, request)
         self._reply(delivery, **outcome)
+
+    def _forward_to_shard(
+        self, service: ServiceDefinition, request: protocol.Request, delivery: Delivery
+    ) -> bool:
+        """Send a ``shard_by`` call that came through the shared queue to its owner."""
+        handler = service.rpc_handlers.get(request.method)
+        if handler is None or delivery.headers.get(protocol.HEADER_SHARD_KEY):
+            return False
+        entrypoint = handler.entrypoint
+        if not isinstance(entrypoint, RpcEntrypoint) or entrypoint.shard_by is None:
+            return False
+        try:
+            bound = handler.bind(request.args, request.kwargs)
+        except TypeError:
+            return False  # _run answers with InvalidArgumentsError
+        key = bound.arguments.get(entrypoint.shard_by)
+        properties: dict[str, Any] = {
+            name: delivery.properties[name]
+            for name in ("correlation_id", "reply_to", "expiration", "delivery_mode")
+            if delivery.properties.get(name) is not None
+        }
+        # Publish, then ack the original: a crash in between runs it twice at worst.
+        self._connection.publish_and_ack(
+            delivery,
+            delivery.body,
+            exchange=protocol.RPC_EXCHANGE,
+            routing_key=protocol.shard_routing_key(service.name, request.method),
+            content_type=delivery.content_type or serialization.CONTENT_TYPE,
+            headers={**delivery.headers, protocol.HEADER_SHARD_KEY: str(key)},
+            properties=properties,
+        )
+        return True
+
+    def _handle_event(
+        self, service: ServiceDefinition, handler: Handler, delivery: Delivery
+    ) -> None:
+        """Run an event handler, then ack: a crash before the ack redelivers it."""
+        try:
+            event = events.decode_event(delivery, limit=self.config.max_message_bytes)
+        except SerializationError as exc:
+            # Never retried: it would fail the same way on every worker.
+            log.warning(
+                "dropping an unreadable event for %s.%s: %s",
+                service.name,
+                handler.name,
+                exc,
+            )
+            self._connection.ack(delivery)
+            return
+        request = protocol.Request(
+            service=service.name,
+            method=handler.name,
+            args=[event.payload],
+            kwargs={},
+            correlation_id=delivery.correlation_id,
+            reply_to=None,
+            deadline=None,
+            caller=event.source,
+            redelivered=delivery.redelivered,
+            event_type=event.event_type,
+        )
+        try:
+            self.invoke(service, handler, CallContext(service.name, request))
+        except Exception as exc:
+            # A failing handler must not loop the event through the queue forever.
+            log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
+        self._connection.ack(delivery)
 
     def _service_for(self, delivery: Delivery) -> ServiceDefinition:
         name, _, _ = delivery.routing_key.partition(".")
@@ -327,6 +468,14 @@ class ServiceRunner:
             content_type=serialization.CONTENT_TYPE,
             properties={"correlation_id": delivery.correlation_id, "delivery_mode": 1},
         )
+
+
+def _is_sharded(service: ServiceDefinition) -> bool:
+    return any(
+        isinstance(handler.entrypoint, RpcEntrypoint)
+        and handler.entrypoint.shard_by is not None
+        for handler in service.rpc_handlers.values()
+    )
 
 
 def _without_traceback(error: Exception) -> dict[str, str]:
