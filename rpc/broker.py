@@ -31,13 +31,27 @@ def is_reachable(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+#: Plugins the framework uses: the consistent-hash exchange routes sharded calls.
+PLUGINS = ("rabbitmq_consistent_hash_exchange",)
+
+
 def ensure_broker(url: str, *, install: bool = True, log: bool = True) -> str:
     """Return a line saying how the broker at ``url`` became reachable, or raise.
 
     A remote broker is only checked. A local one is started with
     ``rabbitmq-server -detached`` when installed, and installed with apt-get first
-    when absent and we run as root.
+    when absent and we run as root; then its :data:`PLUGINS` are enabled.
     """
+    status = _ensure_reachable(url, install=install, log=log)
+    host, _ = address_of(url)
+    if host in LOOPBACK_HOSTS and shutil.which("rabbitmq-plugins") is not None:
+        # Idempotent, and applied to the running node without a restart.
+        _run(["rabbitmq-plugins", "enable", "--quiet", *PLUGINS], False)
+        status += f"; enabled {', '.join(PLUGINS)}"
+    return status
+
+
+def _ensure_reachable(url: str, *, install: bool, log: bool) -> str:
     host, port = address_of(url)
     if is_reachable(url):
         return f"broker reachable at {host}:{port}"
