@@ -1,4 +1,4 @@
-"""Casts: requests without a reply, confirmed by the broker, run by exactly one worker."""
+"""Casts: requests without reply, confirmed by the broker, run by one worker."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import kombu
 import pytest
 
 from rpc import UnknownServiceError, protocol
-from tests.integration.topology_fixtures import (  # noqa: F401
-    cluster,
-    config,
-    record,
-    runners,
-)
+from tests.integration import topology_fixtures as fixtures
 from tests.integration.topology_services import Forwarder, Sink
+
+# Shared fixtures: a config on the test's vhost, runners, a recorder, a client.
+config, record = fixtures.config, fixtures.record
+runners, cluster = fixtures.runners, fixtures.cluster
 
 
 def test_each_cast_runs_exactly_once_across_workers(runners, cluster, record):

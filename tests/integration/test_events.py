@@ -6,12 +6,7 @@ import kombu
 import pytest
 
 from rpc import protocol
-from tests.integration.topology_fixtures import (  # noqa: F401
-    cluster,
-    config,
-    record,
-    runners,
-)
+from tests.integration import topology_fixtures as fixtures
 from tests.integration.topology_services import (
     Audit,
     Billing,
@@ -19,6 +14,10 @@ from tests.integration.topology_services import (
     Reporter,
     Shop,
 )
+
+# Shared fixtures: a config on the test's vhost, runners, a recorder, a client.
+config, record = fixtures.config, fixtures.record
+runners, cluster = fixtures.runners, fixtures.cluster
 
 
 def test_service_pool_each_service_gets_each_event_once(runners, cluster, record):
