@@ -476,6 +476,7 @@ class BrokerConnection:
             with contextlib.suppress(Exception):
                 connection.release()
             raise BrokerError(f"cannot connect to {self._safe_url()}: {exc}") from exc
+        _skip_poll_before_publish(connection)
         with self._lock:
             self._connection = connection
             self._channel = channel
@@ -608,6 +609,19 @@ class BrokerConnection:
                 log.debug("%s: reconnect failed: %s", self.name, error)
             self._stopping.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def _skip_poll_before_publish(connection: KombuConnection) -> None:
+    # py-amqp reads the socket before every publish to catch connection.blocked; our
+    # I/O thread reads every frame anyway, so that poll (a syscall and a raised
+    # timeout per publish) is pure cost. The broker still sends connection.blocked:
+    # it was negotiated at the handshake, and only this local copy changes.
+    raw = connection.connection
+    properties = getattr(raw, "client_properties", None)
+    if isinstance(properties, dict):
+        capabilities = dict(properties.get("capabilities", {}))
+        capabilities["connection.blocked"] = False
+        raw.client_properties = {**properties, "capabilities": capabilities}
 
 
 def _readable(
