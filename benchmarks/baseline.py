@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kombu
@@ -25,9 +25,27 @@ CONTENT_TYPE = "application/json"
 PREFETCH = 10
 
 
+#: Where the baseline's casts and events go, beside its request queue.
+EVENTS_EXCHANGE = "baseline.events"
+EVENT_ROUTING_KEY = "benchsource.tick"
+
+
+def sink_queue(queue: str) -> str:
+    return f"{queue}-sink"
+
+
+def events_queue(queue: str) -> str:
+    return f"{queue}-events"
+
+
 def serve(url: str, queue: str, prefetch: int = PREFETCH) -> None:
-    """Answer requests on ``queue`` until SIGTERM: reply with the first argument."""
+    """Answer requests on ``queue`` until SIGTERM: reply with the first argument.
+
+    Casts (on the sink queue) and events (through a topic exchange) are consumed and
+    counted; a request with ``{"seen": true}`` as kwargs gets the counts.
+    """
     stopping = False
+    seen = {"casts": 0, "events": 0}
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -39,11 +57,26 @@ def serve(url: str, queue: str, prefetch: int = PREFETCH) -> None:
         channel = connection.channel()
         channel.basic_qos(0, prefetch, False)
         channel.queue_declare(queue=queue, durable=False, auto_delete=False)
+        channel.queue_declare(queue=sink_queue(queue), durable=True, auto_delete=False)
+        channel.exchange_declare(
+            exchange=EVENTS_EXCHANGE, type="topic", durable=True, auto_delete=False
+        )
+        channel.queue_declare(
+            queue=events_queue(queue), durable=True, auto_delete=False
+        )
+        channel.queue_bind(
+            queue=events_queue(queue),
+            exchange=EVENTS_EXCHANGE,
+            routing_key=EVENT_ROUTING_KEY,
+        )
 
         def on_request(message: Any) -> None:
             request = orjson.loads(message.body)
-            args = request.get("args") or [None]
-            body = orjson.dumps({"result": args[0]})
+            if request.get("kwargs", {}).get("seen"):
+                result: Any = seen
+            else:
+                result = (request.get("args") or [None])[0]
+            body = orjson.dumps({"result": result})
             reply = channel.prepare_message(
                 body,
                 None,
@@ -57,9 +90,19 @@ def serve(url: str, queue: str, prefetch: int = PREFETCH) -> None:
             )
             channel.basic_ack(message.delivery_tag)
 
+        def counter(kind: str) -> Callable[[Any], None]:
+            def on_message(message: Any) -> None:
+                orjson.loads(message.body)
+                seen[kind] += 1
+                channel.basic_ack(message.delivery_tag)
+
+            return on_message
+
         channel.basic_consume(queue=queue, callback=on_request)
+        channel.basic_consume(queue=sink_queue(queue), callback=counter("casts"))
+        channel.basic_consume(queue=events_queue(queue), callback=counter("events"))
         while not stopping:
-            with contextlib.suppress(socket.timeout):
+            with contextlib.suppress(TimeoutError):
                 connection.drain_events(timeout=0.5)
 
 
@@ -72,6 +115,8 @@ class BaselineClient:
         self.channel = self.connection.channel()
         self._pending: set[str] = set()
         self._done = 0
+        self._result: Any = None
+        self._confirm_channel: Any = None
         self.channel.basic_consume(
             queue=DIRECT_REPLY_TO, no_ack=True, callback=self._reply
         )
@@ -85,7 +130,7 @@ class BaselineClient:
         correlation_id = message.properties.get("correlation_id")
         if correlation_id in self._pending:
             self._pending.discard(correlation_id)
-            orjson.loads(message.body)
+            self._result = orjson.loads(message.body)["result"]
             self._done += 1
 
     def _send(self, queue: str, body: bytes) -> None:
@@ -138,10 +183,52 @@ class BaselineClient:
                     self._drain(deadline)
         return time.perf_counter() - start
 
+    def seen(self, queue: str, timeout: float = 60.0) -> dict[str, int]:
+        """Casts and events the server has consumed so far."""
+        self._done = 0
+        self._send(queue, orjson.dumps({"args": [], "kwargs": {"seen": True}}))
+        deadline = time.perf_counter() + timeout
+        while self._done < 1:
+            self._drain(deadline)
+        return dict(self._result)
+
+    def publish_confirmed(
+        self, kind: str, queue: str, messages: int, timeout: float = 300.0
+    ) -> float:
+        """Publish persistent messages one by one, each confirmed by the broker,
+        and wait until the server has consumed them all; return the seconds taken.
+        """
+        if self._confirm_channel is None:
+            self._confirm_channel = self.connection.channel()
+        if kind == "casts":
+            exchange, routing_key = "", sink_queue(queue)
+        else:
+            exchange, routing_key = EVENTS_EXCHANGE, EVENT_ROUTING_KEY
+        before = self.seen(queue)[kind]
+        start = time.perf_counter()
+        deadline = start + timeout
+        for number in range(messages):
+            message = self._confirm_channel.prepare_message(
+                orjson.dumps(number),
+                None,
+                CONTENT_TYPE,
+                "utf-8",
+                {},
+                {"delivery_mode": 2},
+            )
+            self._confirm_channel.basic_publish_confirm(
+                message, exchange=exchange, routing_key=routing_key, mandatory=True
+            )
+        while self.seen(queue)[kind] - before < messages:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"the baseline server did not consume its {kind}")
+            time.sleep(0.002)
+        return time.perf_counter() - start
+
     def _drain(self, deadline: float) -> None:
         if time.perf_counter() > deadline:
             raise TimeoutError("the baseline server did not answer in time")
-        with contextlib.suppress(socket.timeout):
+        with contextlib.suppress(TimeoutError):
             self.connection.drain_events(timeout=1.0)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks import harness
 from benchmarks.baseline import BaselineClient
+from benchmarks.services import EVENT_SOURCE, EVENT_TYPE
 from rpc import ClusterProxy, UnknownServiceError
 
 BASELINE_QUEUE = "baseline-bench"
@@ -38,13 +39,14 @@ class Plan:
     compute_count: int
     compute_calls: int
     startup_repetitions: int
+    messages: int
 
     def steps(self) -> int:
         """Measurements the progress bar counts."""
         return (
             self.repetitions
             * (1 + len(self.in_flight) * len(self.processes) + len(self.payload_calls))
-            + self.repetitions * 2
+            + self.repetitions * 4
             + self.startup_repetitions
             + 1
         )
@@ -62,6 +64,7 @@ FULL = Plan(
     compute_count=1_000_000,
     compute_calls=8,
     startup_repetitions=3,
+    messages=1000,
 )
 QUICK = Plan(
     name="quick",
@@ -75,6 +78,7 @@ QUICK = Plan(
     compute_count=100_000,
     compute_calls=8,
     startup_repetitions=1,
+    messages=100,
 )
 
 Progress = Callable[[str], None]
@@ -232,6 +236,47 @@ def payload(clients: Clients, plan: Plan, progress: Progress) -> list[dict[str, 
     return rows
 
 
+def framework_confirmed(
+    cluster: ClusterProxy, kind: str, messages: int, timeout: float = 300.0
+) -> float:
+    """Casts or events one by one, each confirmed, until the worker consumed all."""
+    before = cluster.bench.seen().get(kind, 0)
+    start = time.perf_counter()
+    deadline = start + timeout
+    for number in range(messages):
+        if kind == "casts":
+            cluster.bench.sink.cast(number)
+        else:
+            cluster.dispatch(EVENT_SOURCE, EVENT_TYPE, number)
+    while cluster.bench.seen().get(kind, 0) - before < messages:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the worker did not consume its {kind}")
+        time.sleep(0.002)
+    return time.perf_counter() - start
+
+
+def confirmed(
+    clients: Clients, plan: Plan, kind: str, progress: Progress
+) -> dict[str, Any]:
+    """Persistent messages published with confirms and consumed, per second."""
+    ours, theirs, ratios = [], [], []
+    for _ in range(plan.repetitions):
+        fw = plan.messages / framework_confirmed(clients.cluster, kind, plan.messages)
+        bl = plan.messages / clients.baseline.publish_confirmed(
+            kind, BASELINE_QUEUE, plan.messages
+        )
+        ours.append(fw)
+        theirs.append(bl)
+        ratios.append(fw / bl)
+        progress(kind)
+    return {
+        "messages": plan.messages,
+        "framework_per_s": statistics.median(ours),
+        "baseline_per_s": statistics.median(theirs),
+        "ratio": statistics.median(ratios),
+    }
+
+
 def _compute_burst(cluster: ClusterProxy, plan: Plan) -> float:
     start = time.perf_counter()
     futures = [
@@ -360,6 +405,8 @@ def run_all(broker_url: str, plan: Plan, progress: Progress) -> dict[str, Any]:
                     if processes == 1:
                         results["latency"] = latency(clients, plan, progress)
                         results["payload"] = payload(clients, plan, progress)
+                        results["cast"] = confirmed(clients, plan, "casts", progress)
+                        results["events"] = confirmed(clients, plan, "events", progress)
                     rows.extend(throughput(clients, plan, processes, progress))
             results["throughput"] = rows
             results["cpu_scaling"] = cpu_scaling(cluster, broker_url, plan, progress)

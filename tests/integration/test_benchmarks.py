@@ -61,6 +61,9 @@ def test_quick_benchmark_writes_json_markdown_and_plot(
             row["framework_calls_per_s"] / row["baseline_calls_per_s"], rel=1e-6
         )
     assert [row["bytes"] for row in results["payload"]] == [1024, 65536, 1048576]
+    for kind in ("cast", "events"):
+        assert results[kind]["messages"] > 0
+        assert results[kind]["framework_per_s"] > 0 < results[kind]["baseline_per_s"]
     assert results["cpu_scaling"]["speedup"] > 0
     assert set(results["cpu_scaling"]["seconds"]) == {
         "1",
