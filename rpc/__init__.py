@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from rpc.async_proxy import (
+    AsyncClusterProxy,
+    AsyncMethodProxy,
+    AsyncRpcFuture,
+    AsyncServiceProxy,
+)
 from rpc.config import Config
 from rpc.context import CallContext, current_call
 from rpc.dependencies import (
@@ -38,6 +44,10 @@ __all__ = [
     "SERVICE_POOL",
     "SINGLETON",
     "USE_DEFAULT",
+    "AsyncClusterProxy",
+    "AsyncMethodProxy",
+    "AsyncRpcFuture",
+    "AsyncServiceProxy",
     "BrokerError",
     "CallContext",
     "CallError",

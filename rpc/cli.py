@@ -147,6 +147,35 @@ def _call_when_served(
             time.sleep(0.5)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@broker_option
+@config_option
+@click.option("--timeout", type=float, help="Seconds a call may take by default.")
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=1024 * 1024,
+    show_default=True,
+    help="Largest request body accepted, in bytes.",
+)
+def gateway(
+    host: str,
+    port: int,
+    broker: str | None,
+    config_file: str | None,
+    timeout: float | None,
+    max_body: int,
+) -> None:
+    """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service."""
+    from rpc.gateway import serve  # aiohttp is only needed here
+
+    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    click.echo(f"gateway on http://{host}:{port}; Ctrl+C stops", err=True)
+    serve(config, host=host, port=port, max_body=max_body)
+
+
 @main.group()
 def broker() -> None:
     """Broker helpers."""

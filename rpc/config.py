@@ -27,6 +27,9 @@ class Config:
     default_timeout: float = 30.0
     #: Handlers run at once in one worker process; also the consumer prefetch.
     max_workers: int = 10
+    #: ``async def`` handlers run at once on the worker's event loop; a runner that
+    #: has any adds this to its prefetch.
+    max_async: int = 100
     #: AMQP heartbeat in seconds; 0 turns heartbeats off.
     heartbeat: float = 30.0
     #: Seconds to keep trying to reach the broker at start-up.
@@ -47,6 +50,8 @@ class Config:
             raise ConfigError("default_timeout must be positive")
         if self.max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
+        if self.max_async < 1:
+            raise ConfigError("max_async must be at least 1")
         if self.heartbeat < 0:
             raise ConfigError("heartbeat must not be negative")
         if self.max_message_bytes < 1024:

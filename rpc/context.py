@@ -20,6 +20,9 @@ class CallContext:
 
     service: str
     request: Request
+    #: True when the handler is a coroutine function running on the worker's event
+    #: loop: dependencies then give it awaitable clients.
+    asynchronous: bool = False
 
     @property
     def redelivered(self) -> bool:

@@ -10,6 +10,7 @@ from rpc.context import CallContext
 from rpc.protocol import check_service_name
 
 if TYPE_CHECKING:
+    from rpc.async_proxy import AsyncClusterProxy, AsyncServiceProxy
     from rpc.config import Config
     from rpc.proxy import ClusterProxy, ServiceProxy
 
@@ -22,6 +23,9 @@ class Runtime(Protocol):
 
     @property
     def cluster(self) -> ClusterProxy: ...
+
+    @property
+    def async_cluster(self) -> AsyncClusterProxy: ...
 
 
 class Dependency:
@@ -43,13 +47,19 @@ class Dependency:
 class RpcProxy(Dependency):
     """A proxy to another service: ``greeter = RpcProxy("greeter")``.
 
-    Calls made through it inherit the deadline of the call being served.
+    Calls made through it inherit the deadline of the call being served. In an
+    ``async def`` handler it is an :class:`~rpc.async_proxy.AsyncServiceProxy`, whose
+    calls are awaited: ``await self.greeter.hello("x")``.
     """
 
     def __init__(self, service_name: str) -> None:
         self.service_name = check_service_name(service_name)
 
-    def get_dependency(self, runtime: Runtime, context: CallContext) -> ServiceProxy:
+    def get_dependency(
+        self, runtime: Runtime, context: CallContext
+    ) -> ServiceProxy | AsyncServiceProxy:
+        if context.asynchronous:
+            return runtime.async_cluster[self.service_name]
         return runtime.cluster[self.service_name]
 
     def __repr__(self) -> str:
@@ -61,13 +71,21 @@ class EventDispatcher(Dependency):
 
     The call returns once the broker has the event (publisher confirms), so an
     event dispatched by a handler that then returns is not lost with the worker.
+    In an ``async def`` handler it is awaited: ``await self.dispatch(...)``.
     """
 
     def get_dependency(
         self, runtime: Runtime, context: CallContext
-    ) -> Callable[[str, Any], None]:
-        cluster = runtime.cluster
+    ) -> Callable[[str, Any], Any]:
         source = context.service
+        if context.asynchronous:
+            async_cluster = runtime.async_cluster
+
+            async def dispatch_async(event_type: str, payload: Any = None) -> None:
+                await async_cluster.dispatch(source, event_type, payload)
+
+            return dispatch_async
+        cluster = runtime.cluster
 
         def dispatch(event_type: str, payload: Any = None) -> None:
             cluster.dispatch(source, event_type, payload)

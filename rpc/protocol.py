@@ -27,6 +27,8 @@ PROTOCOL_VERSION = 1
 RPC_EXCHANGE = "rpc"
 #: Direct exchange that poison messages are moved to, routed by their queue's name.
 DEAD_LETTER_EXCHANGE = "rpc.dead-letter"
+#: Fanout exchange every worker listens on to describe the services it runs.
+DISCOVERY_EXCHANGE = "rpc.discovery"
 #: RabbitMQ's pseudo-queue for replies: no queue is declared per caller or per call.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -281,6 +283,41 @@ def parse_reply_body(value: JsonValue, *, service: str = "") -> JsonValue:
         str(error.get("traceback", "")),
         service=service,
     )
+
+
+def discovery_request() -> dict[str, Any]:
+    """Body of a discovery request; every worker answers to its ``reply_to``."""
+    return {"discover": PROTOCOL_VERSION}
+
+
+def discovery_reply(
+    worker: str, services: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """What one worker answers: its id, and ``ServiceDefinition.describe()`` of each."""
+    return {"worker": worker, "services": [dict(service) for service in services]}
+
+
+def merge_discovery(replies: Sequence[JsonValue]) -> dict[str, Any]:
+    """Fold the replies of many workers into one listing, by service name.
+
+    Each service lists its methods and how many workers answered for it. Replies that
+    do not have the expected shape are skipped: one odd worker must not hide the rest.
+    """
+    merged: dict[str, Any] = {}
+    for reply in replies:
+        if not isinstance(reply, dict) or not isinstance(reply.get("services"), list):
+            continue
+        for service in reply["services"]:
+            if not isinstance(service, dict):
+                continue
+            name = service.get("service")
+            methods = service.get("methods")
+            if not isinstance(name, str) or not isinstance(methods, dict):
+                continue
+            entry = merged.setdefault(name, {"methods": {}, "workers": 0})
+            entry["workers"] += 1
+            entry["methods"].update(methods)
+    return dict(sorted(merged.items()))
 
 
 @dataclasses.dataclass(frozen=True)

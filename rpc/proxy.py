@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from rpc import events, protocol, scatter, serialization
 from rpc.config import Config
@@ -34,6 +35,48 @@ class _UseDefault:
 USE_DEFAULT: Final = _UseDefault()
 
 
+class Waiter(Protocol):
+    """What waits for one call's reply; the I/O thread settles it exactly once."""
+
+    service: str
+    deadline: float
+
+    @property
+    def label(self) -> str: ...
+
+    def _deliver(self, delivery: Delivery) -> None: ...
+
+    def _fail(self, exc: BaseException) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedCall:
+    """A request ready to publish: encoded, addressed and given its deadline."""
+
+    service: str
+    method: str
+    correlation_id: str
+    deadline: float
+    created: float
+    body: bytes
+    headers: dict[str, Any]
+    routing_key: str
+
+
+def reply_result(delivery: Delivery, service: str) -> JsonValue:
+    """The result a reply carries, or the remote error it carries raised."""
+    value = serialization.decode(delivery.body, delivery.content_type)
+    return protocol.parse_reply_body(value, service=service)
+
+
+def not_routed(service: str, label: str) -> UnknownServiceError:
+    """The error of a cast or call that the broker could not route to a queue."""
+    return UnknownServiceError(
+        f"no service {service!r} is listening: the broker could not route "
+        f"{label} to any queue"
+    )
+
+
 class RpcFuture:
     """The pending result of one call; :meth:`result` waits for it.
 
@@ -51,7 +94,7 @@ class RpcFuture:
 
     def __init__(
         self,
-        cluster: ClusterProxy,
+        cluster: BaseClusterProxy,
         service: str,
         method: str,
         correlation_id: str,
@@ -83,8 +126,7 @@ class RpcFuture:
             raise CallTimeoutError(
                 f"{self.label} got no reply before its deadline"
             ) from None
-        value = serialization.decode(delivery.body, delivery.content_type)
-        return protocol.parse_reply_body(value, service=self.service)
+        return reply_result(delivery, self.service)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception :meth:`result` would raise, or None."""
@@ -122,12 +164,14 @@ class RpcFuture:
             self._future.set_exception(exc)
 
 
-class ClusterProxy:
-    """A client for every service on one broker: ``cluster.greeter.hello(name="x")``.
+class BaseClusterProxy:
+    """What :class:`ClusterProxy` and its asyncio twin share: everything but waiting.
 
-    One connection serves every thread; concurrent calls are multiplexed on it and
-    matched to their replies by correlation id. Replies come on RabbitMQ's direct
-    reply-to, so no queue is declared per call or per caller.
+    It owns the connection and the map of pending calls, builds requests (arguments,
+    deadline, headers) and matches replies, returns and disconnections to the waiter
+    of each call. A waiter is whatever the twin waits on: an :class:`RpcFuture` here,
+    an asyncio future in :mod:`rpc.async_proxy`. Every callback runs on the
+    connection's I/O thread and only hands results over; no caller code runs there.
     """
 
     def __init__(
@@ -141,26 +185,33 @@ class ClusterProxy:
         base = config if config is not None else Config.load()
         self.config = base.replace(broker_url=broker_url, default_timeout=timeout)
         self.name = name
-        self._pending: dict[str, tuple[RpcFuture, bool]] = {}
+        self._pending: dict[str, tuple[Waiter, bool]] = {}
+        # Requests answered by many replies (discovery): correlation id -> callback.
+        self._listeners: dict[str, Callable[[Delivery], None]] = {}
         self._start_lock = threading.Lock()
         self._started = False
         self._connection = self._new_connection()
         self._reply_to = protocol.DIRECT_REPLY_TO
 
-    # -- lifecycle -----------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """True once connected, until stopped; reconnection is then automatic."""
+        return self._started
 
-    def start(self) -> ClusterProxy:
-        """Connect now; otherwise the first call connects."""
+    @property
+    def connected(self) -> bool:
+        """True while the connection to the broker is up."""
+        return self._started and self._connection.connected
+
+    def _start_connection(self) -> None:
         with self._start_lock:
             if not self._started:
                 if self._connection.stopped:
                     self._connection = self._new_connection()
                 self._connection.start()
                 self._started = True
-        return self
 
-    def stop(self) -> None:
-        """Close the connection; calls still waiting fail with BrokerError."""
+    def _stop_connection(self) -> None:
         with self._start_lock:
             started, self._started = self._started, False
         if started:
@@ -178,6 +229,245 @@ class ClusterProxy:
             on_tick=self._expire,
             confirms=True,
         )
+
+    # -- building and sending requests (I/O-free but for the publish) ----------------
+
+    def _prepare(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue],
+        kwargs: Mapping[str, JsonValue] | None,
+        timeout: float | _UseDefault | None,
+        shard_key: str | None = None,
+    ) -> PreparedCall:
+        """Check names, fix the deadline and encode the body; raises before any I/O.
+
+        With ``shard_key``, the request goes to the worker of the service that owns
+        that key on the service's consistent-hash ring.
+        """
+        protocol.check_service_name(service)
+        protocol.check_method_name(method)
+        now = time.time()
+        deadline = self._deadline(now, timeout)
+        if deadline <= now:
+            raise CallTimeoutError(
+                f"call {service}.{method}: the caller's deadline has already passed"
+            )
+        body = serialization.encode(
+            protocol.request_body(args, kwargs or {}),
+            limit=self.config.max_message_bytes,
+        )
+        headers = protocol.request_headers(method, deadline, self._caller())
+        key = protocol.routing_key(service, method)
+        if shard_key is not None:
+            headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
+            key = protocol.shard_routing_key(service, method)
+        return PreparedCall(
+            service=service,
+            method=method,
+            correlation_id=uuid.uuid4().hex,
+            deadline=deadline,
+            created=now,
+            body=body,
+            headers=headers,
+            routing_key=key,
+        )
+
+    def _caller(self) -> str:
+        context = current_call()
+        return context.service if context is not None else self.name
+
+    def _cast_publisher(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue],
+        kwargs: Mapping[str, JsonValue] | None,
+    ) -> Callable[[BrokerConnection], concurrent.futures.Future[bool]]:
+        """Encode a cast now; the result publishes it with a confirm when called."""
+        protocol.check_service_name(service)
+        protocol.check_method_name(method)
+        body = serialization.encode(
+            protocol.request_body(args, kwargs or {}),
+            limit=self.config.max_message_bytes,
+        )
+        headers = protocol.cast_headers(method, self._caller())
+        return lambda connection: connection.publish_confirmed(
+            body,
+            exchange=protocol.RPC_EXCHANGE,
+            routing_key=protocol.routing_key(service, method),
+            content_type=serialization.CONTENT_TYPE,
+            headers=headers,
+            mandatory=True,
+            delivery_mode=2,
+        )
+
+    def _event_publisher(
+        self, source: str, event_type: str, payload: JsonValue
+    ) -> Callable[[BrokerConnection], concurrent.futures.Future[bool]]:
+        limit = self.config.max_message_bytes
+        return lambda connection: events.publish_event(
+            connection, source, event_type, payload, limit=limit
+        )
+
+    def _confirm_seconds(self, timeout: float | _UseDefault | None) -> float:
+        return (
+            self.config.default_timeout
+            if timeout is USE_DEFAULT or timeout is None
+            else float(timeout)  # type: ignore[arg-type]
+        )
+
+    def _send(self, call: PreparedCall, waiter: Waiter, *, idempotent: bool) -> None:
+        """Register ``waiter`` for the reply, then publish the request."""
+        connection = self._connection
+        self._pending[call.correlation_id] = (waiter, idempotent)
+        try:
+            connection.publish(
+                call.body,
+                exchange=protocol.RPC_EXCHANGE,
+                routing_key=call.routing_key,
+                content_type=serialization.CONTENT_TYPE,
+                headers=call.headers,
+                mandatory=True,
+                correlation_id=call.correlation_id,
+                reply_to=self._reply_to,
+                expiration=protocol.expiration_ms(call.deadline, call.created),
+                delivery_mode=1,
+            )
+        except BrokerError:
+            self._pending.pop(call.correlation_id, None)
+            raise
+
+    def _send_discovery(
+        self, correlation_id: str, listener: Callable[[Delivery], None]
+    ) -> None:
+        """Ask every running worker to describe itself; replies go to ``listener``."""
+        self._listeners[correlation_id] = listener
+        try:
+            self._connection.publish(
+                serialization.encode(protocol.discovery_request()),
+                exchange=protocol.DISCOVERY_EXCHANGE,
+                routing_key="",
+                content_type=serialization.CONTENT_TYPE,
+                correlation_id=correlation_id,
+                reply_to=self._reply_to,
+                delivery_mode=1,
+            )
+        except BrokerError:
+            self._listeners.pop(correlation_id, None)
+            raise
+
+    def _deadline(self, now: float, timeout: float | _UseDefault | None) -> float:
+        seconds = (
+            self.config.default_timeout
+            if timeout is USE_DEFAULT or timeout is None
+            else float(timeout)  # type: ignore[arg-type]
+        )
+        deadline = now + seconds
+        context = current_call()
+        if context is not None and context.deadline is not None:
+            # A nested call never outlives the call it serves.
+            deadline = min(deadline, context.deadline)
+        return deadline
+
+    def _forget(self, correlation_id: str) -> None:
+        self._pending.pop(correlation_id, None)
+        self._listeners.pop(correlation_id, None)
+
+    # -- callbacks on the I/O thread ---------------------------------------------------
+
+    def _set_up(self, channel: Any) -> None:
+        connection = self._connection
+        channel.exchange_declare(
+            exchange=protocol.RPC_EXCHANGE,
+            type="topic",
+            durable=True,
+            auto_delete=False,
+        )
+        events.declare_exchange(channel)
+        # Publishing to a missing exchange would close the channel: declare it too.
+        channel.exchange_declare(
+            exchange=protocol.DISCOVERY_EXCHANGE,
+            type="fanout",
+            durable=True,
+            auto_delete=False,
+        )
+        if connection.supports_direct_reply_to:
+            self._reply_to = protocol.DIRECT_REPLY_TO
+        else:
+            self._reply_to = f"rpc-reply-{self.name}-{uuid.uuid4().hex}"
+            channel.queue_declare(
+                queue=self._reply_to, exclusive=True, auto_delete=True, durable=False
+            )
+        connection.consume(channel, self._reply_to, self._on_reply, no_ack=True)
+        connection.on_return(channel, self._on_return)
+
+    def _on_reply(self, delivery: Delivery) -> None:
+        correlation_id = delivery.correlation_id or ""
+        entry = self._pending.pop(correlation_id, None)
+        if entry is None:
+            listener = self._listeners.get(correlation_id)
+            if listener is not None:
+                listener(delivery)
+                return
+            log.debug("dropping a reply nobody waits for: %s", correlation_id)
+            return
+        entry[0]._deliver(delivery)
+
+    def _on_return(self, delivery: Delivery) -> None:
+        entry = self._pending.pop(delivery.correlation_id or "", None)
+        if entry is not None:
+            waiter = entry[0]
+            waiter._fail(not_routed(waiter.service, waiter.label))
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        # Direct reply-to replies for these calls die with the channel: fail them now
+        # rather than let the caller wait for its timeout.
+        self._fail_all(
+            BrokerError(
+                f"connection to the broker lost while the call was in flight: {exc}"
+            )
+        )
+
+    def _fail_all(self, exc: RpcError) -> None:
+        pending, self._pending = self._pending, {}
+        for waiter, _ in pending.values():
+            waiter._fail(exc)
+
+    def _expire(self) -> None:
+        now = time.time()
+        expired = [
+            cid for cid, (f, _) in list(self._pending.items()) if f.deadline < now
+        ]
+        for correlation_id in expired:
+            entry = self._pending.pop(correlation_id, None)
+            if entry is not None:
+                entry[0]._fail(
+                    CallTimeoutError(
+                        f"{entry[0].label} got no reply before its deadline"
+                    )
+                )
+
+
+class ClusterProxy(BaseClusterProxy):
+    """A client for every service on one broker: ``cluster.greeter.hello(name="x")``.
+
+    One connection serves every thread; concurrent calls are multiplexed on it and
+    matched to their replies by correlation id. Replies come on RabbitMQ's direct
+    reply-to, so no queue is declared per call or per caller.
+    """
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> ClusterProxy:
+        """Connect now; otherwise the first call connects."""
+        self._start_connection()
+        return self
+
+    def stop(self) -> None:
+        """Close the connection; calls still waiting fail with BrokerError."""
+        self._stop_connection()
 
     def __enter__(self) -> ClusterProxy:
         return self.start()
@@ -211,50 +501,17 @@ class ClusterProxy:
         With ``shard_key``, the request goes to the worker of the service that owns
         that key on the service's consistent-hash ring.
         """
-        protocol.check_service_name(service)
-        protocol.check_method_name(method)
-        now = time.time()
-        deadline = self._deadline(now, timeout)
-        if deadline <= now:
-            raise CallTimeoutError(
-                f"call {service}.{method}: the caller's deadline has already passed"
-            )
-        body = serialization.encode(
-            protocol.request_body(args, kwargs or {}),
-            limit=self.config.max_message_bytes,
-        )
-        correlation_id = uuid.uuid4().hex
-        future = RpcFuture(self, service, method, correlation_id, deadline)
-        context = current_call()
-        caller = context.service if context is not None else self.name
+        call = self._prepare(service, method, args, kwargs, timeout, shard_key)
+        future = RpcFuture(self, service, method, call.correlation_id, call.deadline)
         if not self._started:
             self.start()
         connection = self._connection
         if not connection.connected:
             # Reconnecting after a blip: wait for it, within this call's deadline.
-            connection.wait_connected(min(deadline - now, self.config.connect_timeout))
-        headers = protocol.request_headers(method, deadline, caller)
-        key = protocol.routing_key(service, method)
-        if shard_key is not None:
-            headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
-            key = protocol.shard_routing_key(service, method)
-        self._pending[correlation_id] = (future, idempotent)
-        try:
-            connection.publish(
-                body,
-                exchange=protocol.RPC_EXCHANGE,
-                routing_key=key,
-                content_type=serialization.CONTENT_TYPE,
-                headers=headers,
-                mandatory=True,
-                correlation_id=correlation_id,
-                reply_to=self._reply_to,
-                expiration=protocol.expiration_ms(deadline, now),
-                delivery_mode=1,
+            connection.wait_connected(
+                min(call.deadline - call.created, self.config.connect_timeout)
             )
-        except BrokerError:
-            self._pending.pop(correlation_id, None)
-            raise
+        self._send(call, future, idempotent=idempotent)
         return future
 
     def call(
@@ -292,33 +549,10 @@ class ClusterProxy:
                 time, or the connection was lost first (it may then have arrived:
                 cast again only what is safe to run twice).
         """
-        protocol.check_service_name(service)
-        protocol.check_method_name(method)
-        body = serialization.encode(
-            protocol.request_body(args, kwargs or {}),
-            limit=self.config.max_message_bytes,
-        )
-        context = current_call()
-        caller = context.service if context is not None else self.name
         label = f"cast {service}.{method}"
-        routed = self._confirmed(
-            label,
-            timeout,
-            lambda connection: connection.publish_confirmed(
-                body,
-                exchange=protocol.RPC_EXCHANGE,
-                routing_key=protocol.routing_key(service, method),
-                content_type=serialization.CONTENT_TYPE,
-                headers=protocol.cast_headers(method, caller),
-                mandatory=True,
-                delivery_mode=2,
-            ),
-        )
-        if not routed:
-            raise UnknownServiceError(
-                f"no service {service!r} is listening: the broker could not route "
-                f"{label} to any queue"
-            )
+        publish = self._cast_publisher(service, method, args, kwargs)
+        if not self._confirmed(label, timeout, publish):
+            raise not_routed(service, label)
 
     def dispatch(
         self,
@@ -336,16 +570,9 @@ class ClusterProxy:
             ValueError: ``source`` or ``event_type`` cannot be used on the wire.
             BrokerError: as for :meth:`cast`.
         """
+        label = f"event {source}.{event_type}"
         self._confirmed(
-            f"event {source}.{event_type}",
-            timeout,
-            lambda connection: events.publish_event(
-                connection,
-                source,
-                event_type,
-                payload,
-                limit=self.config.max_message_bytes,
-            ),
+            label, timeout, self._event_publisher(source, event_type, payload)
         )
 
     def _confirmed(
@@ -356,11 +583,7 @@ class ClusterProxy:
     ) -> bool:
         # Publisher confirms: wait here, in the caller's thread, for the I/O thread
         # to see the broker's ack for this message.
-        seconds = (
-            self.config.default_timeout
-            if timeout is USE_DEFAULT or timeout is None
-            else float(timeout)  # type: ignore[arg-type]
-        )
+        seconds = self._confirm_seconds(timeout)
         if not self._started:
             self.start()
         connection = self._connection
@@ -373,89 +596,6 @@ class ClusterProxy:
             raise BrokerError(
                 f"{label}: the broker did not confirm it within {seconds}s"
             ) from None
-
-    def _deadline(self, now: float, timeout: float | _UseDefault | None) -> float:
-        seconds = (
-            self.config.default_timeout
-            if timeout is USE_DEFAULT or timeout is None
-            else float(timeout)  # type: ignore[arg-type]
-        )
-        deadline = now + seconds
-        context = current_call()
-        if context is not None and context.deadline is not None:
-            # A nested call never outlives the call it serves.
-            deadline = min(deadline, context.deadline)
-        return deadline
-
-    def _forget(self, correlation_id: str) -> None:
-        self._pending.pop(correlation_id, None)
-
-    # -- callbacks on the I/O thread ---------------------------------------------------
-
-    def _set_up(self, channel: Any) -> None:
-        connection = self._connection
-        channel.exchange_declare(
-            exchange=protocol.RPC_EXCHANGE,
-            type="topic",
-            durable=True,
-            auto_delete=False,
-        )
-        events.declare_exchange(channel)
-        if connection.supports_direct_reply_to:
-            self._reply_to = protocol.DIRECT_REPLY_TO
-        else:
-            self._reply_to = f"rpc-reply-{self.name}-{uuid.uuid4().hex}"
-            channel.queue_declare(
-                queue=self._reply_to, exclusive=True, auto_delete=True, durable=False
-            )
-        connection.consume(channel, self._reply_to, self._on_reply, no_ack=True)
-        connection.on_return(channel, self._on_return)
-
-    def _on_reply(self, delivery: Delivery) -> None:
-        entry = self._pending.pop(delivery.correlation_id or "", None)
-        if entry is None:
-            log.debug("dropping a reply nobody waits for: %s", delivery.correlation_id)
-            return
-        entry[0]._deliver(delivery)
-
-    def _on_return(self, delivery: Delivery) -> None:
-        entry = self._pending.pop(delivery.correlation_id or "", None)
-        if entry is not None:
-            future = entry[0]
-            future._fail(
-                UnknownServiceError(
-                    f"no service {future.service!r} is listening: the broker could "
-                    f"not route {future.label} to any queue"
-                )
-            )
-
-    def _connection_lost(self, exc: BaseException) -> None:
-        # Direct reply-to replies for these calls die with the channel: fail them now
-        # rather than let the caller wait for its timeout.
-        self._fail_all(
-            BrokerError(
-                f"connection to the broker lost while the call was in flight: {exc}"
-            )
-        )
-
-    def _fail_all(self, exc: RpcError) -> None:
-        pending, self._pending = self._pending, {}
-        for future, _ in pending.values():
-            future._fail(exc)
-
-    def _expire(self) -> None:
-        now = time.time()
-        expired = [
-            cid for cid, (f, _) in list(self._pending.items()) if f.deadline < now
-        ]
-        for correlation_id in expired:
-            entry = self._pending.pop(correlation_id, None)
-            if entry is not None:
-                entry[0]._fail(
-                    CallTimeoutError(
-                        f"{entry[0].label} got no reply before its deadline"
-                    )
-                )
 
 
 class ServiceProxy:

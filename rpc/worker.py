@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -11,9 +14,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from rpc import events, protocol, serialization
+from rpc.async_proxy import AsyncClusterProxy
 from rpc.config import Config
 from rpc.context import CallContext, serving
-from rpc.entrypoints import EventHandlerEntrypoint, RpcEntrypoint
+from rpc.entrypoints import (
+    EventHandlerEntrypoint,
+    RpcEntrypoint,
+    is_coroutine_function,
+)
 from rpc.errors import (
     BrokerError,
     InvalidArgumentsError,
@@ -36,9 +44,11 @@ DROPPED_EXPIRED = "%s.%s: dropped, its caller's deadline passed %.3fs ago"
 class ServiceRunner:
     """Runs one or more services in this process, on one connection and one pool.
 
-    Handlers run on up to ``max_workers`` threads, and the channel's prefetch equals
-    that number, so the broker never hands this process more than it can run: the
-    rest stays in the queue for other workers.
+    Plain handlers run on up to ``max_workers`` threads. ``async def`` handlers run on
+    one event loop thread, up to ``max_async`` at once. The channel's prefetch is
+    :attr:`prefetch`: ``max_workers``, plus ``max_async`` when some handler is async,
+    so the broker never hands this process more than it can run: the rest stays in
+    the queue for other workers.
     """
 
     def __init__(self, services: Iterable[type], config: Config | None = None) -> None:
@@ -65,7 +75,17 @@ class ServiceRunner:
         self._in_flight_lock = threading.Condition()
         self._accepting = False
         self._cluster: ClusterProxy | None = None
+        self._async_cluster: AsyncClusterProxy | None = None
         self._cluster_lock = threading.Lock()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.instance_id}"
+        self.has_async = any(
+            is_coroutine_function(handler.function)
+            for d in definitions
+            for handler in (*d.rpc_handlers.values(), *d.other_handlers)
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._async_slots = asyncio.Semaphore(self.config.max_async)
         self._connection = BrokerConnection(
             self.config.broker_url,
             name="-".join(self.services),
@@ -86,17 +106,42 @@ class ServiceRunner:
                 )
             return self._cluster
 
+    @property
+    def async_cluster(self) -> AsyncClusterProxy:
+        """The awaitable client of async handlers; only used on the runner's loop."""
+        with self._cluster_lock:
+            if self._async_cluster is None:
+                self._async_cluster = AsyncClusterProxy(
+                    config=self.config, name="-".join(self.services)
+                )
+            return self._async_cluster
+
+    @property
+    def prefetch(self) -> int:
+        """Unacknowledged requests the broker may hand this process at once."""
+        extra = self.config.max_async if self.has_async else 0
+        return self.config.max_workers + extra
+
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         """Connect, declare the service queues and start consuming."""
         self._accepting = True
+        if self.has_async and self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._loop_thread = threading.Thread(
+                target=self._loop.run_forever,
+                name=f"rpc-loop-{'-'.join(self.services)}",
+                daemon=True,
+            )
+            self._loop_thread.start()
         self._connection.start()
         log.info(
-            "serving %s on %s (max_workers=%d)",
+            "serving %s on %s (max_workers=%d, prefetch=%d)",
             ", ".join(self.services),
             self._connection.url.rsplit("@", 1)[-1],
             self.config.max_workers,
+            self.prefetch,
         )
 
     def stop(self) -> None:
@@ -122,8 +167,18 @@ class ServiceRunner:
         self._connection.stop()
         with self._cluster_lock:
             cluster, self._cluster = self._cluster, None
+            async_cluster, self._async_cluster = self._async_cluster, None
         if cluster is not None:
             cluster.stop()
+        if async_cluster is not None:
+            async_cluster._stop_connection()
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(_cancel_all_and_stop, loop)
+            if self._loop_thread is not None:
+                self._loop_thread.join(timeout=5)
+            if not loop.is_running():
+                loop.close()
 
     def __enter__(self) -> ServiceRunner:
         self.start()
@@ -157,8 +212,8 @@ class ServiceRunner:
             auto_delete=False,
         )
         # Prefetch for the whole channel: every service of this process together
-        # never holds more unacknowledged requests than it has handler threads.
-        channel.basic_qos(0, self.config.max_workers, True)
+        # never holds more unacknowledged requests than it has handler slots.
+        channel.basic_qos(0, self.prefetch, True)
         self._consumers.clear()
         self._event_consumers.clear()
         for name in self.services:
@@ -182,6 +237,7 @@ class ServiceRunner:
             if _is_sharded(self.services[name]):
                 self._consume_shard(channel, name)
             self._subscribe(channel, self.services[name])
+        self._set_up_discovery(channel)
 
     def _consume_shard(self, channel: Any, name: str) -> None:
         # Sharded calls: rpc --<service>.<method>.shard--> the service's
@@ -241,6 +297,41 @@ class ServiceRunner:
             )
             self._event_consumers[tag] = (service, handler)
 
+    def _set_up_discovery(self, channel: Any) -> None:
+        # A private queue on the discovery fanout: every worker answers every request.
+        channel.exchange_declare(
+            exchange=protocol.DISCOVERY_EXCHANGE,
+            type="fanout",
+            durable=True,
+            auto_delete=False,
+        )
+        declared = channel.queue_declare(
+            queue="", exclusive=True, auto_delete=True, durable=False
+        )
+        queue = declared.queue if hasattr(declared, "queue") else declared[0]
+        channel.queue_bind(queue=queue, exchange=protocol.DISCOVERY_EXCHANGE)
+        # no_ack: discovery requests are cheap to lose and must not take prefetch.
+        self._connection.consume(channel, queue, self._on_discovery, no_ack=True)
+
+    def _on_discovery(self, delivery: Delivery) -> None:
+        """Describe this worker's services to whoever asked (on the I/O thread)."""
+        if not delivery.reply_to or not self._accepting:
+            return
+        body = serialization.encode(
+            protocol.discovery_reply(
+                self.worker_id,
+                [definition.describe() for definition in self.services.values()],
+            )
+        )
+        self._connection.publish(
+            body,
+            exchange="",
+            routing_key=delivery.reply_to,
+            content_type=serialization.CONTENT_TYPE,
+            correlation_id=delivery.correlation_id,
+            delivery_mode=1,
+        )
+
     def _queue_arguments(self) -> dict[str, Any]:
         if self.config.queue_type == "quorum":
             return {"x-queue-type": "quorum"}
@@ -253,7 +344,68 @@ class ServiceRunner:
             return
         with self._in_flight_lock:
             self._in_flight += 1
-        self._pool.submit(self._handle, delivery)
+        loop = self._loop
+        if loop is not None and self._is_async(delivery):
+            asyncio.run_coroutine_threadsafe(self._handle_async(delivery), loop)
+        else:
+            self._pool.submit(self._handle, delivery)
+
+    def _is_async(self, delivery: Delivery) -> bool:
+        subscription = self._event_consumers.get(delivery.consumer_tag)
+        if subscription is not None:
+            return is_coroutine_function(subscription[1].function)
+        service = self._service_for(delivery)
+        method = delivery.headers.get(protocol.HEADER_METHOD)
+        if not isinstance(method, str):
+            method = delivery.routing_key.rpartition(".")[2]
+        handler = service.rpc_handlers.get(method)
+        return handler is not None and is_coroutine_function(handler.function)
+
+    async def _handle_async(self, delivery: Delivery) -> None:
+        try:
+            async with self._async_slots:
+                subscription = self._event_consumers.get(delivery.consumer_tag)
+                if subscription is not None:
+                    await self._handle_event_async(*subscription, delivery)
+                else:
+                    await self._answer_async(delivery)
+        except BrokerError as exc:
+            log.warning("could not answer %s: %s", delivery.correlation_id, exc)
+        except Exception:
+            log.exception("unexpected failure handling %s", delivery.correlation_id)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+                self._in_flight_lock.notify_all()
+
+    async def _answer_async(self, delivery: Delivery) -> None:
+        """:meth:`_answer` for a coroutine handler: the same steps, awaited."""
+        service = self._service_for(delivery)
+        try:
+            request = self._decode(service, delivery)
+        except SerializationError as exc:
+            error = MalformedRequestError("MalformedRequestError", str(exc))
+            self._reply(delivery, error_payload=_without_traceback(error))
+            return
+        remaining = request.remaining()
+        if remaining is not None and remaining < 0:
+            log.info(DROPPED_EXPIRED, service.name, request.method, -remaining)
+            self._connection.ack(delivery)
+            return
+        if self._forward_to_shard(service, request, delivery):
+            return
+        checked = self._check(service, request)
+        if not isinstance(checked, Handler):
+            self._reply(delivery, **checked)
+            return
+        context = CallContext(service.name, request, asynchronous=True)
+        try:
+            result = await self.invoke_async(service, checked, context)
+        except Exception as exc:
+            log.info(HANDLER_FAILED, service.name, request.method, exc)
+            self._reply(delivery, error_payload=serialization.error_payload(exc))
+            return
+        self._reply(delivery, result=result)
 
     def _handle(self, delivery: Delivery) -> None:
         try:
@@ -328,6 +480,34 @@ class ServiceRunner:
         self, service: ServiceDefinition, handler: Handler, delivery: Delivery
     ) -> None:
         """Run an event handler, then ack: a crash before the ack redelivers it."""
+        request = self._event_request(service, handler, delivery)
+        if request is None:
+            return
+        try:
+            self.invoke(service, handler, CallContext(service.name, request))
+        except Exception as exc:
+            # A failing handler must not loop the event through the queue forever.
+            log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
+        self._connection.ack(delivery)
+
+    async def _handle_event_async(
+        self, service: ServiceDefinition, handler: Handler, delivery: Delivery
+    ) -> None:
+        """:meth:`_handle_event` for an ``async def`` handler."""
+        request = self._event_request(service, handler, delivery)
+        if request is None:
+            return
+        context = CallContext(service.name, request, asynchronous=True)
+        try:
+            await self.invoke_async(service, handler, context)
+        except Exception as exc:
+            log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
+        self._connection.ack(delivery)
+
+    def _event_request(
+        self, service: ServiceDefinition, handler: Handler, delivery: Delivery
+    ) -> protocol.Request | None:
+        """The event as a request to ``handler``; an unreadable one is acked, None."""
         try:
             event = events.decode_event(delivery, limit=self.config.max_message_bytes)
         except SerializationError as exc:
@@ -339,8 +519,8 @@ class ServiceRunner:
                 exc,
             )
             self._connection.ack(delivery)
-            return
-        request = protocol.Request(
+            return None
+        return protocol.Request(
             service=service.name,
             method=handler.name,
             args=[event.payload],
@@ -352,12 +532,6 @@ class ServiceRunner:
             redelivered=delivery.redelivered,
             event_type=event.event_type,
         )
-        try:
-            self.invoke(service, handler, CallContext(service.name, request))
-        except Exception as exc:
-            # A failing handler must not loop the event through the queue forever.
-            log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
-        self._connection.ack(delivery)
 
     def _service_for(self, delivery: Delivery) -> ServiceDefinition:
         name, _, _ = delivery.routing_key.partition(".")
@@ -401,6 +575,21 @@ class ServiceRunner:
     def _run(
         self, service: ServiceDefinition, request: protocol.Request
     ) -> dict[str, Any]:
+        handler = self._check(service, request)
+        if not isinstance(handler, Handler):
+            return handler
+        context = CallContext(service.name, request)
+        try:
+            result = self.invoke(service, handler, context)
+        except Exception as exc:
+            log.info(HANDLER_FAILED, service.name, request.method, exc)
+            return {"error_payload": serialization.error_payload(exc)}
+        return {"result": result}
+
+    def _check(
+        self, service: ServiceDefinition, request: protocol.Request
+    ) -> Handler | dict[str, Any]:
+        """The handler for ``request``, or the error reply when there is none."""
         handler = service.rpc_handlers.get(request.method)
         if handler is None:
             error = MethodNotFoundError(
@@ -415,13 +604,7 @@ class ServiceRunner:
                 "InvalidArgumentsError", f"{service.name}.{request.method}(): {exc}"
             )
             return {"error_payload": _without_traceback(invalid)}
-        context = CallContext(service.name, request)
-        try:
-            result = self.invoke(service, handler, context)
-        except Exception as exc:
-            log.info(HANDLER_FAILED, service.name, request.method, exc)
-            return {"error_payload": serialization.error_payload(exc)}
-        return {"result": result}
+        return handler
 
     def invoke(
         self, service: ServiceDefinition, handler: Handler, context: CallContext
@@ -433,6 +616,21 @@ class ServiceRunner:
         request = context.request
         with serving(context):
             return handler.function(instance, *request.args, **request.kwargs)
+
+    async def invoke_async(
+        self, service: ServiceDefinition, handler: Handler, context: CallContext
+    ) -> JsonValue:
+        """:meth:`invoke` for an ``async def`` handler, awaited on the runner's loop.
+
+        Each call runs in its own task, so the context (and its deadline) set here
+        is seen by this call's nested calls only.
+        """
+        instance = service.cls()
+        for attr, dependency in service.dependencies.items():
+            setattr(instance, attr, dependency.get_dependency(self, context))
+        request = context.request
+        with serving(context):
+            return await handler.function(instance, *request.args, **request.kwargs)
 
     def _reply(
         self,
@@ -483,3 +681,11 @@ def _without_traceback(error: Exception) -> dict[str, str]:
     payload["type"] = type(error).__name__
     payload["message"] = getattr(error, "message", str(error))
     return payload
+
+
+def _cancel_all_and_stop(loop: asyncio.AbstractEventLoop) -> None:
+    # Handlers still running at this point were given up on (kill, or a stop that
+    # timed out): their requests were not acked, so the broker hands them out again.
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    loop.stop()

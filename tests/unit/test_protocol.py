@@ -98,3 +98,24 @@ def test_request_remaining_time():
     assert request.remaining(now=100.0) == 10.0
     no_deadline = protocol.Request("s", "m", [], {}, None, None, None, "client")
     assert no_deadline.remaining() is None
+
+
+def test_merge_discovery_folds_workers_by_service():
+    greeter = {"service": "greeter", "methods": {"hello": {"signature": "(name)"}}}
+    compute = {"service": "compute", "methods": {"ping": {"signature": "()"}}}
+    replies = [
+        protocol.discovery_reply("host:1", [greeter, compute]),
+        protocol.discovery_reply("host:2", [greeter]),
+        {"worker": "odd", "services": "not a list"},
+        "garbage",
+        {"services": [{"service": 3, "methods": {}}, "x"]},
+    ]
+    merged = protocol.merge_discovery(replies)
+    assert list(merged) == ["compute", "greeter"]
+    assert merged["greeter"] == {"methods": greeter["methods"], "workers": 2}
+    assert merged["compute"]["workers"] == 1
+
+
+def test_discovery_names():
+    assert protocol.DISCOVERY_EXCHANGE == "rpc.discovery"
+    assert protocol.discovery_request() == {"discover": protocol.PROTOCOL_VERSION}

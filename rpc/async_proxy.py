@@ -1,0 +1,384 @@
+"""asyncio callers: AsyncClusterProxy, AsyncServiceProxy and AsyncMethodProxy.
+
+They share :class:`~rpc.proxy.BaseClusterProxy` with the threaded proxies: the same
+connection with its I/O thread, the same request building and reply matching. Only
+waiting differs: a reply read on the I/O thread settles an asyncio future through
+``loop.call_soon_threadsafe``, so any number of calls await at once on one
+connection without a thread each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any
+
+from rpc import protocol, serialization
+from rpc.errors import BrokerError, CallTimeoutError, SerializationError
+from rpc.proxy import (
+    USE_DEFAULT,
+    BaseClusterProxy,
+    _UseDefault,
+    not_routed,
+    reply_result,
+)
+from rpc.serialization import JsonValue
+from rpc.transport import BrokerConnection, Delivery
+
+#: Seconds :meth:`AsyncClusterProxy.discover` collects answers by default.
+DISCOVERY_WAIT = 0.5
+
+
+class AsyncRpcFuture:
+    """The pending result of one call, bound to the event loop that made it.
+
+    ``await future`` (or ``await future.result()``) gives the result. Cancelling the
+    awaiting task, or its deadline passing, removes the call from the proxy's pending
+    map: a late reply is then dropped.
+    """
+
+    __slots__ = (
+        "_cluster",
+        "_future",
+        "_loop",
+        "correlation_id",
+        "deadline",
+        "method",
+        "service",
+    )
+
+    def __init__(
+        self,
+        cluster: BaseClusterProxy,
+        loop: asyncio.AbstractEventLoop,
+        service: str,
+        method: str,
+        correlation_id: str,
+        deadline: float,
+    ) -> None:
+        self._cluster = cluster
+        self._loop = loop
+        self._future: asyncio.Future[Delivery] = loop.create_future()
+        self.service = service
+        self.method = method
+        self.correlation_id = correlation_id
+        self.deadline = deadline
+
+    @property
+    def label(self) -> str:
+        return f"call {self.service}.{self.method}"
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    async def result(self) -> JsonValue:
+        """Wait for the reply and return its result, or raise what the call raised."""
+        try:
+            remaining = max(self.deadline - time.time(), 0.0)
+            delivery = await asyncio.wait_for(self._future, remaining)
+        except asyncio.TimeoutError:
+            # The reply may still come: a cancelled wait_for leaves no trace, and the
+            # pending entry goes in ``finally``.
+            raise CallTimeoutError(
+                f"{self.label} got no reply before its deadline"
+            ) from None
+        finally:
+            self._cluster._forget(self.correlation_id)
+        return reply_result(delivery, self.service)
+
+    def __await__(self) -> Generator[Any, None, JsonValue]:
+        return self.result().__await__()
+
+    # -- called on the I/O thread --------------------------------------------------
+
+    def _deliver(self, delivery: Delivery) -> None:
+        self._settle(delivery, None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._settle(None, exc)
+
+    def _settle(self, delivery: Delivery | None, exc: BaseException | None) -> None:
+        # A closed loop raises RuntimeError: nobody is left to wait.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._set, delivery, exc)
+
+    def _set(self, delivery: Delivery | None, exc: BaseException | None) -> None:
+        if self._future.done():  # cancelled, or already failed
+            return
+        if exc is not None:
+            self._future.set_exception(exc)
+        else:
+            self._future.set_result(delivery)  # type: ignore[arg-type]
+
+
+class AsyncClusterProxy(BaseClusterProxy):
+    """An asyncio client for every service on one broker.
+
+    ``async with AsyncClusterProxy(url) as cluster: await cluster.greeter.hello("x")``.
+    It works in any running event loop (aiohttp, Starlette, FastAPI...). Calls from
+    many tasks share one connection; ``asyncio.gather`` of thousands of calls is fine.
+    Publishing takes the connection's lock for a moment, so a publish can delay the
+    loop briefly while the I/O thread reads a batch of frames.
+    """
+
+    async def start(self) -> AsyncClusterProxy:
+        """Connect now (in a thread: connecting blocks); else the first call does."""
+        if not self._started:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._start_connection
+            )
+        return self
+
+    async def stop(self) -> None:
+        """Close the connection; calls still awaiting fail with BrokerError."""
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_connection)
+
+    async def __aenter__(self) -> AsyncClusterProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def __getattr__(self, service: str) -> AsyncServiceProxy:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        return AsyncServiceProxy(self, service)
+
+    def __getitem__(self, service: str) -> AsyncServiceProxy:
+        return AsyncServiceProxy(self, service)
+
+    # -- calls ---------------------------------------------------------------------
+
+    async def call_async(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue] = (),
+        kwargs: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool = False,
+        shard_key: str | None = None,
+    ) -> AsyncRpcFuture:
+        """Publish a request and return its future without waiting for the reply."""
+        call = self._prepare(service, method, args, kwargs, timeout, shard_key)
+        loop = asyncio.get_running_loop()
+        future = AsyncRpcFuture(
+            self, loop, service, method, call.correlation_id, call.deadline
+        )
+        await self._ensure_connected(call.deadline - call.created)
+        self._send(call, future, idempotent=idempotent)
+        return future
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue] = (),
+        kwargs: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool = False,
+    ) -> JsonValue:
+        """Call and await the result."""
+        future = await self.call_async(
+            service, method, args, kwargs, timeout=timeout, idempotent=idempotent
+        )
+        return await future.result()
+
+    async def cast(
+        self,
+        service: str,
+        method: str,
+        args: Sequence[JsonValue] = (),
+        kwargs: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> None:
+        """Send a request that wants no reply; return once the broker confirms it.
+
+        As :meth:`rpc.ClusterProxy.cast`: UnknownServiceError when no queue is
+        bound, BrokerError when the broker does not confirm in time.
+        """
+        label = f"cast {service}.{method}"
+        publish = self._cast_publisher(service, method, args, kwargs)
+        if not await self._confirmed(label, timeout, publish):
+            raise not_routed(service, label)
+
+    async def dispatch(
+        self,
+        source: str,
+        event_type: str,
+        payload: JsonValue = None,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> None:
+        """Publish an event as ``source``; return once the broker confirms it."""
+        label = f"event {source}.{event_type}"
+        await self._confirmed(
+            label, timeout, self._event_publisher(source, event_type, payload)
+        )
+
+    async def _confirmed(
+        self,
+        label: str,
+        timeout: float | _UseDefault | None,
+        publish: Callable[[BrokerConnection], concurrent.futures.Future[bool]],
+    ) -> bool:
+        seconds = self._confirm_seconds(timeout)
+        await self._ensure_connected(seconds)
+        confirm = asyncio.wrap_future(publish(self._connection))
+        try:
+            # shield: a caller giving up must not cancel the I/O thread's future.
+            return await asyncio.wait_for(asyncio.shield(confirm), seconds)
+        except asyncio.TimeoutError:
+            raise BrokerError(
+                f"{label}: the broker did not confirm it within {seconds}s"
+            ) from None
+
+    async def discover(self, *, wait: float = DISCOVERY_WAIT) -> dict[str, Any]:
+        """The services running now, with their methods, as their workers describe them.
+
+        Every worker answers on the ``rpc.discovery`` fanout exchange; answers are
+        collected for ``wait`` seconds, since nobody knows how many workers run.
+        """
+        await self._ensure_connected(wait)
+        replies: list[JsonValue] = []
+        loop = asyncio.get_running_loop()
+
+        def collect(delivery: Delivery) -> None:  # on the I/O thread
+            try:
+                value = serialization.decode(delivery.body, delivery.content_type)
+            except SerializationError:
+                return
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(replies.append, value)
+
+        correlation_id = uuid.uuid4().hex
+        self._send_discovery(correlation_id, collect)
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._forget(correlation_id)
+        return protocol.merge_discovery(replies)
+
+    async def _ensure_connected(self, within: float) -> None:
+        if not self._started:
+            await self.start()
+        connection = self._connection
+        if not connection.connected:
+            # Reconnecting after a blip: wait for it in a thread, within the deadline.
+            wait = max(min(within, self.config.connect_timeout), 0.0)
+            await asyncio.get_running_loop().run_in_executor(
+                None, connection.wait_connected, wait
+            )
+            if not connection.connected:
+                raise BrokerError(f"not connected to the broker ({connection.name})")
+
+
+class AsyncServiceProxy:
+    """Awaitable calls to one service: ``await proxy.method(...)``."""
+
+    def __init__(
+        self,
+        cluster: AsyncClusterProxy,
+        service: str,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> None:
+        self._cluster = cluster
+        self._service = protocol.check_service_name(service)
+        self._timeout = timeout
+
+    def __getattr__(self, method: str) -> AsyncMethodProxy:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return AsyncMethodProxy(
+            self._cluster, self._service, method, timeout=self._timeout
+        )
+
+    def with_options(
+        self, *, timeout: float | _UseDefault | None = USE_DEFAULT
+    ) -> AsyncServiceProxy:
+        """The same service with other defaults: ``svc.with_options(timeout=5)``."""
+        return AsyncServiceProxy(self._cluster, self._service, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<AsyncServiceProxy {self._service}>"
+
+
+class AsyncMethodProxy:
+    """One remote method: ``await`` a call, ``call_async``, ``cast`` or shard it."""
+
+    def __init__(
+        self,
+        cluster: AsyncClusterProxy,
+        service: str,
+        method: str,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool = False,
+        shard_key: str | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self.service = service
+        self.method = protocol.check_method_name(method)
+        self._timeout = timeout
+        self._idempotent = idempotent
+        self._shard_key = shard_key
+
+    async def __call__(self, *args: JsonValue, **kwargs: JsonValue) -> JsonValue:
+        future = await self.call_async(*args, **kwargs)
+        return await future.result()
+
+    async def call_async(self, *args: JsonValue, **kwargs: JsonValue) -> AsyncRpcFuture:
+        """Send the request and return an :class:`AsyncRpcFuture` to await later."""
+        return await self._cluster.call_async(
+            self.service,
+            self.method,
+            args,
+            kwargs,
+            timeout=self._timeout,
+            idempotent=self._idempotent,
+            shard_key=self._shard_key,
+        )
+
+    async def cast(self, *args: JsonValue, **kwargs: JsonValue) -> None:
+        """Send the request, wanting no reply: :meth:`AsyncClusterProxy.cast`."""
+        await self._cluster.cast(
+            self.service, self.method, args, kwargs, timeout=self._timeout
+        )
+
+    def shard(self, key: object) -> AsyncMethodProxy:
+        """This method routed by ``key``, as :meth:`rpc.MethodProxy.shard`."""
+        return AsyncMethodProxy(
+            self._cluster,
+            self.service,
+            self.method,
+            timeout=self._timeout,
+            idempotent=self._idempotent,
+            shard_key=str(key),
+        )
+
+    def with_options(
+        self,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool | None = None,
+    ) -> AsyncMethodProxy:
+        """The same method with other options: ``.with_options(timeout=2)(...)``."""
+        return AsyncMethodProxy(
+            self._cluster,
+            self.service,
+            self.method,
+            timeout=self._timeout if timeout is USE_DEFAULT else timeout,
+            idempotent=self._idempotent if idempotent is None else idempotent,
+            shard_key=self._shard_key,
+        )
+
+    def __repr__(self) -> str:
+        return f"<AsyncMethodProxy {self.service}.{self.method}>"

@@ -1,0 +1,303 @@
+"""The HTTP gateway: REST outside, AMQP RPC inside, on the asyncio client.
+
+``POST /<service>/<method>`` with a JSON body (an object for keyword arguments, a list
+for positional ones) calls the method and answers its JSON result. ``GET /services``
+(and ``GET /``) lists what the running workers serve; ``GET /health`` says whether
+the broker is reachable. The gateway keeps no state of its own, so any number of them
+can run behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from rpc import protocol
+from rpc.async_proxy import DISCOVERY_WAIT, AsyncClusterProxy
+from rpc.config import Config
+from rpc.errors import (
+    BrokerError,
+    CallTimeoutError,
+    InvalidArgumentsError,
+    MalformedRequestError,
+    MethodNotFoundError,
+    PayloadTooLargeError,
+    RemoteError,
+    SerializationError,
+    UnknownServiceError,
+)
+from rpc.serialization import JsonValue
+
+log = logging.getLogger(__name__)
+
+#: Request header that sets one call's timeout in seconds; the query parameter
+#: ``?timeout=`` does the same, and the header wins when both are given.
+TIMEOUT_HEADER = "X-Rpc-Timeout"
+TIMEOUT_QUERY = "timeout"
+#: Largest request body accepted, in bytes, unless ``--max-body`` says otherwise.
+DEFAULT_MAX_BODY = 1024 * 1024
+#: Longest timeout a request may ask for, in seconds.
+MAX_TIMEOUT = 300.0
+
+
+@dataclasses.dataclass
+class _State:
+    """What one gateway process keeps: its limits and its connection attempt."""
+
+    max_body: int
+    max_timeout: float
+    discovery_wait: float
+    connecting: asyncio.Future[None] | None = None
+
+
+CLUSTER: Final = web.AppKey("cluster", AsyncClusterProxy)
+STATE: Final = web.AppKey("state", _State)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- the pure parts: request parsing and error mapping -------------------------------
+
+
+def parse_call_body(body: bytes) -> tuple[list[JsonValue], dict[str, JsonValue]]:
+    """Positional and keyword arguments from a request body.
+
+    An empty body (or ``null``) means no arguments, a JSON object holds keyword
+    arguments and a JSON list positional ones. Anything else raises
+    SerializationError.
+    """
+    if not body.strip():
+        return [], {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"request body is not valid JSON: {exc}") from exc
+    if value is None:
+        return [], {}
+    if isinstance(value, dict):
+        return [], value
+    if isinstance(value, list):
+        return value, {}
+    raise SerializationError(
+        "request body must be a JSON object (keyword arguments) "
+        "or a JSON list (positional arguments)"
+    )
+
+
+def parse_timeout(
+    header: str | None, query: str | None, *, limit: float = MAX_TIMEOUT
+) -> float | None:
+    """The timeout a request asks for, in seconds, or None for the default.
+
+    Raises ValueError for anything but a positive number up to ``limit``.
+    """
+    raw = header if header is not None else query
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"timeout must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > limit:
+        raise ValueError(f"timeout must be above 0 and at most {limit:g} seconds")
+    return seconds
+
+
+def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON body for what a call raised.
+
+    A failure of the remote handler is a 502 (the gateway works, what is behind it
+    failed); remote tracebacks stay inside: they are for the service's own logs.
+    """
+    status: int
+    if isinstance(exc, (UnknownServiceError, MethodNotFoundError)):
+        status = 404
+    elif isinstance(exc, InvalidArgumentsError):
+        status = 422
+    elif isinstance(exc, MalformedRequestError):
+        status = 400
+    elif isinstance(exc, CallTimeoutError):
+        status = 504
+    elif isinstance(exc, BrokerError):
+        status = 503
+    elif isinstance(exc, PayloadTooLargeError):
+        status = 413
+    elif isinstance(exc, (RemoteError, SerializationError)):
+        status = 502
+    else:
+        status = 500
+    if isinstance(exc, RemoteError):
+        error: dict[str, Any] = {"type": exc.exc_type, "message": exc.message}
+        if exc.service:
+            error["service"] = exc.service
+    elif status == 500:
+        error = {"type": "InternalError", "message": "the gateway failed; see its log"}
+    else:
+        error = {"type": type(exc).__name__, "message": str(exc)}
+    return status, {"error": error}
+
+
+def _error(status: int, exc_type: str, message: str) -> web.Response:
+    return _json(status, {"error": {"type": exc_type, "message": message}})
+
+
+def _json(status: int, value: JsonValue) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(value), content_type="application/json"
+    )
+
+
+# -- the application ---------------------------------------------------------------
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_timeout: float = MAX_TIMEOUT,
+    discovery_wait: float = DISCOVERY_WAIT,
+) -> web.Application:
+    """The gateway as an aiohttp application, for ``web.run_app`` or any runner."""
+    app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
+    app[CLUSTER] = AsyncClusterProxy(config=config, name="gateway")
+    app[STATE] = _State(max_body, max_timeout, discovery_wait)
+    app.cleanup_ctx.append(_cluster_lifecycle)
+    app.router.add_get("/", _services)
+    app.router.add_get("/services", _services)
+    app.router.add_get("/health", _health)
+    app.router.add_post("/{service}/{method}", _call)
+    return app
+
+
+def serve(
+    config: Config,
+    *,
+    host: str,
+    port: int,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_timeout: float = MAX_TIMEOUT,
+) -> None:
+    """Run the gateway until SIGINT or SIGTERM."""
+    app = create_app(config, max_body=max_body, max_timeout=max_timeout)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+
+async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    cluster = app[CLUSTER]
+    try:
+        await cluster.start()
+    except BrokerError as exc:
+        # Serve anyway: /health says 503 and calls fail fast until the broker is back.
+        log.warning("gateway started without a broker: %s", exc)
+    yield
+    task = app[STATE].connecting
+    if task is not None:
+        task.cancel()
+    await cluster.stop()
+
+
+def _connect_in_background(app: web.Application) -> None:
+    """Try to (re)connect a proxy that never got its connection, once at a time."""
+    state = app[STATE]
+    if state.connecting is None or state.connecting.done():
+        state.connecting = asyncio.ensure_future(_try_start(app[CLUSTER]))
+
+
+async def _try_start(cluster: AsyncClusterProxy) -> None:
+    try:
+        await cluster.start()
+    except BrokerError as exc:
+        log.warning("broker still unreachable: %s", exc)
+
+
+def _unavailable(app: web.Application) -> web.Response | None:
+    # Once started, the connection reconnects by itself; before that, nobody would.
+    cluster = app[CLUSTER]
+    if cluster.started:
+        return None
+    _connect_in_background(app)
+    return _error(503, "BrokerError", "the broker is not reachable")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error the gateway answers is JSON, aiohttp's own (404, 405, 413) too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, type(exc).__name__, exc.reason)
+
+
+async def _call(request: web.Request) -> web.Response:
+    service = request.match_info["service"]
+    method = request.match_info["method"]
+    try:
+        protocol.check_service_name(service)
+        protocol.check_method_name(method)
+    except ValueError as exc:
+        return _error(404, "UnknownServiceError", str(exc))
+    state = request.app[STATE]
+    try:
+        timeout = parse_timeout(
+            request.headers.get(TIMEOUT_HEADER),
+            request.query.get(TIMEOUT_QUERY),
+            limit=state.max_timeout,
+        )
+    except ValueError as exc:
+        return _error(400, "InvalidTimeout", str(exc))
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(
+            413,
+            "PayloadTooLargeError",
+            f"request body is over the limit of {state.max_body} bytes",
+        )
+    try:
+        args, kwargs = parse_call_body(body)
+    except SerializationError as exc:
+        return _error(400, "MalformedRequestError", str(exc))
+    unavailable = _unavailable(request.app)
+    if unavailable is not None:
+        return unavailable
+    try:
+        result = await request.app[CLUSTER].call(
+            service, method, args, kwargs, timeout=timeout
+        )
+    except Exception as exc:
+        status, payload = error_response(exc)
+        if status == 500:
+            log.exception("call %s.%s failed in the gateway", service, method)
+        else:
+            log.info("call %s.%s: %s %s", service, method, status, exc)
+        return _json(status, payload)
+    return _json(200, result)
+
+
+async def _services(request: web.Request) -> web.Response:
+    unavailable = _unavailable(request.app)
+    if unavailable is not None:
+        return unavailable
+    cluster = request.app[CLUSTER]
+    try:
+        listing = await cluster.discover(wait=request.app[STATE].discovery_wait)
+    except BrokerError as exc:
+        return _error(503, "BrokerError", str(exc))
+    return _json(200, {"services": listing})
+
+
+async def _health(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    if cluster.connected:
+        return _json(200, {"status": "ok", "broker": "connected"})
+    _unavailable(request.app)
+    return _json(503, {"status": "unavailable", "broker": "disconnected"})

@@ -1,0 +1,279 @@
+"""The HTTP gateway as a user runs it: `rpc gateway`, `rpc run` daemons, real broker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+
+from rpc import ClusterProxy, Config, RemoteError, UnknownServiceError
+from tests.integration.conftest import _rabbitmqctl
+from tests.integration.daemons import PROJECT_ROOT, daemons, project_env, rpc_command
+
+EXAMPLES = [
+    "services.greeter:Greeter",
+    "services.greeter:Frontend",
+    "services.compute:Compute",
+    "services.concierge:Concierge",
+]
+MAX_BODY = 4096
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+):
+    """(status, decoded JSON body) of one request; error statuses are returned too."""
+    request = urllib.request.Request(
+        base + path, data=body, method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def post(base: str, path: str, value: object, **kwargs):
+    return http(base, "POST", path, json.dumps(value).encode(), **kwargs)
+
+
+@contextmanager
+def gateway(broker_url: str, *args: str, **env: str) -> Iterator[str]:
+    """Run `rpc gateway` on a free loopback port; yield its base URL once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        rpc_command("gateway", "--port", str(port), *args),
+        cwd=PROJECT_ROOT,
+        env=project_env(broker_url, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+            try:
+                http(base, "GET", "/health", timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def wait_until_served(broker_url: str, calls: dict[str, list[object]]) -> None:
+    """Call each ``service.method`` until its queue exists."""
+    deadline = time.monotonic() + 60
+    with ClusterProxy(config=Config(broker_url=broker_url)) as cluster:
+        for target, args in calls.items():
+            service, method = target.split(".")
+            while True:
+                try:
+                    cluster.call(service, method, args, timeout=10)
+                    break
+                except UnknownServiceError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def module_broker_url(base_broker_url: str) -> Iterator[str]:
+    """One vhost for the module: the daemons and the gateway are started once."""
+    if shutil.which("rabbitmqctl") is None:
+        yield base_broker_url  # a remote broker: the service names keep us apart
+        return
+    vhost = f"test-gateway-{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(base_broker_url)
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl(
+        "set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*"
+    )
+    try:
+        yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="module")
+def base(module_broker_url: str) -> Iterator[str]:
+    with daemons(module_broker_url, EXAMPLES):
+        wait_until_served(
+            module_broker_url,
+            {
+                "greeter.hello": ["ready"],
+                "frontend.welcome": ["ready"],
+                "compute.ping": [],
+                "concierge.pause": [0],
+            },
+        )
+        with gateway(module_broker_url, "--max-body", str(MAX_BODY)) as url:
+            yield url
+
+
+def test_post_calls_with_keyword_or_positional_arguments(base):
+    assert post(base, "/greeter/hello", {"name": "Ada"}) == (200, "Hello, Ada!")
+    assert post(base, "/greeter/hello", ["Bob"]) == (200, "Hello, Bob!")
+    assert post(base, "/frontend/welcome", {"user": "cy"}) == (200, "HELLO, CY!")
+    assert post(base, "/compute/compute", {"count": 10, "seed": 1})[0] == 200
+    assert post(base, "/compute/ping", None) == (200, "pong")
+    assert http(base, "POST", "/compute/ping") == (200, "pong")  # empty body
+
+
+def test_async_example_service_through_the_gateway(base):
+    status, greetings = post(base, "/concierge/greet_all", {"names": ["a", "b", "c"]})
+    assert status == 200
+    assert greetings == ["Hello, a!", "Hello, b!", "Hello, c!"]
+
+
+def test_concurrent_requests_all_complete(base):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        futures = [
+            pool.submit(post, base, "/concierge/pause", {"seconds": 0.2})
+            for _ in range(64)
+        ]
+        results = [future.result(timeout=120) for future in futures]
+    assert results == [(200, 0.2)] * 64
+
+
+def test_unknown_service_or_method_is_404(base):
+    status, body = post(base, "/nobody/hello", {})
+    assert status == 404
+    assert body["error"]["type"] == "UnknownServiceError"
+    status, body = post(base, "/greeter/missing", {})
+    assert status == 404
+    assert body["error"]["type"] == "MethodNotFoundError"
+    assert "no method 'missing'" in body["error"]["message"]
+    assert post(base, "/greeter/not-a-method", {})[0] == 404
+    assert http(base, "GET", "/greeter/hello/extra")[0] == 404
+
+
+def test_bad_arguments_are_422(base):
+    status, body = post(base, "/greeter/hello", {})
+    assert status == 422
+    assert body["error"]["type"] == "InvalidArgumentsError"
+    assert "missing a required argument" in body["error"]["message"]
+    assert post(base, "/greeter/hello", {"name": "x", "bogus": 1})[0] == 422
+
+
+def test_remote_error_is_502_with_type_and_message(base):
+    status, body = post(base, "/compute/compute", {"count": -1})
+    assert status == 502
+    assert body["error"]["type"] == "ValueError"
+    assert body["error"]["message"].startswith("count must be between 0 and")
+    assert body["error"]["service"] == "compute"
+    assert "traceback" not in body["error"]
+
+
+def test_timeout_is_504_by_header_or_query(base):
+    status, body = post(
+        base, "/concierge/pause", {"seconds": 5}, headers={"X-Rpc-Timeout": "0.5"}
+    )
+    assert status == 504
+    assert body["error"]["type"] == "CallTimeoutError"
+    assert post(base, "/concierge/pause?timeout=0.5", {"seconds": 5})[0] == 504
+    assert post(base, "/concierge/pause?timeout=10", {"seconds": 0})[0] == 200
+
+
+def test_malformed_or_oversized_requests_get_a_clear_4xx(base):
+    cases = [
+        (b"{not json", 400, "MalformedRequestError"),
+        (b"42", 400, "MalformedRequestError"),
+        (b'"text"', 400, "MalformedRequestError"),
+        (b"\xff\xfe", 400, "MalformedRequestError"),
+        (json.dumps(["x" * MAX_BODY]).encode(), 413, "PayloadTooLargeError"),
+    ]
+    for body, status, error_type in cases:
+        got_status, got = http(base, "POST", "/greeter/hello", body)
+        assert (got_status, got["error"]["type"]) == (status, error_type), body[:20]
+    for bad in ("abc", "-1", "0", "nan", "100000"):
+        status, got = post(
+            base, "/greeter/hello", ["x"], headers={"X-Rpc-Timeout": bad}
+        )
+        assert status == 400, bad
+        assert got["error"]["type"] == "InvalidTimeout"
+    assert http(base, "GET", "/greeter/hello")[0] == 405
+    # Nothing above hurt the gateway.
+    assert post(base, "/greeter/hello", ["still here"]) == (200, "Hello, still here!")
+
+
+def test_health_reports_a_connected_broker(base):
+    assert http(base, "GET", "/health") == (
+        200,
+        {"status": "ok", "broker": "connected"},
+    )
+
+
+def test_services_lists_what_the_running_workers_describe(base, module_broker_url):
+    status, listing = http(base, "GET", "/services")
+    assert status == 200
+    services = listing["services"]
+    assert set(services) == {"compute", "concierge", "frontend", "greeter"}
+    hello = services["greeter"]["methods"]["hello"]
+    assert hello["signature"] == "(name: 'str') -> 'str'"
+    assert hello["doc"] == "Greet someone by name."
+    assert services["concierge"]["methods"]["pause"]["idempotent"] is True
+    assert services["greeter"]["workers"] == 1
+    # Start one more service: it is listed while it runs, and not once it stops.
+    echo = "tests.integration.sample_services:Echo"
+    with daemons(module_broker_url, [echo]):
+        wait_until_served(module_broker_url, {"echo.echo": ["ready"]})
+        assert "echo" in http(base, "GET", "/")[1]["services"]
+    assert "echo" not in http(base, "GET", "/services")[1]["services"]
+
+
+def test_unreachable_broker_is_503_and_the_gateway_keeps_serving():
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    with gateway(url, RPC_CONNECT_TIMEOUT="1") as base:
+        assert http(base, "GET", "/health") == (
+            503,
+            {"status": "unavailable", "broker": "disconnected"},
+        )
+        status, body = post(base, "/greeter/hello", ["x"])
+        assert status == 503
+        assert body["error"]["type"] == "BrokerError"
+        assert http(base, "GET", "/services")[0] == 503
+
+
+def test_remote_error_types_map_like_the_python_client(base, module_broker_url):
+    # The same call through the Python client raises what the gateway reports.
+    config = Config(broker_url=module_broker_url)
+    with ClusterProxy(config=config) as cluster, pytest.raises(RemoteError) as caught:
+        cluster.compute.compute(count=-1)
+    status, body = post(base, "/compute/compute", {"count": -1})
+    assert (status, body["error"]["type"]) == (502, caught.value.exc_type)
