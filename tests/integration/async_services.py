@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from rpc import CurrentCall, RpcProxy, current_call, rpc
+from rpc import (
+    CurrentCall,
+    EventDispatcher,
+    RpcProxy,
+    current_call,
+    event_handler,
+    rpc,
+)
 
 
 class AsyncEcho:
@@ -76,3 +84,27 @@ class AsyncRelay:
     def sync_relay(self, value: object) -> object:
         """A plain handler in the same service gets the threaded proxy."""
         return self.echo.echo(value)
+
+
+class AsyncEvents:
+    """Casts, dispatches and event handling from ``async def`` handlers."""
+
+    name = "aevents"
+    dispatch = EventDispatcher()
+    # What the handlers saw, read by the test from another thread.
+    seen: ClassVar[queue.Queue[tuple[str, Any]]] = queue.Queue()
+
+    @rpc
+    async def record(self, value: object) -> None:
+        """The target of casts."""
+        await asyncio.sleep(0)
+        self.seen.put(("record", value))
+
+    @rpc
+    async def announce(self, value: object) -> None:
+        """Dispatch an event from an async handler: the dispatcher is awaited."""
+        await self.dispatch("announced", value)
+
+    @event_handler("aevents", "announced")
+    async def on_announced(self, payload: object) -> None:
+        self.seen.put(("on_announced", [payload, threading.current_thread().name]))

@@ -17,7 +17,7 @@ from rpc import (
     ServiceRunner,
     UnknownServiceError,
 )
-from tests.integration.async_services import AsyncEcho, AsyncRelay
+from tests.integration.async_services import AsyncEcho, AsyncEvents, AsyncRelay
 from tests.integration.sample_services import Echo
 
 CALLS = 3000
@@ -214,3 +214,30 @@ def test_stop_waits_for_async_handlers_in_flight(config):
         assert run(scenario, config) == 1.0
     finally:
         runner.stop()
+
+
+def test_async_client_casts_and_async_handlers_dispatch_and_handle_events(config):
+    runner = ServiceRunner([AsyncEvents], config)
+    runner.start()
+    seen = AsyncEvents.seen
+    try:
+
+        async def scenario(cluster):
+            await cluster.aevents.record.cast("cast-value")
+            await cluster.cast("aevents", "record", kwargs={"value": 2})
+            await cluster.aevents.announce("from-a-handler")
+            await cluster.dispatch("aevents", "announced", "from-the-client")
+            with pytest.raises(UnknownServiceError):
+                await cluster.nobody.record.cast(1)
+
+        run(scenario, config)
+        got = [seen.get(timeout=30) for _ in range(4)]
+    finally:
+        runner.stop()
+    records = [value for kind, value in got if kind == "record"]
+    assert len(records) == 2
+    assert set(records) == {2, "cast-value"}
+    events = sorted(value[0] for kind, value in got if kind == "on_announced")
+    assert events == ["from-a-handler", "from-the-client"]
+    threads = {value[1] for kind, value in got if kind == "on_announced"}
+    assert all(name.startswith("rpc-loop-") for name in threads)
