@@ -53,14 +53,20 @@ def main(verbose: int) -> None:
 @broker_option
 @config_option
 @click.option("--max-workers", type=click.IntRange(min=1), help="Handler threads.")
+@click.option(
+    "--max-async", type=click.IntRange(min=1), help="async handlers run at once."
+)
 def run(
     services: tuple[str, ...],
     broker: str | None,
     config_file: str | None,
     max_workers: int | None,
+    max_async: int | None,
 ) -> None:
     """Run a worker daemon for SERVICES, given as module:Class."""
-    config = _load_config(config_file, broker_url=broker, max_workers=max_workers)
+    config = _load_config(
+        config_file, broker_url=broker, max_workers=max_workers, max_async=max_async
+    )
     try:
         runner = ServiceRunner([import_service(path) for path in services], config)
     except RpcError as exc:
