@@ -55,8 +55,9 @@ HEADER_EVENT_TYPE = "x-rpc-event-type"
 SHARD_EXCHANGE_TYPE = "x-consistent-hash"
 #: Key a sharded call is routed by; the consistent-hash exchange hashes this header.
 HEADER_SHARD_KEY = "x-rpc-shard-key"
-#: Points each worker queue takes on the hash ring: more points, a more even spread.
-SHARD_WEIGHT = 100
+#: Buckets each worker queue takes on the exchange's ring (its binding key). The
+#: plugin's jump consistent hash spreads keys evenly with one bucket per worker.
+SHARD_WEIGHT = 1
 
 #: How an event handler's queue is shared (see :func:`event_queue`).
 SERVICE_POOL = "service_pool"
