@@ -49,9 +49,8 @@ def test_the_first_error_fails_fast_and_cancels_the_rest(runners, cluster, recor
     runners.start(Square, max_workers=2)
     items = [1, -1, *range(2, 40)]
     results = cluster.square.square.starmap(([x, 0.05] for x in items), max_in_flight=2)
-    assert next(results) == 1
     with pytest.raises(RemoteError, match="negative: -1"):
-        next(results)
+        list(results)
     # Nothing past the window was sent once the error came back.
     assert len(record.of("square")) < 10
 
