@@ -91,11 +91,11 @@ def test_async_and_plain_methods_of_one_service_run_where_they_belong(services, 
     assert pool_thread.startswith("rpc-handler")
 
 
-def test_prefetch_counts_async_slots_only_when_a_handler_is_async(config):
-    mixed = ServiceRunner([AsyncEcho], config.replace(max_async=7))
-    plain = ServiceRunner([Echo], config.replace(max_async=7))
-    assert mixed.prefetch == config.max_workers + 7
-    assert plain.prefetch == config.max_workers
+def test_prefetch_counts_async_slots_only_when_a_handler_is_async():
+    config = Config(max_workers=3, max_async=7)
+    assert ServiceRunner([AsyncEcho], config).prefetch == 3 + 7
+    assert ServiceRunner([AsyncRelay, Echo], config).prefetch == 3 + 7
+    assert ServiceRunner([Echo], config).prefetch == 3
 
 
 def test_async_handler_awaits_other_services_through_its_proxy(services, config):
@@ -119,6 +119,19 @@ def test_deadline_propagates_through_async_handlers(services, config):
     outer, inner = run(scenario, config)
     assert 0 < outer <= 5
     assert 0 < inner <= outer
+
+
+def test_concurrent_async_handlers_each_keep_their_own_deadline(services, config):
+    # The handlers interleave on one loop; each task must see only its own context.
+    async def scenario(cluster):
+        method = cluster.arelay.nested_remaining
+        return await asyncio.gather(
+            *(method.with_options(timeout=t)() for t in [5, 50, 5, 50, 5, 50])
+        )
+
+    for (outer, inner), timeout in zip(run(scenario, config), [5, 50] * 3, strict=True):
+        assert timeout - 5 < outer <= timeout
+        assert timeout - 5 < inner <= outer
 
 
 def test_errors_of_async_handlers_reach_the_caller(services, config):
