@@ -17,6 +17,7 @@ from rpc.config import Config
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
 from rpc.proxy import ClusterProxy
 from rpc.service import import_service
+from rpc.supervisor import Supervisor, process_count, serve
 from rpc.worker import ServiceRunner
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
@@ -56,33 +57,50 @@ def main(verbose: int) -> None:
 @click.option(
     "--max-async", type=click.IntRange(min=1), help="async handlers run at once."
 )
+@click.option(
+    "--processes",
+    metavar="N|auto",
+    help="Run N worker processes under a supervisor (auto: one per CPU).",
+)
 def run(
     services: tuple[str, ...],
     broker: str | None,
     config_file: str | None,
     max_workers: int | None,
     max_async: int | None,
+    processes: str | None,
 ) -> None:
     """Run a worker daemon for SERVICES, given as module:Class."""
     config = _load_config(
         config_file, broker_url=broker, max_workers=max_workers, max_async=max_async
     )
     try:
-        runner = ServiceRunner([import_service(path) for path in services], config)
+        classes = [import_service(path) for path in services]
+        count = None if processes is None else process_count(processes)
+        # Check the classes here, so a bad service fails once, not in every child.
+        names = list(ServiceRunner(classes, config).services)
     except RpcError as exc:
         raise click.UsageError(str(exc)) from exc
+    if count is not None:
+        click.echo(
+            f"serving {', '.join(names)} in {count} processes; Ctrl+C stops", err=True
+        )
+        sys.exit(Supervisor(classes, config, processes=count).run())
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        runner.start()
+        serve(
+            classes,
+            config,
+            stop,
+            on_ready=lambda: click.echo(
+                f"serving {', '.join(names)}; Ctrl+C stops", err=True
+            ),
+        )
     except RpcError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"serving {', '.join(runner.services)}; Ctrl+C stops", err=True)
-    while not stop.wait(1.0):
-        pass
-    runner.stop()
 
 
 @main.command()
