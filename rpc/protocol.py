@@ -27,6 +27,8 @@ PROTOCOL_VERSION = 1
 RPC_EXCHANGE = "rpc"
 #: Direct exchange that poison messages are moved to, routed by their queue's name.
 DEAD_LETTER_EXCHANGE = "rpc.dead-letter"
+#: Headers exchange in front of it for quorum queues: passes delivery-limit deaths on.
+DEAD_LETTER_FILTER_EXCHANGE = "rpc.dead-letter.filter"
 #: Fanout exchange every worker listens on to describe the services it runs.
 DISCOVERY_EXCHANGE = "rpc.discovery"
 #: RabbitMQ's pseudo-queue for replies: no queue is declared per caller or per call.
@@ -43,6 +45,12 @@ HEADER_CALLER = "x-rpc-caller"
 HEADER_DELIVERY_COUNT = "x-rpc-delivery-count"
 #: Why a message was dead-lettered.
 HEADER_DEATH_REASON = "x-rpc-death-reason"
+#: What went wrong, in words, for a message dead-lettered by a worker.
+HEADER_DEATH_DETAIL = "x-rpc-death-detail"
+#: Set by RabbitMQ on quorum queue deliveries: times the message was returned before.
+HEADER_BROKER_DELIVERY_COUNT = "x-delivery-count"
+#: Set by RabbitMQ when it dead-letters a message: why (e.g. ``delivery_limit``).
+HEADER_FIRST_DEATH_REASON = "x-first-death-reason"
 
 #: Topic exchange events are published to, routed by ``<source>.<event type>``.
 EVENTS_EXCHANGE = "rpc.events"

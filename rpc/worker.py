@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import socket
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from rpc import events, protocol, serialization
+from rpc import deadletter, events, protocol, serialization
 from rpc.async_proxy import AsyncClusterProxy
 from rpc.config import Config
 from rpc.context import CallContext, serving
@@ -39,6 +40,26 @@ log = logging.getLogger(__name__)
 
 HANDLER_FAILED = "%s.%s failed: %s"
 DROPPED_EXPIRED = "%s.%s: dropped, its caller's deadline passed %.3fs ago"
+POISON = "%s: a request was delivered %d times and never acknowledged: poison"
+DEAD_LETTERED = "%s: message moved to the dead-letter queue (%s): %s"
+
+#: Framework rejections of a request that wants no reply: dead-lettered, with why.
+REJECTIONS = {
+    "MethodNotFoundError": deadletter.REASON_METHOD_NOT_FOUND,
+    "InvalidArgumentsError": deadletter.REASON_INVALID_ARGUMENTS,
+}
+#: Message properties a requeued or dead-lettered copy keeps.
+COPIED_PROPERTIES = (
+    "correlation_id",
+    "reply_to",
+    "delivery_mode",
+    "priority",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+)
 
 
 class ServiceRunner:
@@ -214,16 +235,22 @@ class ServiceRunner:
         # Prefetch for the whole channel: every service of this process together
         # never holds more unacknowledged requests than it has handler slots.
         channel.basic_qos(0, self.prefetch, True)
+        self._declare_dead_letter_exchanges(channel)
         self._consumers.clear()
         self._event_consumers.clear()
         for name in self.services:
             queue = protocol.service_queue(name)
+            self._declare_dead_letter_queue(channel, name)
             channel.queue_declare(
                 queue=queue,
                 durable=True,
                 auto_delete=False,
                 exclusive=False,
-                arguments=self._queue_arguments(),
+                arguments=deadletter.queue_arguments(
+                    name,
+                    queue_type=self.config.queue_type,
+                    delivery_limit=self.config.delivery_limit,
+                ),
             )
             channel.queue_bind(
                 queue=queue,
@@ -337,6 +364,45 @@ class ServiceRunner:
             return {"x-queue-type": "quorum"}
         return {}
 
+    def _declare_dead_letter_exchanges(self, channel: Any) -> None:
+        channel.exchange_declare(
+            exchange=protocol.DEAD_LETTER_EXCHANGE,
+            type="direct",
+            durable=True,
+            auto_delete=False,
+        )
+        if self.config.queue_type == "quorum":
+            channel.exchange_declare(
+                exchange=protocol.DEAD_LETTER_FILTER_EXCHANGE,
+                type="headers",
+                durable=True,
+                auto_delete=False,
+            )
+            channel.exchange_bind(
+                destination=protocol.DEAD_LETTER_EXCHANGE,
+                source=protocol.DEAD_LETTER_FILTER_EXCHANGE,
+                routing_key="",
+                arguments=deadletter.filter_binding_arguments(),
+            )
+
+    def _declare_dead_letter_queue(self, channel: Any, service: str) -> None:
+        queue = protocol.dead_letter_queue(service)
+        arguments = (
+            {"x-queue-type": "quorum"} if self.config.queue_type == "quorum" else {}
+        )
+        channel.queue_declare(
+            queue=queue,
+            durable=True,
+            auto_delete=False,
+            exclusive=False,
+            arguments=arguments,
+        )
+        channel.queue_bind(
+            queue=queue,
+            exchange=protocol.DEAD_LETTER_EXCHANGE,
+            routing_key=protocol.service_queue(service),
+        )
+
     def _on_delivery(self, delivery: Delivery) -> None:
         if not self._accepting:
             # Stopping: hand it straight back so another worker runs it.
@@ -373,6 +439,8 @@ class ServiceRunner:
             log.warning("could not answer %s: %s", delivery.correlation_id, exc)
         except Exception:
             log.exception("unexpected failure handling %s", delivery.correlation_id)
+            with contextlib.suppress(BrokerError):
+                self._connection.reject(delivery, requeue=True)
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
@@ -380,23 +448,13 @@ class ServiceRunner:
 
     async def _answer_async(self, delivery: Delivery) -> None:
         """:meth:`_answer` for a coroutine handler: the same steps, awaited."""
-        service = self._service_for(delivery)
-        try:
-            request = self._decode(service, delivery)
-        except SerializationError as exc:
-            error = MalformedRequestError("MalformedRequestError", str(exc))
-            self._reply(delivery, error_payload=_without_traceback(error))
+        admitted = self._admit(delivery)
+        if admitted is None:
             return
-        remaining = request.remaining()
-        if remaining is not None and remaining < 0:
-            log.info(DROPPED_EXPIRED, service.name, request.method, -remaining)
-            self._connection.ack(delivery)
-            return
-        if self._forward_to_shard(service, request, delivery):
-            return
+        service, request = admitted
         checked = self._check(service, request)
         if not isinstance(checked, Handler):
-            self._reply(delivery, **checked)
+            self._reply_or_dead_letter(service, delivery, checked)
             return
         context = CallContext(service.name, request, asynchronous=True)
         try:
@@ -419,6 +477,10 @@ class ServiceRunner:
             log.warning("could not answer %s: %s", delivery.correlation_id, exc)
         except Exception:
             log.exception("unexpected failure handling %s", delivery.correlation_id)
+            # Hand it back rather than hold it unacknowledged forever: it comes back
+            # flagged as redelivered, so it is counted, and dead-lettered past the limit.
+            with contextlib.suppress(BrokerError):
+                self._connection.reject(delivery, requeue=True)
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
@@ -426,22 +488,70 @@ class ServiceRunner:
 
     def _answer(self, delivery: Delivery) -> None:
         """Run one request and publish its reply; ack only once the reply is out."""
-        service = self._service_for(delivery)
-        try:
-            request = self._decode(service, delivery)
-        except SerializationError as exc:
-            error = MalformedRequestError("MalformedRequestError", str(exc))
-            log.warning("malformed request on %s: %s", service.name, exc)
-            self._reply(delivery, error_payload=_without_traceback(error))
+        admitted = self._admit(delivery)
+        if admitted is None:
             return
+        service, request = admitted
+        self._reply_or_dead_letter(service, delivery, self._run(service, request))
+
+    def _admit(
+        self, delivery: Delivery
+    ) -> tuple[ServiceDefinition, protocol.Request] | None:
+        """The request to run, or None when it was dealt with already.
+
+        Redeliveries are counted (or dead-lettered), undecodable requests answered
+        (or dead-lettered when nobody waits), expired ones dropped, and sharded
+        ones forwarded; each of those is acknowledged here.
+        """
+        service = self._service_for(delivery)
+        verdict = deadletter.verdict(
+            redelivered=delivery.redelivered,
+            headers=delivery.headers,
+            delivery_limit=self.config.delivery_limit,
+            queue_type=self.config.queue_type,
+        )
+        if verdict.action is deadletter.Action.REQUEUE_COUNTED:
+            self._requeue_counted(service, delivery, verdict.delivery_count)
+            return None
+        if verdict.action is deadletter.Action.DEAD_LETTER:
+            log.error(POISON, service.name, verdict.delivery_count - 1)
+            self._dead_letter(
+                service,
+                delivery,
+                deadletter.REASON_DELIVERY_LIMIT,
+                f"delivered {verdict.delivery_count - 1} times, never acknowledged",
+            )
+            return None
+        try:
+            request = self._decode(service, delivery, verdict.delivery_count)
+        except SerializationError as exc:
+            log.warning("malformed request on %s: %s", service.name, exc)
+            if not delivery.reply_to:
+                self._dead_letter(
+                    service, delivery, deadletter.REASON_MALFORMED, str(exc)
+                )
+                return None
+            error = MalformedRequestError("MalformedRequestError", str(exc))
+            self._reply(delivery, error_payload=_without_traceback(error))
+            return None
         remaining = request.remaining()
         if remaining is not None and remaining < 0:
             log.info(DROPPED_EXPIRED, service.name, request.method, -remaining)
             self._connection.ack(delivery)
-            return
+            return None
         if self._forward_to_shard(service, request, delivery):
+            return None
+        return service, request
+
+    def _reply_or_dead_letter(
+        self, service: ServiceDefinition, delivery: Delivery, outcome: dict[str, Any]
+    ) -> None:
+        failure = outcome.get("error_payload")
+        reason = REJECTIONS.get(failure["type"]) if failure is not None else None
+        if failure is not None and reason is not None and not delivery.reply_to:
+            # Nobody would hear of the failure: keep the message for an operator.
+            self._dead_letter(service, delivery, reason, failure["message"])
             return
-        outcome = self._run(service, request)
         self._reply(delivery, **outcome)
 
     def _forward_to_shard(
@@ -533,6 +643,52 @@ class ServiceRunner:
             event_type=event.event_type,
         )
 
+    def _requeue_counted(
+        self, service: ServiceDefinition, delivery: Delivery, count: int
+    ) -> None:
+        """Put a counted copy of a redelivered request at the back of its queue."""
+        headers = deadletter.counted_headers(delivery.headers, count)
+        if not isinstance(headers.get(protocol.HEADER_METHOD), str):
+            # The copy is routed by queue name: keep the method the key carried.
+            headers[protocol.HEADER_METHOD] = delivery.routing_key.rpartition(".")[2]
+        properties = _copied_properties(delivery)
+        deadline = headers.get(protocol.HEADER_DEADLINE)
+        if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+            properties["expiration"] = protocol.expiration_ms(float(deadline))
+        self._connection.publish_and_ack(
+            delivery,
+            delivery.body,
+            exchange="",
+            routing_key=protocol.service_queue(service.name),
+            content_type=delivery.content_type or serialization.CONTENT_TYPE,
+            content_encoding=_content_encoding(delivery),
+            headers=headers,
+            properties=properties,
+        )
+
+    def _dead_letter(
+        self,
+        service: ServiceDefinition,
+        delivery: Delivery,
+        reason: str,
+        detail: str,
+    ) -> None:
+        """Move a message to the service's dead-letter queue, then ack it."""
+        log.warning(DEAD_LETTERED, service.name, reason, detail)
+        properties = _copied_properties(delivery)
+        properties.pop("expiration", None)  # kept until an operator looks at it
+        properties["delivery_mode"] = 2
+        self._connection.publish_and_ack(
+            delivery,
+            delivery.body,
+            exchange=protocol.DEAD_LETTER_EXCHANGE,
+            routing_key=protocol.service_queue(service.name),
+            content_type=delivery.content_type or "application/octet-stream",
+            content_encoding=_content_encoding(delivery),
+            headers=deadletter.dead_letter_headers(delivery.headers, reason, detail),
+            properties=properties,
+        )
+
     def _service_for(self, delivery: Delivery) -> ServiceDefinition:
         name, _, _ = delivery.routing_key.partition(".")
         service = self.services.get(name)
@@ -543,7 +699,7 @@ class ServiceRunner:
         return service
 
     def _decode(
-        self, service: ServiceDefinition, delivery: Delivery
+        self, service: ServiceDefinition, delivery: Delivery, delivery_count: int
     ) -> protocol.Request:
         if len(delivery.body) > self.config.max_message_bytes:
             raise SerializationError(
@@ -558,7 +714,6 @@ class ServiceRunner:
         if not isinstance(method, str):
             method = delivery.routing_key.rpartition(".")[2]
         deadline = headers.get(protocol.HEADER_DEADLINE)
-        count = headers.get(protocol.HEADER_DELIVERY_COUNT, 1)
         return protocol.Request(
             service=service.name,
             method=method,
@@ -569,7 +724,7 @@ class ServiceRunner:
             deadline=float(deadline) if isinstance(deadline, (int, float)) else None,
             caller=str(headers.get(protocol.HEADER_CALLER, "")),
             redelivered=delivery.redelivered,
-            delivery_count=count if isinstance(count, int) else 1,
+            delivery_count=delivery_count,
         )
 
     def _run(
@@ -674,6 +829,18 @@ def _is_sharded(service: ServiceDefinition) -> bool:
         and handler.entrypoint.shard_by is not None
         for handler in service.rpc_handlers.values()
     )
+
+def _copied_properties(delivery: Delivery) -> dict[str, Any]:
+    # Not user_id: RabbitMQ refuses a user_id other than the publisher's own.
+    return {
+        name: delivery.properties[name]
+        for name in COPIED_PROPERTIES
+        if delivery.properties.get(name) is not None
+    }
+
+
+def _content_encoding(delivery: Delivery) -> str:
+    return str(delivery.properties.get("content_encoding") or "utf-8")
 
 
 def _without_traceback(error: Exception) -> dict[str, str]:
