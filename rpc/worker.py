@@ -478,7 +478,7 @@ class ServiceRunner:
         except Exception:
             log.exception("unexpected failure handling %s", delivery.correlation_id)
             # Hand it back rather than hold it unacknowledged forever: it comes back
-            # flagged as redelivered, so it is counted, and dead-lettered past the limit.
+            # flagged as redelivered, so it is counted and dead-lettered past the limit.
             with contextlib.suppress(BrokerError):
                 self._connection.reject(delivery, requeue=True)
         finally:
