@@ -213,9 +213,11 @@ def test_a_crash_loop_is_restarted_with_growing_delays(tmp_path):
     with rpc_run(url, log, "--processes", "1", RPC_CONNECT_TIMEOUT="0.2") as run:
         delays = wait_for(
             "four restarts",
-            lambda: (found := re.findall(r"restarting in ([\d.]+)s", log.read_text()))
-            and len(found) >= 4
-            and found,
+            lambda: (
+                (found := re.findall(r"restarting in ([\d.]+)s", log.read_text()))
+                and len(found) >= 4
+                and found
+            ),
             120,
         )
         assert run.poll() is None
