@@ -274,7 +274,8 @@ class Supervisor:
                 return False
             slot.ready.recv()
         except (EOFError, OSError):
-            pass  # died before it was ready: _reap sees it
+            self._close_ready(slot)  # died before it was ready: _reap sees it
+            return False
         self._close_ready(slot)
         log.info("worker %d (pid %d) is consuming", slot.index, slot.process.pid)
         return True

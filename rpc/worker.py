@@ -53,7 +53,6 @@ COPIED_PROPERTIES = (
     "correlation_id",
     "reply_to",
     "delivery_mode",
-    "priority",
     "expiration",
     "message_id",
     "timestamp",
@@ -234,7 +233,8 @@ class ServiceRunner:
         )
         # Prefetch for the whole channel: every service of this process together
         # never holds more unacknowledged requests than it has handler slots.
-        channel.basic_qos(0, self.prefetch, True)
+        # Quorum queues refuse a channel-wide prefetch: there it is per consumer.
+        channel.basic_qos(0, self.prefetch, self.config.queue_type != "quorum")
         self._declare_dead_letter_exchanges(channel)
         self._consumers.clear()
         self._event_consumers.clear()
@@ -831,7 +831,8 @@ def _is_sharded(service: ServiceDefinition) -> bool:
     )
 
 def _copied_properties(delivery: Delivery) -> dict[str, Any]:
-    # Not user_id: RabbitMQ refuses a user_id other than the publisher's own.
+    # Not user_id: RabbitMQ refuses a user_id other than the publisher's own. Not
+    # priority: priority queues are not used, and Kombu takes it apart from the rest.
     return {
         name: delivery.properties[name]
         for name in COPIED_PROPERTIES
