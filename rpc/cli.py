@@ -124,21 +124,7 @@ def call(
     wait: float,
 ) -> None:
     """Call SERVICE.METHOD with JSON: an object for kwargs, a list for args."""
-    service, dot, method = target.partition(".")
-    if not dot or not service or not method:
-        raise click.UsageError(f"expected SERVICE.METHOD, got {target!r}")
-    try:
-        parsed = orjson.loads(arguments)
-    except orjson.JSONDecodeError as exc:
-        raise click.UsageError(f"arguments are not valid JSON: {exc}") from exc
-    if isinstance(parsed, list):
-        args, kwargs = parsed, {}
-    elif isinstance(parsed, dict):
-        args, kwargs = [], parsed
-    else:
-        raise click.UsageError(
-            "arguments must be a JSON object (kwargs) or list (args)"
-        )
+    service, method, args, kwargs = _parse_call(target, arguments)
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
     try:
         with ClusterProxy(config=config) as cluster:
@@ -150,6 +136,77 @@ def call(
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+def _parse_call(
+    target: str, arguments: str
+) -> tuple[str, str, list[Any], dict[str, Any]]:
+    service, dot, method = target.partition(".")
+    if not dot or not service or not method:
+        raise click.UsageError(f"expected SERVICE.METHOD, got {target!r}")
+    parsed = _parse_json(arguments)
+    if isinstance(parsed, list):
+        return service, method, parsed, {}
+    if isinstance(parsed, dict):
+        return service, method, [], parsed
+    raise click.UsageError("arguments must be a JSON object (kwargs) or list (args)")
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.UsageError(f"not valid JSON: {exc}") from exc
+
+
+@main.command()
+@click.argument("target", metavar="SERVICE.METHOD")
+@click.argument("arguments", default="{}", metavar="[JSON]")
+@broker_option
+@config_option
+@click.option("--timeout", type=float, help="Seconds to wait for the broker's confirm.")
+def cast(
+    target: str,
+    arguments: str,
+    broker: str | None,
+    config_file: str | None,
+    timeout: float | None,
+) -> None:
+    """Send SERVICE.METHOD a request wanting no reply; exit once the broker has it."""
+    service, method, args, kwargs = _parse_call(target, arguments)
+    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    try:
+        with ClusterProxy(config=config) as cluster:
+            cluster.cast(service, method, args, kwargs)
+    except (RpcError, ValueError) as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("source", metavar="SOURCE_SERVICE")
+@click.argument("event_type")
+@click.argument("payload", default="null", metavar="[JSON]")
+@broker_option
+@config_option
+@click.option("--timeout", type=float, help="Seconds to wait for the broker's confirm.")
+def dispatch(
+    source: str,
+    event_type: str,
+    payload: str,
+    broker: str | None,
+    config_file: str | None,
+    timeout: float | None,
+) -> None:
+    """Publish an event of EVENT_TYPE as SOURCE_SERVICE, with a JSON payload."""
+    value = _parse_json(payload)
+    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    try:
+        with ClusterProxy(config=config) as cluster:
+            cluster.dispatch(source, event_type, value)
+    except (RpcError, ValueError) as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
 
 
 def _call_when_served(

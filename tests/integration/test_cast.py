@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 
 import kombu
 import pytest
 
 from rpc import UnknownServiceError, protocol
 from tests.integration import topology_fixtures as fixtures
+from tests.integration.daemons import PROJECT_ROOT, project_env
 from tests.integration.topology_services import Forwarder, Sink
 
 # Shared fixtures: a config on the test's vhost, runners, a recorder, a client.
@@ -86,3 +89,26 @@ def test_a_failing_cast_handler_does_not_stop_the_worker(runners, cluster, recor
     cluster.sink.fail.cast("boom")
     cluster.sink.put.cast("after")
     assert record.wait_for("put", 1)[0][1] == "after"
+
+
+def test_rpc_cast_from_the_shell(runners, record, broker_url):
+    runners.start(Sink)
+    command = [sys.executable, "-m", "rpc", "cast", "sink.put", '["from the shell"]']
+    done = subprocess.run(
+        command,
+        cwd=PROJECT_ROOT,
+        env=project_env(broker_url),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert record.wait_for("put", 1)[0][1] == "from the shell"
+    unknown = subprocess.run(
+        [sys.executable, "-m", "rpc", "cast", "nobody.put", "[1]"],
+        cwd=PROJECT_ROOT,
+        env=project_env(broker_url),
+        capture_output=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 1
+    assert b"UnknownServiceError" in unknown.stderr

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import kombu
 import pytest
 
 from rpc import protocol
 from tests.integration import topology_fixtures as fixtures
+from tests.integration.daemons import PROJECT_ROOT, project_env
 from tests.integration.topology_services import (
     Audit,
     Billing,
@@ -125,3 +129,25 @@ def test_an_unreadable_event_is_dropped_and_the_worker_goes_on(
 def test_dispatch_rejects_a_bad_event_type(cluster):
     with pytest.raises(ValueError, match="invalid event type"):
         cluster.dispatch("shop", "orders.*", {})
+
+
+def test_rpc_dispatch_from_the_shell(runners, record, broker_url):
+    runners.start(Billing)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rpc",
+            "dispatch",
+            "shop",
+            "orders.created",
+            '{"id": "shell"}',
+        ],
+        cwd=PROJECT_ROOT,
+        env=project_env(broker_url),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    billing = record.wait_for("billing", 1)
+    assert billing[0][1] == ("orders.created", {"id": "shell"})
