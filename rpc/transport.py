@@ -219,14 +219,23 @@ class BrokerConnection:
     def channel(self) -> Iterator[Any]:
         """Hold the lock and use the live channel; BrokerError if there is none."""
         with self._lock:
-            if not self._connected.is_set() or self._channel is None:
-                raise BrokerError(f"not connected to the broker ({self.name})")
+            channel = self._live_channel()
             try:
-                yield self._channel
+                yield channel
             except self._errors() as exc:
-                self._connected.clear()
-                self._wake()
-                raise BrokerError(f"broker connection failed: {exc}") from exc
+                raise self._failed(exc) from exc
+
+    def _live_channel(self) -> Any:
+        # Callers hold the lock.
+        if not self._connected.is_set() or self._channel is None:
+            raise BrokerError(f"not connected to the broker ({self.name})")
+        return self._channel
+
+    def _failed(self, exc: BaseException) -> BrokerError:
+        # The link is broken: have the I/O thread notice and reconnect.
+        self._connected.clear()
+        self._wake()
+        return BrokerError(f"broker connection failed: {exc}")
 
     def publish(
         self,
@@ -241,18 +250,24 @@ class BrokerConnection:
         **properties: Any,
     ) -> None:
         """Publish one message on the shared channel."""
-        with self.channel() as channel:
-            self._publish(
-                channel,
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                content_type=content_type,
-                content_encoding=content_encoding,
-                headers=headers,
-                mandatory=mandatory,
-                properties=properties,
-            )
+        # The lock is taken directly, not through channel(): this is the hot path,
+        # and a generator-based context manager costs several times a lock.
+        with self._lock:
+            channel = self._live_channel()
+            try:
+                self._publish(
+                    channel,
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    content_type=content_type,
+                    content_encoding=content_encoding,
+                    headers=headers,
+                    mandatory=mandatory,
+                    properties=properties,
+                )
+            except self._errors() as exc:
+                raise self._failed(exc) from exc
 
     def _publish(
         self,
@@ -291,15 +306,19 @@ class BrokerConnection:
         losing it. An ack for a delivery from an earlier connection is skipped: the
         broker has already requeued that message.
         """
-        with self.channel() as channel:
-            if body is not None:
-                publish.setdefault("content_encoding", "utf-8")
-                publish.setdefault("headers", None)
-                publish.setdefault("mandatory", False)
-                properties = publish.pop("properties", {})
-                self._publish(channel, body, properties=properties, **publish)
-            if delivery.generation == self._generation:
-                channel.basic_ack(delivery.delivery_tag)
+        with self._lock:
+            channel = self._live_channel()
+            try:
+                if body is not None:
+                    publish.setdefault("content_encoding", "utf-8")
+                    publish.setdefault("headers", None)
+                    publish.setdefault("mandatory", False)
+                    properties = publish.pop("properties", {})
+                    self._publish(channel, body, properties=properties, **publish)
+                if delivery.generation == self._generation:
+                    channel.basic_ack(delivery.delivery_tag)
+            except self._errors() as exc:
+                raise self._failed(exc) from exc
 
     def publish_confirmed(
         self,
