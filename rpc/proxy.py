@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -188,6 +189,10 @@ class BaseClusterProxy:
         self._pending: dict[str, tuple[Waiter, bool]] = {}
         # Requests answered by many replies (discovery): correlation id -> callback.
         self._listeners: dict[str, Callable[[Delivery], None]] = {}
+        # Correlation ids: a random prefix per proxy and a counter. uuid4() per call
+        # costs a getrandom() syscall; ids only need to be unique among our calls.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
         self._start_lock = threading.Lock()
         self._started = False
         self._connection = self._new_connection()
@@ -266,7 +271,7 @@ class BaseClusterProxy:
         return PreparedCall(
             service=service,
             method=method,
-            correlation_id=uuid.uuid4().hex,
+            correlation_id=f"{self._id_prefix}{next(self._ids):x}",
             deadline=deadline,
             created=now,
             body=body,
