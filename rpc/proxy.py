@@ -483,7 +483,10 @@ class ClusterProxy(BaseClusterProxy):
     def __getattr__(self, service: str) -> ServiceProxy:
         if service.startswith("_"):
             raise AttributeError(service)
-        return ServiceProxy(self, service)
+        proxy = ServiceProxy(self, service)
+        # Kept as an attribute: the next ``cluster.<service>`` is a plain lookup.
+        self.__dict__[service] = proxy
+        return proxy
 
     def __getitem__(self, service: str) -> ServiceProxy:
         return ServiceProxy(self, service)
@@ -620,7 +623,9 @@ class ServiceProxy:
     def __getattr__(self, method: str) -> MethodProxy:
         if method.startswith("_"):
             raise AttributeError(method)
-        return MethodProxy(self._cluster, self._service, method, timeout=self._timeout)
+        proxy = MethodProxy(self._cluster, self._service, method, timeout=self._timeout)
+        self.__dict__[method] = proxy  # as in ClusterProxy.__getattr__
+        return proxy
 
     def with_options(
         self, *, timeout: float | _UseDefault | None = USE_DEFAULT
