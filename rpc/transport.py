@@ -166,6 +166,8 @@ class BrokerConnection:
                 break
             except BrokerError:
                 if time.monotonic() + backoff > deadline:
+                    # The caller may start again later: leave no sockets behind.
+                    self._close_wake_sockets()
                     raise
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -182,9 +184,13 @@ class BrokerConnection:
             self._thread.join(timeout=5)
         with self._lock:
             self._close_connection()
+        self._close_wake_sockets()
+
+    def _close_wake_sockets(self) -> None:
         for sock in (self._wake_reader, self._wake_writer):
             if sock is not None:
                 sock.close()
+        self._wake_reader = self._wake_writer = None
 
     @property
     def stopped(self) -> bool:

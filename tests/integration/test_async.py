@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from rpc import (
     AsyncClusterProxy,
+    BrokerError,
     CallTimeoutError,
     Config,
     InvalidArgumentsError,
@@ -254,3 +256,23 @@ def test_async_client_casts_and_async_handlers_dispatch_and_handle_events(config
     assert events == ["from-a-handler", "from-the-client"]
     threads = {value[1] for kind, value in got if kind == "on_announced"}
     assert all(name.startswith("rpc-loop-") for name in threads)
+
+
+def test_unreachable_broker_raises_broker_error_not_a_hang():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once closed
+    config = Config(
+        broker_url=f"amqp://guest:guest@127.0.0.1:{port}//", connect_timeout=1
+    )
+
+    async def scenario():
+        cluster = AsyncClusterProxy(config=config)
+        with pytest.raises(BrokerError):
+            await cluster.start()
+        with pytest.raises(BrokerError):
+            await cluster.greeter.hello("x")
+        assert not cluster.connected
+        assert cluster._pending == {}
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
