@@ -23,6 +23,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from kombu.connection import Connection as KombuConnection
+from kombu.transport import memory as kombu_memory
+from kombu.transport import virtual as kombu_virtual
 
 from rpc.errors import BrokerError
 
@@ -33,8 +35,9 @@ MAX_BACKOFF = 5.0
 FIRST_BACKOFF = 0.1
 #: Seconds a socket write may block before the connection is declared dead.
 WRITE_TIMEOUT = 10.0
-#: Poll period of transports without a socket (Kombu's memory transport).
-POLL_INTERVAL = 0.002
+#: Longest idle wait of transports without a socket (Kombu's memory transport);
+#: publishes wake the waiting I/O threads at once, this only bounds a missed wake-up.
+POLL_INTERVAL = 0.05
 #: Frames read per hold of the connection lock.
 FRAMES_PER_LOCK = 64
 
@@ -51,7 +54,8 @@ class Delivery:
     headers: Mapping[str, Any]
     correlation_id: str | None
     reply_to: str | None
-    delivery_tag: int
+    #: An int on AMQP; Kombu's virtual transports tag deliveries with uuid strings.
+    delivery_tag: int | str
     redelivered: bool
     routing_key: str
     exchange: str
@@ -78,9 +82,7 @@ def _to_delivery(message: Any, generation: int) -> Delivery:
         headers=headers or {},
         correlation_id=properties.get("correlation_id"),
         reply_to=properties.get("reply_to"),
-        delivery_tag=int(
-            info.get("delivery_tag") or _attribute(message, "delivery_tag")
-        ),
+        delivery_tag=info.get("delivery_tag") or _attribute(message, "delivery_tag"),
         redelivered=bool(
             info.get("redelivered") or getattr(message, "redelivered", False)
         ),
@@ -92,15 +94,87 @@ def _to_delivery(message: Any, generation: int) -> Delivery:
     )
 
 
-def _attribute(message: Any, name: str) -> int:
+def _attribute(message: Any, name: str) -> int | str:
     # py-amqp's returned messages have no delivery_info, and its property then fails.
     try:
-        return int(getattr(message, name) or 0)
+        value = getattr(message, name)
     except (AttributeError, KeyError, TypeError):
         return 0
+    return value if isinstance(value, (int, str)) else 0
 
 
 DeliveryCallback = Callable[[Delivery], None]
+
+
+class _Bell:
+    """Wakes the I/O threads of in-process transports, which have no socket to wait on.
+
+    Kombu's virtual transports can only be polled. Every publish, ack and reject on one
+    rings the bell, so a polling thread sleeps only while nothing at all happens.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.rung = 0
+
+    def ring(self) -> None:
+        with self._condition:
+            self.rung += 1
+            self._condition.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Sleep up to ``timeout`` unless the bell rang after ``seen`` was read."""
+        with self._condition:
+            if self.rung == seen:
+                self._condition.wait(timeout)
+
+
+_BELL = _Bell()
+
+
+def reset_memory_broker() -> None:
+    """Forget every queue, exchange and binding of Kombu's in-memory transport.
+
+    That state is process-wide whatever the URL says: tests reset it between runs, as
+    each integration test gets a fresh vhost on RabbitMQ.
+    """
+    kombu_memory.Transport.global_state.clear()
+    kombu_memory.Channel.queues.clear()
+    kombu_memory.Channel.events.clear()
+    _BELL.ring()
+
+
+def _is_virtual(channel: Any) -> bool:
+    return isinstance(channel, kombu_virtual.Channel)
+
+
+def _virtual_route_exists(channel: Any, exchange: str, routing_key: str) -> bool:
+    """Whether RabbitMQ would route this publish to at least one queue."""
+    if not exchange:
+        return bool(channel._has_queue(routing_key))
+    try:
+        table = channel.get_table(exchange)
+    except KeyError:
+        return False
+    return bool(channel.typeof(exchange).lookup(table, exchange, routing_key, None))
+
+
+def _returned(message: Mapping[str, Any], exchange: str, routing_key: str) -> Delivery:
+    properties = dict(message.get("properties") or {})
+    return Delivery(
+        body=message["body"],
+        content_type=message.get("content-type"),
+        headers=message.get("headers") or {},
+        correlation_id=properties.get("correlation_id"),
+        reply_to=properties.get("reply_to"),
+        delivery_tag=0,
+        redelivered=False,
+        routing_key=routing_key,
+        exchange=exchange,
+        consumer_tag="",
+        generation=0,
+        properties=properties,
+    )
 
 
 class BrokerConnection:
@@ -149,6 +223,7 @@ class BrokerConnection:
         self._unconfirmed: dict[int, tuple[Future[bool], str]] = {}
         #: message ids the broker returned as unroutable, awaiting their confirm
         self._returned: set[str] = set()
+        self._virtual_return: DeliveryCallback | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -180,6 +255,7 @@ class BrokerConnection:
         """Close the connection and end the I/O thread; safe to call twice."""
         self._stopping.set()
         self._wake()
+        _BELL.ring()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         with self._lock:
@@ -287,7 +363,8 @@ class BrokerConnection:
         headers: Mapping[str, Any] | None,
         mandatory: bool,
         properties: dict[str, Any],
-    ) -> None:
+    ) -> bool:
+        """Publish; False when an in-process transport had no queue to route it to."""
         message = channel.prepare_message(
             body,
             None,
@@ -296,12 +373,40 @@ class BrokerConnection:
             dict(headers) if headers else {},
             properties,
         )
+        if _is_virtual(channel):
+            return self._publish_virtual(
+                channel, message, exchange, routing_key, mandatory
+            )
         if mandatory:
             channel.basic_publish(
                 message, exchange=exchange, routing_key=routing_key, mandatory=True
             )
         else:
             channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+        return True
+
+    def _publish_virtual(
+        self,
+        channel: Any,
+        message: Any,
+        exchange: str,
+        routing_key: str,
+        mandatory: bool,
+    ) -> bool:
+        # Kombu's virtual transports know no mandatory flag and park what nothing
+        # routes in a dead-letter queue. Do as RabbitMQ does: return a mandatory
+        # message to its publisher, drop any other.
+        if _virtual_route_exists(channel, exchange, routing_key):
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            _BELL.ring()
+            return True
+        callback = self._virtual_return
+        if mandatory and callback is not None:
+            try:
+                callback(_returned(message, exchange, routing_key))
+            except Exception:
+                log.exception("%s: return callback failed", self.name)
+        return False
 
     def publish_and_ack(
         self, delivery: Delivery, body: bytes | None, **publish: Any
@@ -323,6 +428,8 @@ class BrokerConnection:
                     self._publish(channel, body, properties=properties, **publish)
                 if delivery.generation == self._generation:
                     channel.basic_ack(delivery.delivery_tag)
+                    if _is_virtual(channel):
+                        _BELL.ring()  # a prefetch slot is free again
             except self._errors() as exc:
                 raise self._failed(exc) from exc
 
@@ -352,8 +459,9 @@ class BrokerConnection:
         with self.channel() as channel:
             confirm_channel = self._confirm_channel
             if confirm_channel is None:
-                # No confirms on this transport (Kombu's memory://): taken is taken.
-                self._publish(
+                # No confirms on this transport (Kombu's memory://): taken is taken,
+                # and a mandatory message nothing routes is known at once.
+                routed = self._publish(
                     channel,
                     body,
                     exchange=exchange,
@@ -364,7 +472,7 @@ class BrokerConnection:
                     mandatory=mandatory,
                     properties=properties,
                 )
-                future.set_result(True)
+                future.set_result(routed or not mandatory)
                 return future
             # Tags count publishes on the channel, from 1 after confirm.select.
             self._confirm_tag += 1
@@ -445,6 +553,8 @@ class BrokerConnection:
         with self.channel() as channel:
             if delivery.generation == self._generation:
                 channel.basic_reject(delivery.delivery_tag, requeue=requeue)
+                if _is_virtual(channel):
+                    _BELL.ring()
 
     def consume(
         self,
@@ -472,6 +582,9 @@ class BrokerConnection:
 
     def on_return(self, channel: Any, callback: DeliveryCallback) -> None:
         """Have ``callback`` see mandatory messages the broker could not route."""
+        if _is_virtual(channel):
+            self._virtual_return = callback
+            return
         events = getattr(channel, "events", None)
         if events is None:
             return
@@ -583,12 +696,14 @@ class BrokerConnection:
     def _pump(self) -> None:
         sock = self._socket()
         if sock is None:
+            seen = _BELL.rung  # read first: a publish from now on cuts the wait short
             with self._lock:
                 connection = self._connection
-                assert connection is not None
-                with contextlib.suppress(socket.timeout):
-                    connection.drain_events(timeout=0)
-            time.sleep(POLL_INTERVAL)
+                if connection is None:
+                    raise BrokerError("connection closed")
+                more = _drain_virtual(connection)
+            if not more:
+                _BELL.wait(seen, POLL_INTERVAL)
             return
         interval = min(1.0, self._heartbeat / 4) if self._heartbeat else 1.0
         wake = self._wake_reader
@@ -647,6 +762,16 @@ def _skip_poll_before_publish(connection: KombuConnection) -> None:
         capabilities = dict(properties.get("capabilities", {}))
         capabilities["connection.blocked"] = False
         raw.client_properties = {**properties, "capabilities": capabilities}
+
+
+def _drain_virtual(connection: KombuConnection) -> bool:
+    """Deliver what is waiting, up to a batch; True when more may be waiting."""
+    for _ in range(FRAMES_PER_LOCK):
+        try:
+            connection.drain_events(timeout=0)
+        except TimeoutError:  # socket.timeout: nothing waiting
+            return False
+    return True
 
 
 def _readable(
