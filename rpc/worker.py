@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rpc import deadletter, events, protocol, serialization
@@ -60,6 +60,9 @@ COPIED_PROPERTIES = (
     "app_id",
 )
 
+#: Sees every handler run: its context, handler, and result or exception.
+HandlerObserver = Callable[[CallContext, Handler, JsonValue, Exception | None], None]
+
 
 class ServiceRunner:
     """Runs one or more services in this process, on one connection and one pool.
@@ -106,6 +109,7 @@ class ServiceRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._async_slots = asyncio.Semaphore(self.config.max_async)
+        self._observers: tuple[HandlerObserver, ...] = ()
         self._connection = BrokerConnection(
             self.config.broker_url,
             name="-".join(self.services),
@@ -770,7 +774,41 @@ class ServiceRunner:
             setattr(instance, attr, dependency.get_dependency(self, context))
         request = context.request
         with serving(context):
-            return handler.function(instance, *request.args, **request.kwargs)
+            try:
+                result = handler.function(instance, *request.args, **request.kwargs)
+            except Exception as exc:
+                self._notify(context, handler, None, exc)
+                raise
+        self._notify(context, handler, result, None)
+        return result
+
+    def observe(self, observer: HandlerObserver) -> Callable[[], None]:
+        """Call ``observer`` after every handler run; returns what removes it.
+
+        For test tools (``rpc.testing.entrypoint_waiter``): it runs on the handler's
+        thread, and an exception it raises is logged, never given to the caller.
+        """
+        with self._cluster_lock:
+            self._observers = (*self._observers, observer)
+
+        def remove() -> None:
+            with self._cluster_lock:
+                self._observers = tuple(o for o in self._observers if o is not observer)
+
+        return remove
+
+    def _notify(
+        self,
+        context: CallContext,
+        handler: Handler,
+        result: JsonValue,
+        error: Exception | None,
+    ) -> None:
+        for observer in self._observers:
+            try:
+                observer(context, handler, result, error)
+            except Exception:
+                log.exception("handler observer failed")
 
     async def invoke_async(
         self, service: ServiceDefinition, handler: Handler, context: CallContext
@@ -785,7 +823,15 @@ class ServiceRunner:
             setattr(instance, attr, dependency.get_dependency(self, context))
         request = context.request
         with serving(context):
-            return await handler.function(instance, *request.args, **request.kwargs)
+            try:
+                result = await handler.function(
+                    instance, *request.args, **request.kwargs
+                )
+            except Exception as exc:
+                self._notify(context, handler, None, exc)
+                raise
+        self._notify(context, handler, result, None)
+        return result
 
     def _reply(
         self,

@@ -6,6 +6,10 @@ import uuid
 
 import pytest
 
+# The toolkit's plugin is also registered through its pytest11 entry point once rpc
+# is installed; this covers a bare checkout. Same name, so it never loads twice.
+pytest_plugins = ("rpc.testing.pytest_plugin",)
+
 
 @pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> str:

@@ -1,17 +1,16 @@
-"""Integration tests talk to the real RabbitMQ at RPC_BROKER_URL, one vhost per test."""
+"""Integration tests talk to the real RabbitMQ at RPC_BROKER_URL, one vhost per test.
+
+The ``broker_url`` fixture (a fresh vhost, deleted afterwards) and the
+``--rpc-broker-url`` option come from the ``rpc.testing`` pytest plugin.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import uuid
-from collections.abc import Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from rpc.config import DEFAULT_BROKER_URL
+from rpc.testing import ServiceCluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,27 +20,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def base_broker_url() -> str:
-    return os.environ.get("RPC_BROKER_URL", DEFAULT_BROKER_URL)
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+def base_broker_url(rpc_base_broker_url: str) -> str:
+    """The broker itself (its default vhost), for tests that manage vhosts alone."""
+    return rpc_base_broker_url
 
 
 @pytest.fixture
-def broker_url(base_broker_url: str) -> Iterator[str]:
-    """A URL to a fresh vhost of the real broker, deleted after the test."""
-    if shutil.which("rabbitmqctl") is None:
-        # A remote broker: isolation comes from the unique names every test uses.
-        yield base_broker_url
-        return
-    vhost = f"test-{uuid.uuid4().hex[:12]}"
-    parts = urlsplit(base_broker_url)
-    user = parts.username or "guest"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    try:
-        yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
-    finally:
-        _rabbitmqctl("delete_vhost", vhost)
+def rpc_broker_url(broker_url: str) -> str:
+    """The toolkit's fixtures (``rpc_cluster``, ``runner_factory``) run on RabbitMQ."""
+    return broker_url
+
+
+@pytest.fixture
+def cluster(rpc_cluster: ServiceCluster) -> ServiceCluster:
+    """The behaviour tests of tests/behaviour.py, on RabbitMQ."""
+    return rpc_cluster
