@@ -18,7 +18,8 @@ MEMORY_BROKER_URL = "memory://"
 class ServiceCluster:
     """Run services in this process and call them, on a real broker or in memory.
 
-    ``ServiceCluster()`` runs on Kombu's in-memory transport: the same runner and the
+    ``ServiceCluster()`` runs on Kombu's in-memory transport (unless ``broker_url``
+    or ``config`` says otherwise): the same runner and the
     same proxies as in production, with the same errors (an unknown service fails
     at once, a remote exception keeps its traceback text), and no broker at all.
     Give it ``broker_url`` to run against RabbitMQ instead. Everything it started
@@ -27,13 +28,14 @@ class ServiceCluster:
 
     def __init__(
         self,
-        broker_url: str = MEMORY_BROKER_URL,
+        broker_url: str | None = None,
         *,
         config: Config | None = None,
         **settings: Any,
     ) -> None:
-        base = config if config is not None else Config()
-        self.config = base.replace(broker_url=broker_url, **settings)
+        if config is None:
+            config = Config(broker_url=broker_url or MEMORY_BROKER_URL)
+        self.config = config.replace(broker_url=broker_url, **settings)
         self.runners: list[ServiceRunner] = []
         self._proxy: ClusterProxy | None = None
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import logging
+import re
 import shutil
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -22,6 +25,10 @@ LOOPBACK_HOSTS = ("", "localhost", "127.0.0.1", "::1")
 #: Seconds one management request or rabbitmqctl command may take.
 COMMAND_TIMEOUT = 30.0
 
+#: Who rabbitmqctl's changes are logged as.
+ACTING_USER = "rpc-tests"
+_SAFE_NAME = re.compile(r"[\w.@-]+")
+
 MANAGEMENT = "management"
 RABBITMQCTL = "rabbitmqctl"
 
@@ -32,8 +39,9 @@ class VirtualHosts:
     It uses the management HTTP API when that answers, else ``rabbitmqctl`` when the
     broker runs on this host. When neither can, :meth:`create` hands out the broker
     URL itself and tests stay apart only through the unique names they use.
-    Deletion happens in the background (it is slow with rabbitmqctl); :meth:`close`
-    waits for it.
+    rabbitmqctl is slow (an Erlang VM per command), so the work happens in the
+    background: the next vhost is made while a test runs, and the last one deleted
+    while the next test starts. :meth:`close` waits for it all.
     """
 
     def __init__(self, broker_url: str, *, management_url: str | None = None) -> None:
@@ -47,9 +55,12 @@ class VirtualHosts:
         ).rstrip("/")
         self._method: str | None = None
         self._probed = False
-        self._deleter = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="rpc-vhost-delete"
+        self._background = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="rpc-vhosts"
         )
+        self._spare: concurrent.futures.Future[str] | None = None
+        self._lock = threading.Lock()
+        self._doomed: list[str] = []
 
     @property
     def method(self) -> str | None:
@@ -62,12 +73,18 @@ class VirtualHosts:
                 self._method = RABBITMQCTL
         return self._method
 
-    def create(self, prefix: str = "test") -> str:
+    def create(self) -> str:
         """A URL to a new, empty vhost the broker URL's user may use fully."""
-        method = self.method
-        if method is None:
+        if self.method is None:
             return self.broker_url
-        vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        spare, self._spare = self._spare, None
+        url = spare.result() if spare is not None else self._create()
+        self._spare = self._background.submit(self._create)
+        return url
+
+    def _create(self) -> str:
+        method = self.method
+        vhost = f"test-{uuid.uuid4().hex[:12]}"
         if method == MANAGEMENT:
             path = quote(vhost, safe="")
             self._request("PUT", f"/api/vhosts/{path}")
@@ -77,35 +94,70 @@ class VirtualHosts:
                 {"configure": ".*", "write": ".*", "read": ".*"},
             )
         else:
-            _rabbitmqctl("add_vhost", vhost)
-            _rabbitmqctl("set_permissions", "-p", vhost, self.user, ".*", ".*", ".*")
+            self._rabbitmqctl_create(vhost)
         parts = urlsplit(self.broker_url)
         return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
 
-    def delete(self, url: str) -> None:
-        """Delete the vhost of ``url`` (made by :meth:`create`) and all it holds."""
-        vhost = unquote(urlsplit(url).path[1:])
-        if self.method is None or url == self.broker_url or not vhost:
+    def _rabbitmqctl_create(self, vhost: str) -> None:
+        if _SAFE_NAME.fullmatch(self.user):
+            # One Erlang VM instead of two; the commands below if the node refuses.
+            with contextlib.suppress(BrokerError):
+                _rabbitmqctl(
+                    "eval",
+                    f'ok = rabbit_vhost:add(<<"{vhost}">>, <<"{ACTING_USER}">>), '
+                    "ok = rabbit_auth_backend_internal:set_permissions("
+                    f'<<"{self.user}">>, <<"{vhost}">>, <<".*">>, <<".*">>, '
+                    f'<<".*">>, <<"{ACTING_USER}">>).',
+                )
+                return
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, self.user, ".*", ".*", ".*")
+
+    def delete(self, *urls: str) -> None:
+        """Delete the vhosts of ``urls`` (made by :meth:`create`) and all they hold."""
+        if self.method is None:
             return
+        vhosts = [
+            unquote(urlsplit(url).path[1:]) for url in urls if url != self.broker_url
+        ]
+        vhosts = [vhost for vhost in vhosts if vhost]
         if self.method == MANAGEMENT:
-            self._request("DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
-        else:
+            for vhost in vhosts:
+                self._request("DELETE", f"/api/vhosts/{quote(vhost, safe='')}")
+            return
+        if len(vhosts) > 1 and all(_SAFE_NAME.fullmatch(v) for v in vhosts):
+            names = ", ".join(f'<<"{vhost}">>' for vhost in vhosts)
+            with contextlib.suppress(BrokerError):
+                _rabbitmqctl(
+                    "eval",
+                    f'[rabbit_vhost:delete(V, <<"{ACTING_USER}">>) || V <- [{names}]].',
+                )
+                return
+        for vhost in vhosts:
             _rabbitmqctl("delete_vhost", vhost)
 
     def delete_later(self, url: str) -> None:
         """Delete in the background, so the next test need not wait for it."""
+        with self._lock:
+            self._doomed.append(url)
 
         def delete() -> None:
+            with self._lock:
+                urls, self._doomed = self._doomed, []
             try:
-                self.delete(url)
+                self.delete(*urls)
             except BrokerError as exc:
-                log.warning("could not delete a test vhost: %s", exc)
+                log.warning("could not delete test vhosts: %s", exc)
 
-        self._deleter.submit(delete)
+        self._background.submit(delete)
 
     def close(self) -> None:
-        """Wait for background deletions to finish."""
-        self._deleter.shutdown(wait=True)
+        """Delete the spare vhost, and wait for background work to finish."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(BrokerError):
+                self.delete_later(spare.result())
+        self._background.shutdown(wait=True)
 
     def _management_answers(self) -> bool:
         try:

@@ -1,0 +1,132 @@
+"""Behaviour of the example services, written once and run on two transports.
+
+Each class takes a ``cluster`` fixture (an ``rpc.testing.ServiceCluster``):
+tests/unit/ subclasses them in memory, tests/integration/ on RabbitMQ. The names
+carry no ``Test`` prefix, so pytest collects only the subclasses.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rpc import (
+    InvalidArgumentsError,
+    MethodNotFoundError,
+    RemoteError,
+    UnknownServiceError,
+)
+from rpc.testing import (
+    ServiceCluster,
+    entrypoint_waiter,
+    replace_dependencies,
+    restrict_entrypoints,
+)
+from services.compute import MAX_COUNT, Compute
+from services.greeter import Frontend, Greeter
+
+#: Long enough that a missing "unknown service" answer would show as a timeout.
+CALL_TIMEOUT = 20.0
+
+
+class GreeterBehaviour:
+    def test_hello_greets_by_name(self, cluster: ServiceCluster):
+        cluster.start(Greeter)
+        assert cluster.proxy.greeter.hello("ada") == "Hello, ada!"
+        assert cluster.proxy.greeter.hello(name="bob") == "Hello, bob!"
+
+    def test_frontend_calls_the_greeter(self, cluster: ServiceCluster):
+        cluster.start(Greeter, Frontend)
+        assert cluster.proxy.frontend.welcome("ada") == "HELLO, ADA!"
+
+    def test_frontend_and_greeter_in_separate_runners(self, cluster: ServiceCluster):
+        cluster.start(Greeter)
+        cluster.start(Frontend)
+        futures = [
+            cluster.proxy.frontend.welcome.call_async(f"user{n}") for n in range(20)
+        ]
+        assert [f.result() for f in futures] == [f"HELLO, USER{n}!" for n in range(20)]
+
+    def test_frontend_without_greeter_reports_the_unknown_service(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Frontend)
+        welcome = cluster.proxy.frontend.welcome.with_options(timeout=CALL_TIMEOUT)
+        with pytest.raises(RemoteError) as caught:
+            welcome("ada")
+        assert caught.value.exc_type == "UnknownServiceError"
+        assert "greeter" in caught.value.message
+
+    def test_unknown_service_fails_at_once_not_by_timeout(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Greeter)
+        nobody = cluster.proxy.nobody.with_options(timeout=CALL_TIMEOUT)
+        with pytest.raises(UnknownServiceError):
+            nobody.hello("ada")
+
+    def test_unknown_method_and_bad_arguments_get_error_replies(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Greeter)
+        with pytest.raises(MethodNotFoundError):
+            cluster.proxy.greeter.goodbye("ada")
+        with pytest.raises(InvalidArgumentsError):
+            cluster.proxy.greeter.hello()
+        assert cluster.proxy.greeter.hello("still") == "Hello, still!"
+
+    def test_frontend_with_a_replaced_greeter(self, cluster: ServiceCluster):
+        runner = cluster.runner(Frontend)
+        greeter = replace_dependencies(runner, "frontend", "greeter")
+        greeter.hello.return_value = "hi there"
+        runner.start()
+        assert cluster.proxy.frontend.welcome("ada") == "HI THERE"
+        greeter.hello.assert_called_once_with("ada")
+
+    def test_waiting_for_a_handler_started_elsewhere(self, cluster: ServiceCluster):
+        runner = cluster.start(Greeter)
+        with entrypoint_waiter(runner, "greeter", "hello", timeout=30) as run:
+            future = cluster.proxy.greeter.hello.call_async("waiter")
+        assert run.result == "Hello, waiter!"
+        assert run.context is not None
+        assert run.context.request.args == ["waiter"]
+        assert future.result() == "Hello, waiter!"
+
+
+class ComputeBehaviour:
+    def test_sum_is_that_of_the_seeded_random_integers(self, cluster: ServiceCluster):
+        cluster.start(Compute)
+        rng = random.Random(7)
+        expected = sum(rng.randint(0, 100) for _ in range(1000))
+        assert cluster.proxy.compute.compute(count=1000, seed=7) == expected
+        assert cluster.proxy.compute.ping() == "pong"
+
+    def test_out_of_range_count_is_a_remote_value_error(self, cluster: ServiceCluster):
+        cluster.start(Compute)
+        with pytest.raises(RemoteError) as caught:
+            cluster.proxy.compute.compute(count=MAX_COUNT + 1)
+        assert caught.value.exc_type == "ValueError"
+        assert "count must be between" in caught.value.message
+        # The traceback text points at the line in the service that raised.
+        assert 'raise ValueError(f"count must be between' in caught.value.traceback
+        assert "compute.py" in caught.value.traceback
+
+    def test_restricted_entrypoints_are_not_served(self, cluster: ServiceCluster):
+        runner = cluster.runner(Compute)
+        restrict_entrypoints(runner, "compute", "ping")
+        runner.start()
+        assert cluster.proxy.compute.ping() == "pong"
+        with pytest.raises(MethodNotFoundError):
+            cluster.proxy.compute.compute(count=1)
+
+    def test_a_second_runner_serves_once_the_first_stops(
+        self, cluster: ServiceCluster
+    ):
+        first = cluster.start(Compute)
+        second = cluster.start(Compute)
+        assert cluster.proxy.compute.ping() == "pong"
+        first.stop()
+        futures = [cluster.proxy.compute.ping.call_async() for _ in range(10)]
+        assert [f.result() for f in futures] == ["pong"] * 10
+        assert second.in_flight == 0
