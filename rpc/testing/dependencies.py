@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -158,6 +159,12 @@ def _provided_type(dependency: Dependency) -> type | None:
         hint = typing.get_type_hints(function, globalns=namespace).get("return")
     except Exception:
         return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        # One of several types (a sync or an async proxy): spec only a single one.
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(options) != 1:
+            return None
+        hint = options[0]
     hint = typing.get_origin(hint) or hint
     if hint is collections.abc.Mapping or hint is typing.Mapping:
         return dict

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
 from rpc import ClusterProxy, Config, RemoteError, UnknownServiceError
-from tests.integration.conftest import _rabbitmqctl
+from rpc.testing import VirtualHosts
 from tests.integration.daemons import PROJECT_ROOT, daemons, project_env, rpc_command
 
 EXAMPLES = [
@@ -113,21 +110,13 @@ def wait_until_served(broker_url: str, calls: dict[str, list[object]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def module_broker_url(base_broker_url: str) -> Iterator[str]:
+def module_broker_url(rpc_vhosts: VirtualHosts) -> Iterator[str]:
     """One vhost for the module: the daemons and the gateway are started once."""
-    if shutil.which("rabbitmqctl") is None:
-        yield base_broker_url  # a remote broker: the service names keep us apart
-        return
-    vhost = f"test-gateway-{uuid.uuid4().hex[:12]}"
-    parts = urlsplit(base_broker_url)
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl(
-        "set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*"
-    )
+    url = rpc_vhosts.create()
     try:
-        yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+        yield url
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        rpc_vhosts.delete_later(url)
 
 
 @pytest.fixture(scope="module")
