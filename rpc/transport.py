@@ -570,7 +570,11 @@ class BrokerConnection:
 
         def on_message(message: Any) -> None:
             try:
-                callback(_to_delivery(message, generation))
+                delivery = _to_delivery(message, generation)
+                if not delivery.consumer_tag and consumer_tag:
+                    # Kombu's virtual transports leave it out of delivery_info.
+                    delivery = dataclasses.replace(delivery, consumer_tag=consumer_tag)
+                callback(delivery)
             except Exception:
                 # A bad message must never take the connection down with it.
                 log.exception("%s: consumer callback failed", self.name)

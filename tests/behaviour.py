@@ -7,7 +7,9 @@ carry no ``Test`` prefix, so pytest collects only the subclasses.
 
 from __future__ import annotations
 
+import itertools
 import random
+import uuid
 
 import pytest
 
@@ -24,7 +26,14 @@ from rpc.testing import (
     restrict_entrypoints,
 )
 from services.compute import MAX_COUNT, Compute
+from services.concierge import Concierge
 from services.greeter import Frontend, Greeter
+from services.pi.always_yes import AlwaysYes
+from services.pi.bitsource import BitSource
+from services.pi.judge import Judge
+from services.pi.pythagoras import Pythagoras
+from services.pi.tally import Tally
+from services.shop import Shop, Stock
 
 #: Long enough that a missing "unknown service" answer would show as a timeout.
 CALL_TIMEOUT = 20.0
@@ -120,9 +129,7 @@ class ComputeBehaviour:
         with pytest.raises(MethodNotFoundError):
             cluster.proxy.compute.compute(count=1)
 
-    def test_a_second_runner_serves_once_the_first_stops(
-        self, cluster: ServiceCluster
-    ):
+    def test_a_second_runner_serves_once_the_first_stops(self, cluster: ServiceCluster):
         first = cluster.start(Compute)
         second = cluster.start(Compute)
         assert cluster.proxy.compute.ping() == "pong"
@@ -130,3 +137,72 @@ class ComputeBehaviour:
         futures = [cluster.proxy.compute.ping.call_async() for _ in range(10)]
         assert [f.result() for f in futures] == ["pong"] * 10
         assert second.in_flight == 0
+
+
+class ShopBehaviour:
+    def test_an_order_reaches_the_stock_service_as_an_event(
+        self, cluster: ServiceCluster
+    ):
+        stock = cluster.start(Stock)
+        cluster.start(Shop)
+        item = f"apple-{uuid.uuid4().hex[:8]}"  # counts live in the process
+        with entrypoint_waiter(stock, "stock", "on_order", timeout=30) as run:
+            cluster.proxy.shop.order(item, quantity=3)
+        assert run.exception is None
+        assert run.context is not None
+        assert run.context.request.args == [{"item": item, "quantity": 3}]
+        assert cluster.proxy.stock.sold(item) == 3
+
+    def test_a_failing_event_handler_is_seen_by_the_waiter(
+        self, cluster: ServiceCluster
+    ):
+        stock = cluster.start(Stock)
+        cluster.start(Shop)
+        with entrypoint_waiter(stock, "stock", "on_order", timeout=30) as run:
+            cluster.proxy.shop.order("pear", quantity="many")  # type: ignore[arg-type]
+        assert isinstance(run.exception, ValueError)
+        with pytest.raises(ValueError, match="many"):
+            run.result  # noqa: B018 (re-raises the handler's exception)
+
+
+class ConciergeBehaviour:
+    def test_async_handler_calls_the_greeter_concurrently(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Greeter, Concierge)
+        assert cluster.proxy.concierge.greet_all(["ada", "bob"]) == [
+            "Hello, ada!",
+            "Hello, bob!",
+        ]
+
+    def test_async_handler_errors_come_back_as_remote_errors(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Concierge)
+        assert cluster.proxy.concierge.pause(0) == 0
+        with pytest.raises(RemoteError) as caught:
+            cluster.proxy.concierge.pause(-1)
+        assert caught.value.exc_type == "ValueError"
+
+
+class PiMeshBehaviour:
+    def test_every_point_gets_one_verdict_through_events_rpc_and_casts(
+        self, cluster: ServiceCluster
+    ):
+        points = 40
+        tally = cluster.start(Tally, Pythagoras)
+        cluster.start(Judge, AlwaysYes)
+        cluster.start(BitSource)
+        before = cluster.proxy.tally.estimate()
+        counter = itertools.count(1)
+        with entrypoint_waiter(
+            tally,
+            "tally",
+            "record",
+            timeout=60,
+            until=lambda run: next(counter) == points,
+        ):
+            assert cluster.proxy.bitsource.produce(points) == points
+        after = cluster.proxy.tally.estimate()
+        assert after["total"] - before["total"] == points
+        assert 0 <= after["inside"] - before["inside"] <= points

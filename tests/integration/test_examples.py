@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.behaviour import ComputeBehaviour, GreeterBehaviour
+from tests.behaviour import (
+    ComputeBehaviour,
+    ConciergeBehaviour,
+    GreeterBehaviour,
+    PiMeshBehaviour,
+    ShopBehaviour,
+)
 
 
 class TestGreeterOnRabbitMQ(GreeterBehaviour):
@@ -10,4 +16,16 @@ class TestGreeterOnRabbitMQ(GreeterBehaviour):
 
 
 class TestComputeOnRabbitMQ(ComputeBehaviour):
+    pass
+
+
+class TestShopOnRabbitMQ(ShopBehaviour):
+    pass
+
+
+class TestConciergeOnRabbitMQ(ConciergeBehaviour):
+    pass
+
+
+class TestPiMeshOnRabbitMQ(PiMeshBehaviour):
     pass

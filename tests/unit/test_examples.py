@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.behaviour import ComputeBehaviour, GreeterBehaviour
+from tests.behaviour import (
+    ComputeBehaviour,
+    ConciergeBehaviour,
+    GreeterBehaviour,
+    PiMeshBehaviour,
+    ShopBehaviour,
+)
 
 
 class TestGreeterInMemory(GreeterBehaviour):
@@ -10,4 +16,16 @@ class TestGreeterInMemory(GreeterBehaviour):
 
 
 class TestComputeInMemory(ComputeBehaviour):
+    pass
+
+
+class TestShopInMemory(ShopBehaviour):
+    pass
+
+
+class TestConciergeInMemory(ConciergeBehaviour):
+    pass
+
+
+class TestPiMeshInMemory(PiMeshBehaviour):
     pass
