@@ -8,7 +8,7 @@ import pytest
 
 # The toolkit's plugin is also registered through its pytest11 entry point once rpc
 # is installed; this covers a bare checkout. Same name, so it never loads twice.
-pytest_plugins = ("rpc.testing.pytest_plugin",)
+pytest_plugins = ("rpc.testing.pytest_plugin", "pytester")
 
 
 @pytest.fixture
