@@ -46,3 +46,9 @@ class Faulty:
         """For casts: append ``value`` to ``marker``."""
         with open(marker, "a") as log:
             log.write(f"{value}\n")
+
+    @rpc
+    def slow(self, seconds: float, padding: str = "") -> int:
+        """A slow handler whose requests can be made bulky with ``padding``."""
+        time.sleep(seconds)
+        return len(padding)

@@ -51,10 +51,12 @@ def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def queue_info(broker_url: str) -> dict[str, list[str]]:
+def queue_info(broker_url: str, *columns: str) -> dict[str, list[str]]:
+    """``rabbitmqctl list_queues`` of the test's vhost: name -> the columns asked."""
+    columns = columns or ("type", "messages")
     vhost = unquote(urlsplit(broker_url).path[1:]) or "/"
     output = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type", "messages"],
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", *columns],
         check=True,
         capture_output=True,
         text=True,
