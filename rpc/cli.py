@@ -12,6 +12,7 @@ from typing import Any
 import click
 import orjson
 
+from rpc import deadletter
 from rpc.broker import ensure_broker
 from rpc.config import Config
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
@@ -255,6 +256,51 @@ def gateway(
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
     click.echo(f"gateway on http://{host}:{port}; Ctrl+C stops", err=True)
     serve(config, host=host, port=port, max_body=max_body)
+
+
+@main.command("dead-letters")
+@click.argument("service")
+@broker_option
+@config_option
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--requeue",
+    is_flag=True,
+    help="Move them back to the service queue as fresh requests.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dead_letters(
+    service: str,
+    broker: str | None,
+    config_file: str | None,
+    limit: int,
+    requeue: bool,
+    as_json: bool,
+) -> None:
+    """List the poison messages of SERVICE (they stay queued unless --requeue)."""
+    config = _load_config(config_file, broker_url=broker)
+    try:
+        letters = deadletter.inspect(config, service, limit=limit, requeue=requeue)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except RpcError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for letter in letters:
+        body = letter.body.decode("utf-8", errors="replace")
+        if as_json:
+            line = {
+                "reason": letter.reason,
+                "detail": letter.detail,
+                "method": letter.method,
+                "body": body,
+            }
+            click.echo(orjson.dumps(line).decode())
+        else:
+            click.echo(f"{letter.reason}\t{letter.method or '-'}\t{letter.detail}")
+            click.echo(f"    {body[:200]}")
+    verb = "requeued" if requeue else "in the dead-letter queue"
+    click.echo(f"{len(letters)} message(s) {verb}", err=True)
 
 
 @main.group()

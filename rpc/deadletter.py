@@ -18,17 +18,21 @@ A worker that dies between publishing the copy and acknowledging the original le
 both in the queue: the request may run once more (at-least-once, as always), and the
 original, redelivered again, is counted again, so the count still only grows.
 
-This module holds the decisions and the queue arguments; the worker does the I/O.
+This module holds the decisions and the queue arguments (the worker does that I/O),
+and :func:`inspect` for operators (``rpc dead-letters SERVICE``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 from collections.abc import Mapping
 from typing import Any
 
 from rpc import protocol
+from rpc.config import Config
+from rpc.transport import BrokerConnection
 
 #: Reasons in ``x-rpc-death-reason``.
 REASON_DELIVERY_LIMIT = "delivery-limit"
@@ -133,3 +137,110 @@ def dead_letter_headers(
     if detail:
         result[protocol.HEADER_DEATH_DETAIL] = detail[:1000]
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A message found in a dead-letter queue."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    content_type: str | None
+
+    @property
+    def reason(self) -> str:
+        """Our reason, or the broker's (quorum queues dead-letter by themselves)."""
+        reason = self.headers.get(protocol.HEADER_DEATH_REASON)
+        if reason is None:
+            reason = self.headers.get(protocol.HEADER_FIRST_DEATH_REASON, "unknown")
+        return str(reason)
+
+    @property
+    def detail(self) -> str:
+        return str(self.headers.get(protocol.HEADER_DEATH_DETAIL, ""))
+
+    @property
+    def method(self) -> str:
+        return str(self.headers.get(protocol.HEADER_METHOD, ""))
+
+
+#: Headers a requeued dead letter sheds: it starts over as a fresh request.
+DEATH_HEADERS = (
+    protocol.HEADER_DEATH_REASON,
+    protocol.HEADER_DEATH_DETAIL,
+    protocol.HEADER_DELIVERY_COUNT,
+    protocol.HEADER_FIRST_DEATH_REASON,
+    "x-first-death-queue",
+    "x-first-death-exchange",
+    "x-death",
+)
+
+
+def inspect(
+    config: Config, service: str, *, limit: int = 100, requeue: bool = False
+) -> list[DeadLetter]:
+    """Up to ``limit`` messages of ``service``'s dead-letter queue.
+
+    They stay in the queue, unless ``requeue``: then each is published back to the
+    service queue as a fresh request (its count and death headers removed) and only
+    then removed from the dead-letter queue, so a failure in between duplicates a
+    message rather than losing it.
+    """
+    queue = protocol.dead_letter_queue(protocol.check_service_name(service))
+    connection = BrokerConnection(
+        config.broker_url,
+        name="dead-letters",
+        heartbeat=0,
+        connect_timeout=config.connect_timeout,
+        on_connect=lambda channel: channel.queue_declare(queue=queue, passive=True),
+        reconnect=False,
+    )
+    connection.start()
+    found: list[DeadLetter] = []
+    try:
+        with connection.channel() as channel:
+            # Only what is there now: a requeued message that fails again comes back.
+            _, waiting, _ = channel.queue_declare(queue=queue, passive=True)
+            while len(found) < min(limit, waiting):
+                message = channel.basic_get(queue=queue, no_ack=False)
+                if message is None:
+                    break
+                body = message.body
+                letter = DeadLetter(
+                    body=body.encode() if isinstance(body, str) else bytes(body),
+                    headers=dict(message.properties.get("application_headers") or {}),
+                    content_type=message.properties.get("content_type"),
+                )
+                found.append(letter)
+                if requeue:
+                    _republish(channel, service, letter, message.properties)
+                    channel.basic_ack(message.delivery_info["delivery_tag"])
+            if not requeue:
+                # Hand back everything we looked at, in its order.
+                channel.basic_recover(requeue=True)
+    finally:
+        with contextlib.suppress(Exception):
+            connection.stop()
+    return found
+
+
+def _republish(
+    channel: Any, service: str, letter: DeadLetter, properties: Mapping[str, Any]
+) -> None:
+    headers = {k: v for k, v in letter.headers.items() if k not in DEATH_HEADERS}
+    kept = {
+        name: properties[name]
+        for name in ("correlation_id", "reply_to", "delivery_mode", "message_id")
+        if properties.get(name) is not None
+    }
+    message = channel.prepare_message(
+        letter.body,
+        None,
+        letter.content_type or "application/json",
+        properties.get("content_encoding") or "utf-8",
+        headers,
+        kept,
+    )
+    channel.basic_publish(
+        message, exchange="", routing_key=protocol.service_queue(service)
+    )

@@ -11,6 +11,7 @@ import pytest
 from kombu import Connection
 
 from rpc import ClusterProxy, Config, MethodNotFoundError, protocol
+from tests.integration.daemons import PROJECT_ROOT, project_env, rpc_command
 from tests.integration.test_supervisor import children_of, rpc_run, wait_for
 
 DIE_TIMEOUT = 120  # the call's deadline must outlast the restarts
@@ -166,3 +167,58 @@ def test_a_round_trip_on_a_quorum_queue(broker_url, cluster, tmp_path):
         info = queue_info(broker_url)
     assert answer == {"pid": run.pid, "redelivered": False, "delivery_count": 1}
     assert info["rpc-faulty"][0] == "quorum"
+
+
+def rpc_dead_letters(broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        rpc_command("dead-letters", "faulty", *args),
+        cwd=PROJECT_ROOT,
+        env=project_env(broker_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_rpc_dead_letters_lists_them_and_requeues_them_once_fixed(broker_url, tmp_path):
+    log = tmp_path / "run.log"
+    marker = tmp_path / "casts"
+    with rpc_run(broker_url, log) as _run:
+        wait_for("the worker", lambda: "Ctrl+C stops" in log.read_text())
+        publish_raw(broker_url, b"{not json", "record")
+        wait_for(
+            "the dead letter",
+            lambda: queue_info(broker_url)["rpc-faulty.dead-letter"][1] == "1",
+        )
+        # A poison message whose cause was fixed since (it now runs fine).
+        good = orjson.dumps({"kwargs": {"marker": str(marker), "value": 7}})
+        with Connection(broker_url) as connection:
+            connection.Producer().publish(
+                good,
+                exchange=protocol.DEAD_LETTER_EXCHANGE,
+                routing_key=protocol.service_queue("faulty"),
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={
+                    protocol.HEADER_METHOD: "record",
+                    protocol.HEADER_DELIVERY_COUNT: 5,
+                    protocol.HEADER_DEATH_REASON: "delivery-limit",
+                },
+            )
+        listed = rpc_dead_letters(broker_url, "--json")
+        listed_again = rpc_dead_letters(broker_url)
+        requeued = rpc_dead_letters(broker_url, "--requeue")
+        wait_for("the requeued cast", lambda: lines(marker) == ["7"])
+        # The malformed one failed again and is back; the fixed one is gone.
+        found = poll_dead_letters(broker_url, "faulty", 1)
+    assert listed.returncode == 0, listed.stderr
+    entries = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert [(e["reason"], e["method"]) for e in entries] == [
+        ("malformed", "record"),
+        ("delivery-limit", "record"),
+    ]
+    assert entries[0]["body"] == "{not json"
+    assert "not valid JSON" in entries[0]["detail"]
+    assert "2 message(s) in the dead-letter queue" in listed_again.stderr
+    assert "2 message(s) requeued" in requeued.stderr
+    assert [body for body, _ in found] == [b"{not json"]
