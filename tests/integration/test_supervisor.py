@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +18,9 @@ import psutil
 import pytest
 
 from rpc import ClusterProxy, Config
+from services.compute import Compute
 from tests.integration.daemons import PROJECT_ROOT, project_env, rpc_command
+from tests.readme import code_blocks
 
 FAULTY = "tests.integration.fault_services:Faulty"
 
@@ -222,3 +226,23 @@ def test_a_crash_loop_is_restarted_with_growing_delays(tmp_path):
         )
         assert run.poll() is None
     assert [float(delay) for delay in delays[:4]] == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_the_readme_scaling_example_runs(broker_url, tmp_path):
+    (script,) = code_blocks("Scaling out over processes", "sh")
+    shim = tmp_path / "bin" / "rpc"  # `rpc` of this checkout, whatever is installed
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m rpc "$@"\n')
+    shim.chmod(0o755)
+    env = project_env(broker_url)
+    env["PATH"] = f"{shim.parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(
+        ["bash", "-e", "-c", script],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(Compute().compute(200000, 1)), '"pong"']
