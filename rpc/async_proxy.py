@@ -161,7 +161,7 @@ class AsyncClusterProxy(BaseClusterProxy):
         kwargs: Mapping[str, JsonValue] | None = None,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool = False,
+        idempotent: bool | None = None,
         shard_key: str | None = None,
     ) -> AsyncRpcFuture:
         """Publish a request and return its future without waiting for the reply."""
@@ -182,7 +182,7 @@ class AsyncClusterProxy(BaseClusterProxy):
         kwargs: Mapping[str, JsonValue] | None = None,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool = False,
+        idempotent: bool | None = None,
     ) -> JsonValue:
         """Call and await the result."""
         future = await self.call_async(
@@ -321,7 +321,7 @@ class AsyncMethodProxy:
         method: str,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool = False,
+        idempotent: bool | None = None,
         shard_key: str | None = None,
     ) -> None:
         self._cluster = cluster

@@ -41,8 +41,10 @@ HEADER_METHOD = "x-rpc-method"
 HEADER_DEADLINE = "x-rpc-deadline"
 #: Who made the call: a service name, or ``"client"``.
 HEADER_CALLER = "x-rpc-caller"
-#: Times the worker saw this request before (set when a request is retried).
+#: Times this request was sent or delivered: above 1 once retried or redelivered.
 HEADER_DELIVERY_COUNT = "x-rpc-delivery-count"
+#: On a reply: the method is ``@rpc(idempotent=True)``, so callers may retry it.
+HEADER_IDEMPOTENT = "x-rpc-idempotent"
 #: Why a message was dead-lettered.
 HEADER_DEATH_REASON = "x-rpc-death-reason"
 #: What went wrong, in words, for a message dead-lettered by a worker.
@@ -239,6 +241,11 @@ def request_headers(method: str, deadline: float, caller: str) -> dict[str, Any]
         HEADER_DEADLINE: deadline,
         HEADER_CALLER: caller,
     }
+
+
+def reply_headers(*, idempotent: bool) -> dict[str, Any]:
+    """Application headers of a reply: they tell the caller if it may retry the call."""
+    return {HEADER_IDEMPOTENT: True} if idempotent else {}
 
 
 def request_body(

@@ -26,6 +26,8 @@ from rpc.transport import BrokerConnection, Delivery
 
 log = logging.getLogger(__name__)
 
+RESENT = "%s: sent again after a reconnection (attempt %d)"
+
 
 class _UseDefault:
     def __repr__(self) -> str:
@@ -62,6 +64,17 @@ class PreparedCall:
     body: bytes
     headers: dict[str, Any]
     routing_key: str
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """A call published and not yet answered, with what it takes to send it again."""
+
+    waiter: Waiter
+    call: PreparedCall
+    #: What the caller said; None means "as the service declares in its replies".
+    idempotent: bool | None
+    attempts: int = 1
 
 
 def reply_result(delivery: Delivery, service: str) -> JsonValue:
@@ -173,6 +186,13 @@ class BaseClusterProxy:
     of each call. A waiter is whatever the twin waits on: an :class:`RpcFuture` here,
     an asyncio future in :mod:`rpc.async_proxy`. Every callback runs on the
     connection's I/O thread and only hands results over; no caller code runs there.
+
+    When the connection is lost, the replies of calls in flight are lost with it:
+    those calls fail at once with :class:`BrokerError`, except idempotent ones, which
+    are published again once the proxy has reconnected (within their deadline). A
+    method is idempotent when the call says so (``with_options(idempotent=True)``)
+    or, failing that, when the service's replies say it is declared
+    ``@rpc(idempotent=True)``: the proxy remembers that per ``service.method``.
     """
 
     def __init__(
@@ -186,7 +206,12 @@ class BaseClusterProxy:
         base = config if config is not None else Config.load()
         self.config = base.replace(broker_url=broker_url, default_timeout=timeout)
         self.name = name
-        self._pending: dict[str, tuple[Waiter, bool]] = {}
+        self._pending: dict[str, _Pending] = {}
+        #: Idempotent calls that lost their connection and wait for the next one.
+        self._resend: dict[str, _Pending] = {}
+        self._calls_lock = threading.Lock()
+        #: ``(service, method)`` whose replies said they are idempotent.
+        self._idempotent_methods: set[tuple[str, str]] = set()
         # Requests answered by many replies (discovery): correlation id -> callback.
         self._listeners: dict[str, Callable[[Delivery], None]] = {}
         # Correlation ids: a random prefix per proxy and a counter. uuid4() per call
@@ -323,26 +348,83 @@ class BaseClusterProxy:
             else float(timeout)  # type: ignore[arg-type]
         )
 
-    def _send(self, call: PreparedCall, waiter: Waiter, *, idempotent: bool) -> None:
-        """Register ``waiter`` for the reply, then publish the request."""
+    def _send(
+        self, call: PreparedCall, waiter: Waiter, *, idempotent: bool | None
+    ) -> None:
+        """Register ``waiter`` for the reply, then publish the request.
+
+        ``idempotent`` (None: as the service declares) lets a call that cannot be
+        published now, or whose connection is lost later, be sent again on the next
+        connection instead of failing with BrokerError.
+        """
         connection = self._connection
-        self._pending[call.correlation_id] = (waiter, idempotent)
+        entry = _Pending(waiter, call, idempotent)
+        with self._calls_lock:
+            self._pending[call.correlation_id] = entry
         try:
-            connection.publish(
-                call.body,
-                exchange=protocol.RPC_EXCHANGE,
-                routing_key=call.routing_key,
-                content_type=serialization.CONTENT_TYPE,
-                headers=call.headers,
-                mandatory=True,
-                correlation_id=call.correlation_id,
-                reply_to=self._reply_to,
-                expiration=protocol.expiration_ms(call.deadline, call.created),
-                delivery_mode=1,
-            )
+            self._publish(entry, connection.publish)
         except BrokerError:
-            self._pending.pop(call.correlation_id, None)
-            raise
+            with self._calls_lock:
+                self._pending.pop(call.correlation_id, None)
+                if call.correlation_id in self._resend:
+                    return  # the lost connection took it over: sent on reconnection
+                if not (self._retryable(entry) and self._started):
+                    raise
+                # Sent by the I/O thread once connected again (or failed at the
+                # deadline).
+                entry.attempts += 1
+                self._resend[call.correlation_id] = entry
+
+    def _publish(self, entry: _Pending, publish: Callable[..., None]) -> None:
+        call = entry.call
+        headers = call.headers
+        if entry.attempts > 1:
+            # The handler's context reports it as redelivered: it may have run.
+            headers = {**headers, protocol.HEADER_DELIVERY_COUNT: entry.attempts}
+        publish(
+            call.body,
+            exchange=protocol.RPC_EXCHANGE,
+            routing_key=call.routing_key,
+            content_type=serialization.CONTENT_TYPE,
+            headers=headers,
+            mandatory=True,
+            correlation_id=call.correlation_id,
+            reply_to=self._reply_to,
+            expiration=protocol.expiration_ms(call.deadline),
+            delivery_mode=1,
+        )
+
+    def _retryable(self, entry: _Pending) -> bool:
+        if entry.idempotent is not None:
+            return entry.idempotent
+        call = entry.call
+        return (call.service, call.method) in self._idempotent_methods
+
+    def _send_again(self, publish: Callable[..., None]) -> None:
+        """Publish the idempotent calls a lost connection took with it."""
+        with self._calls_lock:
+            waiting, self._resend = self._resend, {}
+        now = time.time()
+        for correlation_id, entry in list(waiting.items()):
+            waiter = entry.waiter
+            if entry.call.deadline <= now:
+                del waiting[correlation_id]
+                waiter._fail(
+                    CallTimeoutError(f"{waiter.label} got no reply before its deadline")
+                )
+                continue
+            with self._calls_lock:
+                self._pending[correlation_id] = entry
+            try:
+                self._publish(entry, publish)
+            except BaseException:
+                # This connection failed too: keep the rest for the next one.
+                with self._calls_lock:
+                    self._pending.pop(correlation_id, None)
+                    self._resend.update(waiting)
+                raise
+            del waiting[correlation_id]
+            log.info(RESENT, waiter.label, entry.attempts)
 
     def _send_discovery(
         self, correlation_id: str, listener: Callable[[Delivery], None]
@@ -377,7 +459,9 @@ class BaseClusterProxy:
         return deadline
 
     def _forget(self, correlation_id: str) -> None:
-        self._pending.pop(correlation_id, None)
+        with self._calls_lock:
+            self._pending.pop(correlation_id, None)
+            self._resend.pop(correlation_id, None)
         self._listeners.pop(correlation_id, None)
 
     # -- callbacks on the I/O thread ---------------------------------------------------
@@ -407,10 +491,16 @@ class BaseClusterProxy:
             )
         connection.consume(channel, self._reply_to, self._on_reply, no_ack=True)
         connection.on_return(channel, self._on_return)
+        # Now that replies can arrive again: the idempotent calls the last
+        # connection lost.
+        self._send_again(
+            lambda body, **options: connection.publish_on(channel, body, **options)
+        )
 
     def _on_reply(self, delivery: Delivery) -> None:
         correlation_id = delivery.correlation_id or ""
-        entry = self._pending.pop(correlation_id, None)
+        with self._calls_lock:
+            entry = self._pending.pop(correlation_id, None)
         if entry is None:
             listener = self._listeners.get(correlation_id)
             if listener is not None:
@@ -418,41 +508,67 @@ class BaseClusterProxy:
                 return
             log.debug("dropping a reply nobody waits for: %s", correlation_id)
             return
-        entry[0]._deliver(delivery)
+        # Learn from every reply, so that a method redeployed without
+        # idempotent=True stops being retried.
+        key = (entry.call.service, entry.call.method)
+        if delivery.headers.get(protocol.HEADER_IDEMPOTENT) is True:
+            self._idempotent_methods.add(key)
+        else:
+            self._idempotent_methods.discard(key)
+        entry.waiter._deliver(delivery)
 
     def _on_return(self, delivery: Delivery) -> None:
-        entry = self._pending.pop(delivery.correlation_id or "", None)
+        with self._calls_lock:
+            entry = self._pending.pop(delivery.correlation_id or "", None)
         if entry is not None:
-            waiter = entry[0]
+            waiter = entry.waiter
             waiter._fail(not_routed(waiter.service, waiter.label))
 
     def _connection_lost(self, exc: BaseException) -> None:
         # Direct reply-to replies for these calls die with the channel: fail them now
-        # rather than let the caller wait for its timeout.
-        self._fail_all(
-            BrokerError(
-                f"connection to the broker lost while the call was in flight: {exc}"
-            )
+        # rather than let the caller wait for its timeout, or keep the idempotent
+        # ones to publish again once reconnected.
+        error = BrokerError(
+            f"connection to the broker lost while the call was in flight: {exc}"
         )
+        now = time.time()
+        failed: list[_Pending] = []
+        with self._calls_lock:
+            pending, self._pending = self._pending, {}
+            for correlation_id, entry in pending.items():
+                if self._retryable(entry) and entry.call.deadline > now:
+                    entry.attempts += 1
+                    self._resend[correlation_id] = entry
+                else:
+                    failed.append(entry)
+        for entry in failed:
+            entry.waiter._fail(error)
 
     def _fail_all(self, exc: RpcError) -> None:
-        pending, self._pending = self._pending, {}
-        for waiter, _ in pending.values():
-            waiter._fail(exc)
+        with self._calls_lock:
+            pending, self._pending = self._pending, {}
+            waiting, self._resend = self._resend, {}
+        for entry in [*pending.values(), *waiting.values()]:
+            entry.waiter._fail(exc)
 
     def _expire(self) -> None:
         now = time.time()
-        expired = [
-            cid for cid, (f, _) in list(self._pending.items()) if f.deadline < now
-        ]
-        for correlation_id in expired:
-            entry = self._pending.pop(correlation_id, None)
-            if entry is not None:
-                entry[0]._fail(
-                    CallTimeoutError(
-                        f"{entry[0].label} got no reply before its deadline"
-                    )
+        with self._calls_lock:
+            expired = [
+                self._pending.pop(correlation_id)
+                for correlation_id, entry in list(self._pending.items())
+                if entry.call.deadline < now
+            ]
+            leftover = bool(self._resend)
+        for entry in expired:
+            entry.waiter._fail(
+                CallTimeoutError(
+                    f"{entry.waiter.label} got no reply before its deadline"
                 )
+            )
+        if leftover:
+            # Calls that failed to publish just as the connection came back.
+            self._send_again(self._connection.publish)
 
 
 class ClusterProxy(BaseClusterProxy):
@@ -501,13 +617,18 @@ class ClusterProxy(BaseClusterProxy):
         kwargs: Mapping[str, JsonValue] | None = None,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool = False,
+        idempotent: bool | None = None,
         shard_key: str | None = None,
     ) -> RpcFuture:
         """Publish a request and return its future at once.
 
         With ``shard_key``, the request goes to the worker of the service that owns
-        that key on the service's consistent-hash ring.
+        that key on the service's consistent-hash ring. ``idempotent`` overrides
+        what the service declares (see the class docstring).
+
+        Raises:
+            BrokerError: not connected (an idempotent call waits for the next
+                connection instead, within its deadline).
         """
         call = self._prepare(service, method, args, kwargs, timeout, shard_key)
         future = RpcFuture(self, service, method, call.correlation_id, call.deadline)
@@ -530,9 +651,12 @@ class ClusterProxy(BaseClusterProxy):
         kwargs: Mapping[str, JsonValue] | None = None,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool | None = None,
     ) -> JsonValue:
         """Call and wait for the result."""
-        return self.call_async(service, method, args, kwargs, timeout=timeout).result()
+        return self.call_async(
+            service, method, args, kwargs, timeout=timeout, idempotent=idempotent
+        ).result()
 
     def cast(
         self,
@@ -647,7 +771,7 @@ class MethodProxy:
         method: str,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool = False,
+        idempotent: bool | None = None,
         shard_key: str | None = None,
     ) -> None:
         self._cluster = cluster
@@ -750,7 +874,12 @@ class MethodProxy:
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool | None = None,
     ) -> MethodProxy:
-        """The same method with other options: ``.with_options(timeout=2)(...)``."""
+        """The same method with other options: ``.with_options(timeout=2)(...)``.
+
+        ``idempotent=True`` lets the proxy send the call again after a connection
+        loss even if the service does not declare it, ``False`` never; left out, the
+        service's ``@rpc(idempotent=True)`` decides, as its replies report it.
+        """
         return MethodProxy(
             self._cluster,
             self.service,

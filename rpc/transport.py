@@ -38,6 +38,8 @@ WRITE_TIMEOUT = 10.0
 #: Longest idle wait of transports without a socket (Kombu's memory transport);
 #: publishes wake the waiting I/O threads at once, this only bounds a missed wake-up.
 POLL_INTERVAL = 0.05
+#: Seconds a clean close waits for the broker to answer before dropping the socket.
+CLOSE_TIMEOUT = 2.0
 #: Frames read per hold of the connection lock.
 FRAMES_PER_LOCK = 64
 
@@ -257,9 +259,10 @@ class BrokerConnection:
         self._wake()
         _BELL.ring()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            # Long enough for a connection attempt in progress to give up.
+            self._thread.join(timeout=min(self._connect_timeout, 5.0) + CLOSE_TIMEOUT)
         with self._lock:
-            self._close_connection()
+            self._close_connection(graceful=True)
         self._close_wake_sockets()
 
     def _close_wake_sockets(self) -> None:
@@ -350,6 +353,35 @@ class BrokerConnection:
                 )
             except self._errors() as exc:
                 raise self._failed(exc) from exc
+
+    def publish_on(
+        self,
+        channel: Any,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        content_type: str,
+        headers: Mapping[str, Any] | None = None,
+        mandatory: bool = False,
+        **properties: Any,
+    ) -> None:
+        """Publish on the channel ``on_connect`` was given, before others may publish.
+
+        For an owner that must re-send messages once its consumers are back (a
+        proxy re-sending idempotent calls); errors propagate and fail the set-up.
+        """
+        self._publish(
+            channel,
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            content_type=content_type,
+            content_encoding="utf-8",
+            headers=headers,
+            mandatory=mandatory,
+            properties=properties,
+        )
 
     def _publish(
         self,
@@ -545,6 +577,19 @@ class BrokerConnection:
             if not future.done():
                 future.set_exception(error)
 
+    def cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer without waiting for the broker's answer.
+
+        The broker may be gone without a word (a dead link not yet found by
+        heartbeats); waiting for ``basic.cancel-ok`` under the lock would then block
+        every thread of the owner.
+        """
+        with self.channel() as channel:
+            if self.has_socket:
+                channel.basic_cancel(consumer_tag, nowait=True)
+            else:
+                channel.basic_cancel(consumer_tag)
+
     def ack(self, delivery: Delivery) -> None:
         self.publish_and_ack(delivery, None)
 
@@ -657,7 +702,7 @@ class BrokerConnection:
         connection = self._connection
         if connection is None or connection.transport.driver_type != "amqp":
             return None
-        raw = getattr(connection.connection, "sock", None)
+        raw = getattr(_raw(connection), "sock", None)
         return raw if isinstance(raw, socket.socket) else None
 
     def _wake(self) -> None:
@@ -665,17 +710,32 @@ class BrokerConnection:
             with contextlib.suppress(OSError):
                 self._wake_writer.send(b"\0")
 
-    def _close_connection(self) -> None:
+    def _close_connection(self, *, graceful: bool = False) -> None:
+        """Drop the connection; ``graceful`` says goodbye to the broker first.
+
+        A goodbye waits for the broker's answer, which never comes from a peer that
+        vanished: it is bounded by :data:`CLOSE_TIMEOUT`, and a lost connection is
+        only torn down locally.
+        """
         self._connected.clear()
+        sock = self._socket()
         connection, self._connection, self._channel = self._connection, None, None
         self._confirm_channel = None
         # Whether the broker took these is unknown: the publisher decides to resend.
         self._fail_unconfirmed(
             BrokerError("connection lost before the broker confirmed the message")
         )
-        if connection is not None:
+        if connection is None:
+            return
+        if graceful:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(CLOSE_TIMEOUT)
             with contextlib.suppress(Exception):
                 connection.release()
+                return
+        with contextlib.suppress(Exception):
+            connection.collect()
 
     def _run(self) -> None:
         last_tick = 0.0
@@ -720,7 +780,9 @@ class BrokerConnection:
             connection = self._connection
             if connection is None:
                 raise BrokerError("connection closed")
-            raw = connection.connection
+            raw = _raw(connection)
+            if raw is None:
+                raise BrokerError("connection closed")
             # Read a bounded batch per lock hold so publishers are never starved.
             for _ in range(FRAMES_PER_LOCK):
                 if sock not in readable and not _has_buffered(sock):
@@ -776,6 +838,15 @@ def _drain_virtual(connection: KombuConnection) -> bool:
         except TimeoutError:  # socket.timeout: nothing waiting
             return False
     return True
+
+
+def _raw(connection: KombuConnection) -> Any:
+    """The py-amqp connection under a Kombu one, or None once it is gone.
+
+    Never Kombu's ``connection`` property: on a dead link it silently dials a new
+    connection, which would block under our lock and skip ``on_connect``.
+    """
+    return getattr(connection, "_connection", None)
 
 
 def _readable(

@@ -172,9 +172,8 @@ class ServiceRunner:
         """Graceful stop: stop consuming, finish handlers in progress, then close."""
         self._accepting = False
         try:
-            with self._connection.channel() as channel:
-                for tag in [*self._consumers, *self._event_consumers]:
-                    channel.basic_cancel(tag)
+            for tag in [*self._consumers, *self._event_consumers]:
+                self._connection.cancel(tag)
         except BrokerError:
             pass
         self._wait_idle(self.config.shutdown_timeout)
@@ -210,6 +209,11 @@ class ServiceRunner:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up; False while it reconnects."""
+        return self._connection.connected
 
     @property
     def in_flight(self) -> int:
@@ -461,13 +465,18 @@ class ServiceRunner:
             self._reply_or_dead_letter(service, delivery, checked)
             return
         context = CallContext(service.name, request, asynchronous=True)
+        idempotent = _is_idempotent(checked)
         try:
             result = await self.invoke_async(service, checked, context)
         except Exception as exc:
             log.info(HANDLER_FAILED, service.name, request.method, exc)
-            self._reply(delivery, error_payload=serialization.error_payload(exc))
+            self._reply(
+                delivery,
+                error_payload=serialization.error_payload(exc),
+                idempotent=idempotent,
+            )
             return
-        self._reply(delivery, result=result)
+        self._reply(delivery, result=result, idempotent=idempotent)
 
     def _handle(self, delivery: Delivery) -> None:
         try:
@@ -738,12 +747,16 @@ class ServiceRunner:
         if not isinstance(handler, Handler):
             return handler
         context = CallContext(service.name, request)
+        idempotent = _is_idempotent(handler)
         try:
             result = self.invoke(service, handler, context)
         except Exception as exc:
             log.info(HANDLER_FAILED, service.name, request.method, exc)
-            return {"error_payload": serialization.error_payload(exc)}
-        return {"result": result}
+            return {
+                "error_payload": serialization.error_payload(exc),
+                "idempotent": idempotent,
+            }
+        return {"result": result, "idempotent": idempotent}
 
     def _check(
         self, service: ServiceDefinition, request: protocol.Request
@@ -839,6 +852,7 @@ class ServiceRunner:
         *,
         result: JsonValue = None,
         error_payload: dict[str, str] | None = None,
+        idempotent: bool = False,
     ) -> None:
         if not delivery.reply_to:
             self._connection.ack(delivery)
@@ -865,8 +879,15 @@ class ServiceRunner:
             exchange="",
             routing_key=delivery.reply_to,
             content_type=serialization.CONTENT_TYPE,
+            # Tells the caller it may retry this method after a connection loss.
+            headers=protocol.reply_headers(idempotent=idempotent),
             properties={"correlation_id": delivery.correlation_id, "delivery_mode": 1},
         )
+
+
+def _is_idempotent(handler: Handler) -> bool:
+    entrypoint = handler.entrypoint
+    return isinstance(entrypoint, RpcEntrypoint) and entrypoint.idempotent
 
 
 def _is_sharded(service: ServiceDefinition) -> bool:
