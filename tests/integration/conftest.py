@@ -35,3 +35,8 @@ def rpc_broker_url(broker_url: str) -> str:
 def cluster(rpc_cluster: ServiceCluster) -> ServiceCluster:
     """The behaviour tests of tests/behaviour.py, on RabbitMQ."""
     return rpc_cluster
+
+
+# Fault-injection fixtures (a private RabbitMQ node, a TCP proxy), kept apart from
+# the per-test vhost of the plugin.
+from tests.integration.faults import private_broker, tcp_proxy  # noqa: E402, F401
