@@ -8,7 +8,7 @@ import sys
 import kombu
 import pytest
 
-from rpc import protocol
+from rpc import ClusterProxy, Config, ServiceRunner, protocol
 from tests.integration import topology_fixtures as fixtures
 from tests.integration.daemons import PROJECT_ROOT, project_env
 from tests.integration.topology_services import (
@@ -151,3 +151,16 @@ def test_rpc_dispatch_from_the_shell(runners, record, broker_url):
     assert done.returncode == 0, done.stderr
     billing = record.wait_for("billing", 1)
     assert billing[0][1] == ("orders.created", {"id": "shell"})
+
+
+def test_service_pool_events_survive_a_broker_restart(private_broker, record):
+    config = Config(broker_url=private_broker.url, default_timeout=60)
+    with ServiceRunner([Billing], config):
+        pass  # the subscriber's durable queue and binding now exist
+    with ClusterProxy(config=config) as publisher:
+        for i in range(10):
+            publisher.dispatch("shop", "orders.created", {"id": i})  # confirmed
+    private_broker.restart()
+    with ServiceRunner([Billing], config):
+        billing = record.wait_for("billing", 10, timeout=90)
+    assert sorted(payload["id"] for _, (_, payload) in billing) == list(range(10))
