@@ -1,0 +1,33 @@
+"""Checked by mypy only: event handlers and sharded methods keep their types."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from typing_extensions import assert_type
+
+from rpc import BROADCAST, ClusterProxy, MethodProxy, event_handler, rpc
+from rpc.serialization import JsonValue
+
+
+class Typed:
+    name = "typed"
+
+    @rpc(shard_by="key")
+    def get(self, key: str) -> int:
+        return len(key)
+
+    @event_handler("shop", ["orders.*", "#"], handler_type=BROADCAST)
+    def on_order(self, payload: dict[str, int]) -> int:
+        return payload["id"]
+
+
+def check(cluster: ClusterProxy) -> None:
+    service = Typed()
+    assert_type(service.get("k"), int)
+    assert_type(service.on_order({"id": 1}), int)
+    method = cluster.typed.get
+    assert_type(method.shard("user:1"), MethodProxy)
+    assert_type(method.cast(1), None)
+    assert_type(method.map([1, 2]), Iterator[JsonValue])
+    cluster.dispatch("shop", "orders.created", {"id": 1})
