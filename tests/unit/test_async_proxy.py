@@ -30,19 +30,19 @@ def reply(correlation_id: str, body: object) -> Delivery:
     )
 
 
-def pending_call(
-    cluster: AsyncClusterProxy, correlation_id: str, seconds: float = 30
-) -> AsyncRpcFuture:
-    """A call as ``call_async`` registers it, without publishing anything."""
+def pending_call(cluster: AsyncClusterProxy, seconds: float = 30) -> AsyncRpcFuture:
+    """A call made as ``call_async`` makes it; the fixture's publish goes nowhere."""
+    call = cluster._prepare("svc", "method", (), None, seconds)
     future = AsyncRpcFuture(
         cluster,
         asyncio.get_running_loop(),
         "svc",
         "method",
-        correlation_id,
-        time.time() + seconds,
+        call.correlation_id,
+        call.deadline,
     )
-    cluster._pending[correlation_id] = (future, False)
+    cluster._send(call, future, idempotent=False)
+    assert cluster._pending
     return future
 
 
@@ -54,13 +54,18 @@ def on_io_thread(function, *args) -> None:
 
 @pytest.fixture
 def cluster() -> AsyncClusterProxy:
-    return AsyncClusterProxy(config=Config(broker_url="memory://"))
+    proxy = AsyncClusterProxy(config=Config(broker_url="memory://"))
+    proxy._connection.publish = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    return proxy
 
 
 def test_a_reply_from_the_io_thread_resolves_the_awaiting_task(cluster):
     async def scenario():
-        future = pending_call(cluster, "c1")
-        on_io_thread(cluster._on_reply, reply("c1", {"result": [1, 2], "error": None}))
+        future = pending_call(cluster)
+        on_io_thread(
+            cluster._on_reply,
+            reply(future.correlation_id, {"result": [1, 2], "error": None}),
+        )
         return await future
 
     assert asyncio.run(scenario()) == [1, 2]
@@ -69,9 +74,12 @@ def test_a_reply_from_the_io_thread_resolves_the_awaiting_task(cluster):
 
 def test_an_error_reply_raises_the_remote_error(cluster):
     async def scenario():
-        future = pending_call(cluster, "c2")
+        future = pending_call(cluster)
         error = {"type": "KeyError", "message": "'k'", "traceback": "tb"}
-        on_io_thread(cluster._on_reply, reply("c2", {"result": None, "error": error}))
+        on_io_thread(
+            cluster._on_reply,
+            reply(future.correlation_id, {"result": None, "error": error}),
+        )
         with pytest.raises(RemoteError) as caught:
             await future
         return caught.value
@@ -82,7 +90,7 @@ def test_an_error_reply_raises_the_remote_error(cluster):
 
 def test_cancelling_the_awaiting_task_forgets_the_call(cluster):
     async def scenario():
-        future = pending_call(cluster, "c3")
+        future = pending_call(cluster)
         task = asyncio.ensure_future(future.result())
         await asyncio.sleep(0)  # let the task start waiting
         task.cancel()
@@ -90,7 +98,10 @@ def test_cancelling_the_awaiting_task_forgets_the_call(cluster):
             await task
         pending = dict(cluster._pending)
         # The late reply finds nobody and is dropped without a failure.
-        on_io_thread(cluster._on_reply, reply("c3", {"result": 1, "error": None}))
+        on_io_thread(
+            cluster._on_reply,
+            reply(future.correlation_id, {"result": 1, "error": None}),
+        )
         await asyncio.sleep(0)
         return pending
 
@@ -100,7 +111,7 @@ def test_cancelling_the_awaiting_task_forgets_the_call(cluster):
 
 def test_the_deadline_raises_call_timeout_and_forgets_the_call(cluster):
     async def scenario():
-        future = pending_call(cluster, "c4", seconds=0.2)
+        future = pending_call(cluster, seconds=0.2)
         with pytest.raises(CallTimeoutError, match="no reply before its deadline"):
             await future
 
@@ -110,9 +121,11 @@ def test_the_deadline_raises_call_timeout_and_forgets_the_call(cluster):
 
 def test_expiry_on_the_io_thread_fails_the_call_at_once(cluster):
     async def scenario():
-        future = pending_call(cluster, "c5", seconds=30)
-        future.deadline = time.time() - 1  # as if its time had run out
+        future = pending_call(cluster, seconds=0.3)
+        time.sleep(0.4)  # blocks the loop: only the I/O thread's expiry can fail it
         on_io_thread(cluster._expire)
+        await asyncio.sleep(0)  # run the callback the I/O thread scheduled
+        assert future.done()
         with pytest.raises(CallTimeoutError):
             await future
 
@@ -122,8 +135,8 @@ def test_expiry_on_the_io_thread_fails_the_call_at_once(cluster):
 
 def test_a_reply_after_the_loop_closed_is_ignored(cluster):
     async def scenario():
-        return pending_call(cluster, "c6")
+        return pending_call(cluster)
 
     future = asyncio.run(scenario())  # the loop is closed when run() returns
-    cluster._on_reply(reply("c6", {"result": 1, "error": None}))
+    cluster._on_reply(reply(future.correlation_id, {"result": 1, "error": None}))
     assert not future.done()
