@@ -276,8 +276,8 @@ class AsyncClusterProxy(BaseClusterProxy):
             await asyncio.get_running_loop().run_in_executor(
                 None, connection.wait_connected, wait
             )
-            if not connection.connected:
-                raise BrokerError(f"not connected to the broker ({connection.name})")
+            # Still down: sending fails with BrokerError, or is queued for the next
+            # connection when the call is idempotent, as with ClusterProxy.
 
 
 class AsyncServiceProxy:
