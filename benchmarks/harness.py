@@ -56,8 +56,12 @@ def child_env(broker_url: str) -> dict[str, str]:
     }
 
 
-def worker_command(service: str, broker_url: str) -> list[str]:
-    return [sys.executable, "-m", "rpc", "run", service, "--broker", broker_url]
+def worker_command(service: str, broker_url: str, processes: int = 1) -> list[str]:
+    """``rpc run``: one process, or a supervisor with ``processes`` children."""
+    command = [sys.executable, "-m", "rpc", "run", service, "--broker", broker_url]
+    if processes > 1:
+        command += ["--processes", str(processes)]
+    return command
 
 
 def baseline_command(broker_url: str, queue: str) -> list[str]:
@@ -122,12 +126,15 @@ def running(
     broker_url: str,
     queue: str,
     timeout: float = 60.0,
+    consumers: int | None = None,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Start the processes and wait until each consumes ``queue``; stop them after."""
+    """Start the processes and wait until ``queue`` has ``consumers`` (default: one
+    per process); stop them after."""
     processes = [spawn(command, broker_url) for command in commands]
+    expected = len(processes) if consumers is None else consumers
     try:
         deadline = time.monotonic() + timeout
-        while consumer_count(broker_url, queue) < len(processes):
+        while consumer_count(broker_url, queue) < expected:
             for process in processes:
                 if process.poll() is not None:
                     raise RuntimeError(

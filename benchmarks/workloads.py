@@ -295,10 +295,8 @@ def cpu_scaling(
     counts = (1, max(2, os.cpu_count() or 1))
     seconds: dict[int, float] = {}
     for processes in counts:
-        commands = [
-            harness.worker_command(harness.COMPUTE_SERVICE, broker_url)
-        ] * processes
-        with harness.running(commands, broker_url, COMPUTE_QUEUE):
+        command = harness.worker_command(harness.COMPUTE_SERVICE, broker_url, processes)
+        with harness.running([command], broker_url, COMPUTE_QUEUE, consumers=processes):
             cluster.compute.compute(count=1000)
             runs = []
             for _ in range(plan.repetitions):
@@ -390,7 +388,6 @@ def cost(
 def run_all(broker_url: str, plan: Plan, progress: Progress) -> dict[str, Any]:
     """Every workload, in an order that reuses running processes."""
     results: dict[str, Any] = {"plan": plan.name}
-    worker = harness.worker_command(harness.BENCH_SERVICE, broker_url)
     server = harness.baseline_command(broker_url, BASELINE_QUEUE)
     with ClusterProxy(broker_url, timeout=120, name="bench-client") as cluster:
         baseline = BaselineClient(broker_url)
@@ -398,8 +395,15 @@ def run_all(broker_url: str, plan: Plan, progress: Progress) -> dict[str, Any]:
         try:
             rows: list[dict[str, Any]] = []
             for processes in plan.processes:
+                # N framework workers: one `rpc run --processes N` (a supervisor);
+                # N baseline servers: N processes.
+                worker = harness.worker_command(
+                    harness.BENCH_SERVICE, broker_url, processes
+                )
                 with (
-                    harness.running([worker] * processes, broker_url, BENCH_QUEUE),
+                    harness.running(
+                        [worker], broker_url, BENCH_QUEUE, consumers=processes
+                    ),
                     harness.running([server] * processes, broker_url, BASELINE_QUEUE),
                 ):
                     if processes == 1:
