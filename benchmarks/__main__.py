@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": harness.machine(),
         "commit": harness.git_commit(),
         "repetitions": plan.repetitions,
+        "throughput_repetitions": plan.throughput_repetitions,
     }
     results["targets"] = report.check_targets(results)
     paths = report.write(results, output)

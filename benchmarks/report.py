@@ -62,7 +62,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Run of {meta['date']} ({results['plan']} mode) on {meta['machine']['cores']} "
         f"cores ({meta['machine']['cpu'] or 'unknown CPU'}), Python "
         f"{meta['machine']['python']}, Kombu {meta['machine']['kombu']}, commit "
-        f"{meta['commit'] or '?'}; medians of {meta['repetitions']} repetitions, "
+        f"{meta['commit'] or '?'}; medians of {meta['repetitions']} repetitions "
+        f"({meta.get('throughput_repetitions', meta['repetitions'])} for throughput), "
         "ratios are framework/baseline from the same run.",
         "",
     ]

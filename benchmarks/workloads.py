@@ -40,13 +40,15 @@ class Plan:
     compute_calls: int
     startup_repetitions: int
     messages: int
+    #: Throughput runs are the long ones (20,000 calls each): fewer repetitions.
+    throughput_repetitions: int
 
     def steps(self) -> int:
         """Measurements the progress bar counts."""
+        throughput = len(self.in_flight) * len(self.processes)
         return (
-            self.repetitions
-            * (1 + len(self.in_flight) * len(self.processes) + len(self.payload_calls))
-            + self.repetitions * 4
+            self.repetitions * (1 + len(self.payload_calls) + 2 + 2)
+            + self.throughput_repetitions * throughput
             + self.startup_repetitions
             + 1
         )
@@ -65,6 +67,7 @@ FULL = Plan(
     compute_calls=8,
     startup_repetitions=3,
     messages=1000,
+    throughput_repetitions=2,
 )
 QUICK = Plan(
     name="quick",
@@ -79,6 +82,7 @@ QUICK = Plan(
     compute_calls=8,
     startup_repetitions=1,
     messages=100,
+    throughput_repetitions=1,
 )
 
 Progress = Callable[[str], None]
@@ -184,7 +188,7 @@ def throughput(
     rows = []
     for in_flight in plan.in_flight:
         ours, theirs, ratios = [], [], []
-        for _ in range(plan.repetitions):
+        for _ in range(plan.throughput_repetitions):
             warm_up(clients, plan.warmup)
             calls = plan.throughput_calls
             fw = calls / framework_pipelined(clients.cluster, calls, in_flight)
