@@ -218,6 +218,7 @@ class BrokerConnection:
         self._thread: threading.Thread | None = None
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
+        self._next_heartbeat_check = 0.0
         self._confirms = confirms
         self._confirm_channel: Any = None
         self._confirm_tag = 0
@@ -790,7 +791,10 @@ class BrokerConnection:
                 with contextlib.suppress(socket.timeout):
                     raw.drain_events(timeout=1.0)
                 readable = _readable(sock, None, 0)
-            if self._heartbeat:
+            # py-amqp wants its heartbeat tick about once a second, not every turn.
+            now = time.monotonic()
+            if self._heartbeat and now >= self._next_heartbeat_check:
+                self._next_heartbeat_check = now + interval
                 connection.heartbeat_check(rate=2)
 
     def _lost(self, exc: BaseException) -> None:
