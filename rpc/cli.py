@@ -90,6 +90,14 @@ def run(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # SIGHUP would kill the process without draining; replacing workers needs a
+    # supervisor, so a single process only says so.
+    signal.signal(
+        signal.SIGHUP,
+        lambda *_: logging.getLogger(__name__).warning(
+            "SIGHUP ignored: run with --processes to replace workers on SIGHUP"
+        ),
+    )
     try:
         serve(
             classes,

@@ -169,6 +169,8 @@ def test_single_process_sigterm_finishes_the_call_in_flight(
         wait_for("the worker", lambda: "Ctrl+C stops" in log.read_text())
         future = cluster.faulty.hold.call_async(str(marker), 2.0)
         assert wait_for("the call to start", pid_in(marker)) == run.pid
+        run.send_signal(signal.SIGHUP)  # no supervisor: ignored, not fatal
+        wait_for("the SIGHUP", lambda: "SIGHUP ignored" in log.read_text())
         run.send_signal(signal.SIGTERM)
         answer = future.result(timeout=90)
         code = run.wait(timeout=60)
