@@ -668,6 +668,10 @@ class ServiceRunner:
         deadline = headers.get(protocol.HEADER_DEADLINE)
         if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
             properties["expiration"] = protocol.expiration_ms(float(deadline))
+        # Copy and ack in one lock hold on one channel: the ack leaves right behind
+        # the copy, before the copy can reach a handler. Waiting for a publisher
+        # confirm in between would let a handler that kills its process run the
+        # copy first, and the original would come back and be copied again.
         self._connection.publish_and_ack(
             delivery,
             delivery.body,
