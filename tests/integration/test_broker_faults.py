@@ -102,11 +102,13 @@ def test_calls_resume_after_a_broker_restart_under_load(
     with Load(cluster) as load:
         wait_for(lambda: load.ok() >= 8, 60, "calls before the restart")
         before = len(load.outcomes)
+        down = time.monotonic()
         if how == "stop":
             private_broker.stop()
         else:
             private_broker.kill()  # no goodbye: sockets reset
         private_broker.start()
+        outage = time.monotonic() - down
         wait_for(lambda: load.ok() >= before + 16, DEADLINE, "calls after the restart")
 
     outcomes = load.outcomes
@@ -122,6 +124,11 @@ def test_calls_resume_after_a_broker_restart_under_load(
         o for o in outcomes if o[0] == "lookup" and o[1] == "ok" and o[3]["redelivered"]
     ]
     assert failed or retried
+    print(
+        f"broker {how} + start: {outage:.1f}s; {len(outcomes)} calls, "
+        f"{len(failed)} failed with BrokerError (slowest after "
+        f"{max((o[2] for o in failed), default=0):.1f}s), {len(retried)} resent"
+    )
     # Worker and proxy reconnected by themselves.
     assert runner.connected
     assert cluster.ledger.record("after") == "after"

@@ -8,6 +8,7 @@ is found by AMQP heartbeats; both sides reconnect by themselves.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpc import BrokerError, ClusterProxy, Config, ServiceRunner
+from rpc import AsyncClusterProxy, BrokerError, ClusterProxy, Config, ServiceRunner
 from tests.integration.faults import TcpProxy, wait_for
 from tests.integration.ledger_service import Ledger
 
@@ -125,6 +126,35 @@ def test_call_options_override_what_the_service_declares(
         refused.result(timeout=30)
     assert Ledger.count(retried) == 2
     assert Ledger.count(not_retried) == 1
+
+
+def test_the_asyncio_client_resends_idempotent_calls_and_fails_the_others(
+    runner, config, tcp_proxy
+):
+    proxied = config.replace(broker_url=tcp_proxy.url_for(config.broker_url))
+    retried, failed = tokens(2)
+
+    async def scenario() -> tuple[object, BaseException | None]:
+        async with AsyncClusterProxy(config=proxied) as cluster:
+            await cluster.ledger.lookup(uuid.uuid4().hex)  # learnt: idempotent
+            lookup = asyncio.ensure_future(cluster.ledger.lookup(retried, seconds=1))
+            record = asyncio.ensure_future(cluster.ledger.record(failed, seconds=1))
+            for _ in range(600):  # up to 30 s for both handlers to start
+                if Ledger.count(retried) and Ledger.count(failed):
+                    break
+                await asyncio.sleep(0.05)
+            tcp_proxy.cut()
+            error = None
+            try:
+                await asyncio.wait_for(record, 30)
+            except BrokerError as exc:
+                error = exc
+            return await asyncio.wait_for(lookup, 60), error
+
+    result, error = asyncio.run(scenario())
+    assert result == {"token": retried, "redelivered": True}
+    assert isinstance(error, BrokerError)
+    assert (Ledger.count(retried), Ledger.count(failed)) == (2, 1)
 
 
 def test_heartbeats_find_a_callers_dead_connection(runner, config, tcp_proxy):
