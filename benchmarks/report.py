@@ -189,17 +189,24 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=110)
     rows = results["throughput"]
+    # One colour per side, one line style per number of worker processes.
     for processes in sorted({row["processes"] for row in rows}):
         mine = [row for row in rows if row["processes"] == processes]
         x = [row["in_flight"] for row in mine]
         label = f"{processes} worker process{'es' if processes > 1 else ''}"
+        style = "-" if processes == 1 else "--"
         axes.plot(
-            x, [r["framework_calls_per_s"] for r in mine], "o-", label=f"rpc, {label}"
+            x,
+            [r["framework_calls_per_s"] for r in mine],
+            "o" + style,
+            color="tab:blue",
+            label=f"rpc, {label}",
         )
         axes.plot(
             x,
             [r["baseline_calls_per_s"] for r in mine],
-            "s--",
+            "s" + style,
+            color="tab:orange",
             label=f"Kombu baseline, {label}",
         )
     axes.set_xscale("log", base=2)
