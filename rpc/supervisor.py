@@ -65,10 +65,17 @@ def restart_delay(
     return float(min(first * 2 ** (crashes - 1), maximum))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, e.g. a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def process_count(value: str | int) -> int:
     """Number of worker processes from ``--processes``: a positive int, or ``auto``."""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        return os.cpu_count() or 1
+        return usable_cpus()
     try:
         count = int(value)
     except (TypeError, ValueError):
