@@ -60,7 +60,9 @@ def test_a_deep_queue_neither_floods_the_worker_nor_its_memory(broker_url, tmp_p
             for _ in range(20):
                 cluster.faulty.slow(0.0, padding="x" * 300)
         before = worker.memory_info().rss
+        started = time.monotonic()
         publish_requests(broker_url, REQUESTS)
+        print(f"published {REQUESTS} requests in {time.monotonic() - started:.1f}s")
         wait_for(
             "the worker to hold a full window",
             lambda: queue_depth(broker_url)[1] >= MAX_WORKERS,

@@ -123,12 +123,14 @@ def test_a_child_that_dies_is_restarted(broker_url, cluster, tmp_path):
     assert served <= after
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_call_whose_worker_is_killed_is_answered_by_another(
-    broker_url, cluster, tmp_path
+    broker_url, cluster, tmp_path, queue_type
 ):
     log = tmp_path / "run.log"
     marker = tmp_path / "pid"
-    with rpc_run(broker_url, log, "--processes", "2", "--max-workers", "1") as run:
+    args = ("--processes", "2", "--max-workers", "1")
+    with rpc_run(broker_url, log, *args, RPC_QUEUE_TYPE=queue_type) as run:
         wait_for("two consuming workers", consuming(log, 2))
         future = cluster.faulty.hold.call_async(str(marker), 1.0)
         victim = wait_for("the call to start", pid_in(marker))
