@@ -22,13 +22,20 @@ from tests.integration.ledger_service import Ledger
 DEADLINE = 90.0
 
 
+@pytest.fixture(params=["classic"])
+def queue_type(request: pytest.FixtureRequest) -> str:
+    """Service queues are classic unless a test asks for quorum ones too."""
+    return str(request.param)
+
+
 @pytest.fixture
-def config(private_broker: RabbitNode) -> Config:
+def config(private_broker: RabbitNode, queue_type: str) -> Config:
     return Config(
         broker_url=private_broker.url,
         default_timeout=DEADLINE,
         max_workers=8,
         heartbeat=5,
+        queue_type=queue_type,
     )
 
 
@@ -94,7 +101,11 @@ class Load:
                 self.outcomes.append((kind, outcome, time.monotonic() - started, value))
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest.mark.parametrize(
+    ("how", "queue_type"),
+    [("stop", "classic"), ("kill", "classic"), ("stop", "quorum")],
+    indirect=["queue_type"],
+)
 def test_calls_resume_after_a_broker_restart_under_load(
     private_broker, runner, cluster, how
 ):
