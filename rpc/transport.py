@@ -703,7 +703,10 @@ class BrokerConnection:
         connection = self._connection
         if connection is None or connection.transport.driver_type != "amqp":
             return None
-        raw = getattr(_raw(connection), "sock", None)
+        # Not py-amqp's ``sock`` property: once the link is gone, it warns and
+        # tries to connect again.
+        transport = getattr(_raw(connection), "_transport", None)
+        raw = getattr(transport, "sock", None)
         return raw if isinstance(raw, socket.socket) else None
 
     def _wake(self) -> None:
