@@ -26,6 +26,7 @@ from kombu.connection import Connection as KombuConnection
 from kombu.transport import memory as kombu_memory
 from kombu.transport import virtual as kombu_virtual
 
+from rpc import memory
 from rpc.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,12 @@ def _is_virtual(channel: Any) -> bool:
     return isinstance(channel, kombu_virtual.Channel)
 
 
-def _virtual_route_exists(channel: Any, exchange: str, routing_key: str) -> bool:
+def _virtual_route_exists(
+    channel: Any, exchange: str, routing_key: str, headers: Mapping[str, Any]
+) -> bool:
     """Whether RabbitMQ would route this publish to at least one queue."""
+    if isinstance(channel, memory.Channel):
+        return bool(channel.routes(exchange, routing_key, headers))
     if not exchange:
         return bool(channel._has_queue(routing_key))
     try:
@@ -429,7 +434,8 @@ class BrokerConnection:
         # Kombu's virtual transports know no mandatory flag and park what nothing
         # routes in a dead-letter queue. Do as RabbitMQ does: return a mandatory
         # message to its publisher, drop any other.
-        if _virtual_route_exists(channel, exchange, routing_key):
+        headers = message.get("headers") or {}
+        if _virtual_route_exists(channel, exchange, routing_key, headers):
             channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
             _BELL.ring()
             return True
@@ -653,6 +659,7 @@ class BrokerConnection:
     def _connect(self) -> None:
         connection = KombuConnection(
             self.url,
+            transport=memory.transport_for(self.url),
             heartbeat=self._heartbeat or None,
             connect_timeout=min(self._connect_timeout, 5.0),
             transport_options={"write_timeout": WRITE_TIMEOUT},
