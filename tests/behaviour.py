@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 import uuid
+from collections import defaultdict
 
 import pytest
 
@@ -17,6 +19,7 @@ from rpc import (
     InvalidArgumentsError,
     MethodNotFoundError,
     RemoteError,
+    ServiceRunner,
     UnknownServiceError,
 )
 from rpc.testing import (
@@ -25,6 +28,7 @@ from rpc.testing import (
     replace_dependencies,
     restrict_entrypoints,
 )
+from services.cache import Cache
 from services.compute import MAX_COUNT, Compute
 from services.concierge import Concierge
 from services.greeter import Frontend, Greeter
@@ -206,3 +210,89 @@ class PiMeshBehaviour:
         after = cluster.proxy.tally.estimate()
         assert after["total"] - before["total"] == points
         assert 0 <= after["inside"] - before["inside"] <= points
+
+
+class Owners:
+    """Which runner ran each call, by the ``key`` argument of the call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ran: dict[str, set[str]] = defaultdict(set)
+
+    def watch(self, runner: ServiceRunner) -> ServiceRunner:
+        def seen(context, handler, result, error) -> None:
+            request = context.request
+            key = request.kwargs.get("key", request.args[0] if request.args else None)
+            with self._lock:
+                self.ran[str(key)].add(runner.instance_id)
+
+        runner.observe(seen)
+        return runner
+
+    def of(self, keys: list[str]) -> dict[str, str]:
+        """The one runner each key ran on; fails if a key ran on two."""
+        with self._lock:
+            assert all(len(self.ran[key]) == 1 for key in keys), dict(self.ran)
+            owners = {key: next(iter(self.ran[key])) for key in keys}
+            self.ran.clear()
+        return owners
+
+
+class CacheBehaviour:
+    """The sharded example cache: each key lives with the worker that owns it."""
+
+    def test_every_get_finds_what_its_put_stored(self, cluster: ServiceCluster):
+        for _ in range(3):
+            cluster.start(Cache)
+        keys = [f"{uuid.uuid4().hex}:{n}" for n in range(30)]  # the store is global
+        for n, key in enumerate(keys):
+            cluster.proxy.cache.put(key, {"n": n})
+        assert [cluster.proxy.cache.get(key) for key in keys] == [
+            {"n": n} for n in range(30)
+        ]
+        assert cluster.proxy.cache.get.shard(keys[7])(keys[7]) == {"n": 7}
+        assert cluster.proxy.cache.get(key=f"{keys[0]}:missing") is None
+        assert cluster.proxy.cache.size() >= 1  # not sharded: any worker answers
+
+    def test_every_call_for_a_key_runs_on_the_worker_that_owns_it(
+        self, cluster: ServiceCluster
+    ):
+        owners = Owners()
+        runners = [owners.watch(cluster.start(Cache)) for _ in range(3)]
+        keys = [f"{uuid.uuid4().hex}:{n}" for n in range(60)]
+        for key in keys:
+            cluster.proxy.cache.put(key, 1)  # through the shared queue, forwarded
+            cluster.proxy.cache.get(key=key)
+            cluster.proxy.cache.get.shard(key)(key)  # straight to the owner
+        first = owners.of(keys)
+        assert len(set(first.values())) > 1  # the keys are spread over the workers
+        assert set(first.values()) <= {runner.instance_id for runner in runners}
+        futures = [cluster.proxy.cache.get.call_async(key) for key in keys]
+        assert [future.result() for future in futures] == [1] * len(keys)
+        assert owners.of(keys) == first  # same keys, same workers
+
+    def test_a_worker_that_joins_takes_keys_only_from_the_others(
+        self, cluster: ServiceCluster
+    ):
+        owners = Owners()
+        for _ in range(3):
+            owners.watch(cluster.start(Cache))
+        keys = [f"{uuid.uuid4().hex}:{n}" for n in range(120)]
+        for key in keys:
+            cluster.proxy.cache.get(key)
+        before = owners.of(keys)
+        newcomer = owners.watch(cluster.start(Cache)).instance_id
+        for key in keys:
+            cluster.proxy.cache.get(key)
+        after = owners.of(keys)
+        moved = [key for key in keys if after[key] != before[key]]
+        assert moved  # about a quarter of them
+        assert all(after[key] == newcomer for key in moved)
+
+    def test_a_service_without_sharding_refuses_sharded_calls(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Greeter)
+        hello = cluster.proxy.greeter.hello.with_options(timeout=CALL_TIMEOUT)
+        with pytest.raises(UnknownServiceError):
+            hello.shard("ada")("ada")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.behaviour import (
+    CacheBehaviour,
     ComputeBehaviour,
     ConciergeBehaviour,
     GreeterBehaviour,
@@ -28,4 +29,8 @@ class TestConciergeOnRabbitMQ(ConciergeBehaviour):
 
 
 class TestPiMeshOnRabbitMQ(PiMeshBehaviour):
+    pass
+
+
+class TestCacheOnRabbitMQ(CacheBehaviour):
     pass
