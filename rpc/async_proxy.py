@@ -31,6 +31,8 @@ from rpc.transport import BrokerConnection, Delivery
 
 #: Seconds :meth:`AsyncClusterProxy.discover` collects answers by default.
 DISCOVERY_WAIT = 0.5
+#: Seconds between two looks at a connection that is being re-established.
+RECONNECT_POLL = 0.05
 
 
 class AsyncRpcFuture:
@@ -270,14 +272,14 @@ class AsyncClusterProxy(BaseClusterProxy):
         if not self._started:
             await self.start()
         connection = self._connection
-        if not connection.connected:
-            # Reconnecting after a blip: wait for it in a thread, within the deadline.
-            wait = max(min(within, self.config.connect_timeout), 0.0)
-            await asyncio.get_running_loop().run_in_executor(
-                None, connection.wait_connected, wait
-            )
-            # Still down: sending fails with BrokerError, or is queued for the next
-            # connection when the call is idempotent, as with ClusterProxy.
+        # Reconnecting after a blip: wait for it, within the deadline. Polled on the
+        # loop, not waited for in the executor: its few threads would all be taken
+        # by calls made during an outage, and every other executor job would wait.
+        give_up = time.monotonic() + min(within, self.config.connect_timeout)
+        while not connection.connected and time.monotonic() < give_up:
+            await asyncio.sleep(RECONNECT_POLL)
+        # Still down: sending fails with BrokerError, or is queued for the next
+        # connection when the call is idempotent, as with ClusterProxy.
 
 
 class AsyncServiceProxy:

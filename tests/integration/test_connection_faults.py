@@ -9,6 +9,7 @@ is found by AMQP heartbeats; both sides reconnect by themselves.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import threading
 import time
@@ -155,6 +156,45 @@ def test_the_asyncio_client_resends_idempotent_calls_and_fails_the_others(
     assert result == {"token": retried, "redelivered": True}
     assert isinstance(error, BrokerError)
     assert (Ledger.count(retried), Ledger.count(failed)) == (2, 1)
+
+
+def test_asyncio_calls_waiting_for_a_reconnection_hold_no_executor_thread(
+    runner, config, tcp_proxy
+):
+    # Calls made while the connection is down wait for it (up to connect_timeout).
+    # They must wait on the loop: the default executor has few threads, and
+    # anything else the application runs there would queue behind them.
+    proxied = config.replace(
+        broker_url=tcp_proxy.url_for(config.broker_url), connect_timeout=8
+    )
+
+    async def scenario() -> tuple[str, list[object]]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+        async with AsyncClusterProxy(config=proxied) as cluster:
+            await cluster.ledger.lookup(uuid.uuid4().hex)
+            tcp_proxy.blackhole()  # reconnection attempts hang from now on
+            tcp_proxy.cut()
+            for _ in range(600):  # up to 30 s to notice the cut
+                if not cluster.connected:
+                    break
+                await asyncio.sleep(0.05)
+            calls = [
+                asyncio.ensure_future(cluster.ledger.record(token))
+                for token in tokens(10)
+            ]
+            await asyncio.sleep(0.2)  # every call is waiting for the connection
+            # Far less than connect_timeout: only a free executor thread answers.
+            probe = await asyncio.wait_for(
+                loop.run_in_executor(None, lambda: "free"), 4
+            )
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            tcp_proxy.restore()
+            return probe, outcomes
+
+    probe, outcomes = asyncio.run(scenario())
+    assert probe == "free"
+    assert all(isinstance(outcome, BrokerError) for outcome in outcomes), outcomes
 
 
 def test_heartbeats_find_a_callers_dead_connection(runner, config, tcp_proxy):
