@@ -45,6 +45,8 @@ TIMEOUT_QUERY = "timeout"
 DEFAULT_MAX_BODY = 1024 * 1024
 #: Longest timeout a request may ask for, in seconds.
 MAX_TIMEOUT = 300.0
+#: Seconds a client is told to wait (``Retry-After``) while the broker is away.
+RETRY_AFTER = 1
 
 
 @dataclasses.dataclass
@@ -218,12 +220,21 @@ async def _try_start(cluster: AsyncClusterProxy) -> None:
 
 
 def _unavailable(app: web.Application) -> web.Response | None:
-    # Once started, the connection reconnects by itself; before that, nobody would.
+    """The 503 to answer while the broker connection is down, else None.
+
+    A call made then would wait for the reconnection (idempotent ones up to their
+    deadline): an HTTP client is better told at once, and may retry.
+    """
     cluster = app[CLUSTER]
-    if cluster.started:
+    if cluster.connected:
         return None
-    _connect_in_background(app)
-    return _error(503, "BrokerError", "the broker is not reachable")
+    if not cluster.started:
+        # Once started, the connection reconnects by itself; before that, nobody
+        # would.
+        _connect_in_background(app)
+    response = _error(503, "BrokerError", "the broker is not reachable")
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 @web.middleware
@@ -262,6 +273,20 @@ async def _call(request: web.Request) -> web.Response:
             "PayloadTooLargeError",
             f"request body is over the limit of {state.max_body} bytes",
         )
+    except web.RequestPayloadError:
+        # A body that cannot be taken apart: a broken chunked encoding, or a
+        # Content-Encoding it does not have.
+        response = _error(
+            400,
+            "MalformedRequestError",
+            "the request body cannot be read: its transfer or content encoding "
+            "is broken",
+        )
+        # The rest of the body cannot be read either: close the connection rather
+        # than have aiohttp try to drain it.
+        response.force_close()
+        request.content.feed_eof()
+        return response
     try:
         args, kwargs = parse_call_body(body)
     except SerializationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import json
 import signal
 import socket
@@ -10,14 +11,18 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from rpc import ClusterProxy, Config, RemoteError, UnknownServiceError
 from rpc.testing import VirtualHosts
+from services.compute import Compute
+from services.concierge import Concierge
+from services.greeter import Greeter
 from tests.integration.daemons import PROJECT_ROOT, daemons, project_env, rpc_command
+from tests.integration.faults import wait_for
 
 EXAMPLES = [
     "services.greeter:Greeter",
@@ -34,24 +39,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http(
+def exchange(
     base: str,
     method: str,
     path: str,
-    body: bytes | None = None,
+    body: bytes | Iterable[bytes] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 60,
 ):
-    """(status, decoded JSON body) of one request; error statuses are returned too."""
+    """(status, decoded JSON body, response headers) of one request.
+
+    Error statuses are returned too. A body given as an iterable of bytes is sent
+    with chunked transfer encoding, with no Content-Length.
+    """
     request = urllib.request.Request(
         base + path, data=body, method=method, headers=headers or {}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as error:
         with error:
-            return error.code, json.loads(error.read())
+            return error.code, json.loads(error.read()), error.headers
+
+
+def http(
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | Iterable[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+):
+    """(status, decoded JSON body) of one request; error statuses are returned too."""
+    status, value, _ = exchange(base, method, path, body, headers, timeout)
+    return status, value
 
 
 def post(base: str, path: str, value: object, **kwargs):
@@ -205,11 +227,28 @@ def test_malformed_or_oversized_requests_get_a_clear_4xx(base):
         (b"42", 400, "MalformedRequestError"),
         (b'"text"', 400, "MalformedRequestError"),
         (b"\xff\xfe", 400, "MalformedRequestError"),
+        (b"[" * 2000, 400, "MalformedRequestError"),  # nested too deep for JSON
+        (b'["\\ud800"]', 400, "MalformedRequestError"),  # half a surrogate pair
         (json.dumps(["x" * MAX_BODY]).encode(), 413, "PayloadTooLargeError"),
+        # Without a Content-Length: the limit holds for a chunked body too.
+        (iter([b'["', b"x" * MAX_BODY, b'"]']), 413, "PayloadTooLargeError"),
     ]
     for body, status, error_type in cases:
         got_status, got = http(base, "POST", "/greeter/hello", body)
-        assert (got_status, got["error"]["type"]) == (status, error_type), body[:20]
+        assert (got_status, got["error"]["type"]) == (status, error_type), body
+    # A compressed body is taken, and the limit holds for what it inflates to.
+    gzipped = {"Content-Encoding": "gzip"}
+    small = gzip.compress(b'["zipped"]')
+    assert http(base, "POST", "/greeter/hello", small, gzipped) == (
+        200,
+        "Hello, zipped!",
+    )
+    bomb = gzip.compress(json.dumps(["x" * 100 * MAX_BODY]).encode())
+    assert len(bomb) < MAX_BODY
+    status, got = http(base, "POST", "/greeter/hello", bomb, gzipped)
+    assert (status, got["error"]["type"]) == (413, "PayloadTooLargeError")
+    status, got = http(base, "POST", "/greeter/hello", b'["not gzip"]', gzipped)
+    assert (status, got["error"]["type"]) == (400, "MalformedRequestError")
     for bad in ("abc", "-1", "0", "nan", "100000"):
         status, got = post(
             base, "/greeter/hello", ["x"], headers={"X-Rpc-Timeout": bad}
@@ -246,6 +285,16 @@ def test_services_lists_what_the_running_workers_describe(base, module_broker_ur
     assert "echo" not in http(base, "GET", "/services")[1]["services"]
 
 
+def test_arguments_over_the_message_limit_are_413(base, module_broker_url):
+    # The body fits --max-body, but the request would be over max_message_bytes.
+    with gateway(module_broker_url, RPC_MAX_MESSAGE_BYTES="1024") as small:
+        status, body = post(small, "/greeter/hello", ["x" * 2000])
+        assert status == 413
+        assert body["error"]["type"] == "PayloadTooLargeError"
+        assert "over the limit of 1024" in body["error"]["message"]
+        assert post(small, "/greeter/hello", ["x"]) == (200, "Hello, x!")
+
+
 def test_unreachable_broker_is_503_and_the_gateway_keeps_serving():
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
     with gateway(url, RPC_CONNECT_TIMEOUT="1") as base:
@@ -253,9 +302,10 @@ def test_unreachable_broker_is_503_and_the_gateway_keeps_serving():
             503,
             {"status": "unavailable", "broker": "disconnected"},
         )
-        status, body = post(base, "/greeter/hello", ["x"])
+        status, body, headers = exchange(base, "POST", "/greeter/hello", b'["x"]')
         assert status == 503
         assert body["error"]["type"] == "BrokerError"
+        assert headers["Retry-After"] == "1"
         assert http(base, "GET", "/services")[0] == 503
 
 
@@ -266,3 +316,66 @@ def test_remote_error_types_map_like_the_python_client(base, module_broker_url):
         cluster.compute.compute(count=-1)
     status, body = post(base, "/compute/compute", {"count": -1})
     assert (status, body["error"]["type"]) == (502, caught.value.exc_type)
+
+
+def test_the_gateway_rides_out_a_broker_outage(broker_url, tcp_proxy, rpc_cluster):
+    # The workers reach the broker directly; only the gateway's connection fails.
+    workers = rpc_cluster.start(Greeter, Concierge, Compute)
+    slow = {"X-Rpc-Timeout": "120"}
+    with (
+        gateway(tcp_proxy.url_for(broker_url)) as base,
+        concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool,
+    ):
+        assert post(base, "/greeter/hello", ["before"]) == (200, "Hello, before!")
+        assert post(base, "/concierge/pause", {"seconds": 0}) == (200, 0)  # idempotent
+        # Two calls in flight when the connection goes: only the idempotent one
+        # is sent again.
+        retried = pool.submit(
+            post, base, "/concierge/pause", {"seconds": 2}, headers=slow, timeout=150
+        )
+        failed = pool.submit(
+            post, base, "/compute/compute", {"count": 10_000_000}, headers=slow
+        )
+        wait_for(lambda: workers.in_flight == 2, 30, "both calls to be running")
+        # The outage: the gateway's connection is reset, and its reconnection
+        # attempts hang (accepted, never answered) until the broker is back.
+        tcp_proxy.blackhole()
+        tcp_proxy.cut()
+        status, body = failed.result(timeout=30)
+        assert (status, body["error"]["type"]) == (503, "BrokerError")
+        wait_for(
+            lambda: http(base, "GET", "/health", timeout=10)[0] == 503,
+            30,
+            "the gateway to see the outage",
+        )
+        assert http(base, "GET", "/health", timeout=10) == (
+            503,
+            {"status": "unavailable", "broker": "disconnected"},
+        )
+        # New calls fail at once with 503, many at a time, whatever their timeout.
+        answers = list(
+            pool.map(
+                lambda n: post(
+                    base, "/greeter/hello", [f"n{n}"], headers=slow, timeout=5
+                ),
+                range(32),
+            )
+        )
+        assert {(status, body["error"]["type"]) for status, body in answers} == {
+            (503, "BrokerError")
+        }
+        status, _, headers = exchange(
+            base, "POST", "/concierge/pause", b'{"seconds": 0}', timeout=5
+        )
+        assert (status, headers["Retry-After"]) == (503, "1")  # idempotent too
+        assert http(base, "GET", "/services", timeout=5)[0] == 503
+        assert not retried.done()
+        tcp_proxy.restore()
+        wait_for(
+            lambda: http(base, "GET", "/health", timeout=10)[0] == 200,
+            60,
+            "the gateway to reconnect",
+        )
+        assert post(base, "/greeter/hello", ["after"]) == (200, "Hello, after!")
+        assert retried.result(timeout=120) == (200, 2)
+        assert "greeter" in http(base, "GET", "/services")[1]["services"]
