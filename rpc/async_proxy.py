@@ -29,8 +29,10 @@ from rpc.proxy import (
 from rpc.serialization import JsonValue
 from rpc.transport import BrokerConnection, Delivery
 
-#: Seconds :meth:`AsyncClusterProxy.discover` collects answers by default.
+#: Longest time :meth:`AsyncClusterProxy.discover` collects answers, by default.
 DISCOVERY_WAIT = 0.5
+#: Seconds without a new answer after which discovery stops early, by default.
+DISCOVERY_QUIET = 0.1
 #: Seconds between two looks at a connection that is being re-established.
 RECONNECT_POLL = 0.05
 
@@ -117,6 +119,39 @@ class AsyncRpcFuture:
             self._future.set_result(delivery)  # type: ignore[arg-type]
 
 
+class DiscoveryAnswers:
+    """The answers to one discovery request, and when to stop waiting for more.
+
+    I/O-free: times are whatever clock the caller reads, in seconds.
+    """
+
+    def __init__(
+        self, known: frozenset[str], *, started: float, wait: float, quiet: float
+    ) -> None:
+        self.known = known
+        self.give_up = started + max(wait, 0.0)
+        self.quiet = max(quiet, 0.0)
+        self.replies: list[JsonValue] = []
+        self.workers: set[str] = set()
+        self.last: float | None = None
+
+    def add(self, reply: JsonValue, at: float) -> None:
+        self.replies.append(reply)
+        if isinstance(reply, dict) and isinstance(reply.get("worker"), str):
+            self.workers.add(reply["worker"])
+        self.last = at
+
+    def done_at(self) -> float:
+        """When to stop waiting: ``quiet`` after the last answer, else the bound.
+
+        Only once every worker known from the previous discovery has answered: one
+        that is slow to answer is not left out just because the others were quick.
+        """
+        if self.last is None or not self.known <= self.workers:
+            return self.give_up
+        return min(self.give_up, self.last + self.quiet)
+
+
 class AsyncClusterProxy(BaseClusterProxy):
     """An asyncio client for every service on one broker.
 
@@ -126,6 +161,9 @@ class AsyncClusterProxy(BaseClusterProxy):
     Publishing takes the connection's lock for a moment, so a publish can delay the
     loop briefly while the I/O thread reads a batch of frames.
     """
+
+    #: Workers that answered the last discovery: the next one waits for them.
+    _known_workers: frozenset[str] = frozenset()
 
     async def start(self) -> AsyncClusterProxy:
         """Connect now (in a thread: connecting blocks); else the first call does."""
@@ -242,15 +280,27 @@ class AsyncClusterProxy(BaseClusterProxy):
                 f"{label}: the broker did not confirm it within {seconds}s"
             ) from None
 
-    async def discover(self, *, wait: float = DISCOVERY_WAIT) -> dict[str, Any]:
+    async def discover(
+        self, *, wait: float = DISCOVERY_WAIT, quiet: float = DISCOVERY_QUIET
+    ) -> dict[str, Any]:
         """The services running now, with their methods, as their workers describe them.
 
-        Every worker answers on the ``rpc.discovery`` fanout exchange; answers are
-        collected for ``wait`` seconds, since nobody knows how many workers run.
+        Every worker answers on the ``rpc.discovery`` fanout exchange. Nobody knows
+        how many workers run, so answers are collected until ``quiet`` seconds pass
+        without a new one, once every worker that answered the previous discovery
+        has answered again; and for ``wait`` seconds at most, which is how long it
+        takes when no worker runs, or when one that ran has gone.
         """
         await self._ensure_connected(wait)
-        replies: list[JsonValue] = []
         loop = asyncio.get_running_loop()
+        answers = DiscoveryAnswers(
+            self._known_workers, started=loop.time(), wait=wait, quiet=quiet
+        )
+        arrived = asyncio.Event()
+
+        def add(value: JsonValue) -> None:
+            answers.add(value, loop.time())
+            arrived.set()
 
         def collect(delivery: Delivery) -> None:  # on the I/O thread
             try:
@@ -258,15 +308,19 @@ class AsyncClusterProxy(BaseClusterProxy):
             except SerializationError:
                 return
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(replies.append, value)
+                loop.call_soon_threadsafe(add, value)
 
         correlation_id = uuid.uuid4().hex
         self._send_discovery(correlation_id, collect)
         try:
-            await asyncio.sleep(wait)
+            while (remaining := answers.done_at() - loop.time()) > 0:
+                arrived.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), remaining)
         finally:
             self._forget(correlation_id)
-        return protocol.merge_discovery(replies)
+        self._known_workers = frozenset(answers.workers)
+        return protocol.merge_discovery(answers.replies)
 
     async def _ensure_connected(self, within: float) -> None:
         if not self._started:

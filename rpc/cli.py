@@ -13,6 +13,7 @@ import click
 import orjson
 
 from rpc import deadletter
+from rpc.async_proxy import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.broker import ensure_broker
 from rpc.config import Config
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
@@ -250,6 +251,20 @@ def _call_when_served(
     show_default=True,
     help="Largest request body accepted, in bytes.",
 )
+@click.option(
+    "--discovery-wait",
+    type=click.FloatRange(min=0),
+    default=DISCOVERY_WAIT,
+    show_default=True,
+    help="Longest time GET /services waits for the workers' answers, in seconds.",
+)
+@click.option(
+    "--discovery-quiet",
+    type=click.FloatRange(min=0),
+    default=DISCOVERY_QUIET,
+    show_default=True,
+    help="GET /services answers once no worker answered for this long, in seconds.",
+)
 def gateway(
     host: str,
     port: int,
@@ -257,13 +272,22 @@ def gateway(
     config_file: str | None,
     timeout: float | None,
     max_body: int,
+    discovery_wait: float,
+    discovery_quiet: float,
 ) -> None:
     """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service."""
     from rpc.gateway import serve  # aiohttp is only needed here
 
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
     click.echo(f"gateway on http://{host}:{port}; Ctrl+C stops", err=True)
-    serve(config, host=host, port=port, max_body=max_body)
+    serve(
+        config,
+        host=host,
+        port=port,
+        max_body=max_body,
+        discovery_wait=discovery_wait,
+        discovery_quiet=discovery_quiet,
+    )
 
 
 @main.command("dead-letters")

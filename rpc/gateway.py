@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from rpc import protocol
-from rpc.async_proxy import DISCOVERY_WAIT, AsyncClusterProxy
+from rpc.async_proxy import DISCOVERY_QUIET, DISCOVERY_WAIT, AsyncClusterProxy
 from rpc.config import Config
 from rpc.errors import (
     BrokerError,
@@ -56,6 +56,7 @@ class _State:
     max_body: int
     max_timeout: float
     discovery_wait: float
+    discovery_quiet: float
     connecting: asyncio.Future[None] | None = None
 
 
@@ -165,11 +166,17 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     max_timeout: float = MAX_TIMEOUT,
     discovery_wait: float = DISCOVERY_WAIT,
+    discovery_quiet: float = DISCOVERY_QUIET,
 ) -> web.Application:
-    """The gateway as an aiohttp application, for ``web.run_app`` or any runner."""
+    """The gateway as an aiohttp application, for ``web.run_app`` or any runner.
+
+    ``GET /services`` collects the workers' answers until ``discovery_quiet``
+    seconds pass without a new one (see :meth:`AsyncClusterProxy.discover`), and
+    for ``discovery_wait`` seconds at most.
+    """
     app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
     app[CLUSTER] = AsyncClusterProxy(config=config, name="gateway")
-    app[STATE] = _State(max_body, max_timeout, discovery_wait)
+    app[STATE] = _State(max_body, max_timeout, discovery_wait, discovery_quiet)
     app.cleanup_ctx.append(_cluster_lifecycle)
     app.router.add_get("/", _services)
     app.router.add_get("/services", _services)
@@ -185,9 +192,17 @@ def serve(
     port: int,
     max_body: int = DEFAULT_MAX_BODY,
     max_timeout: float = MAX_TIMEOUT,
+    discovery_wait: float = DISCOVERY_WAIT,
+    discovery_quiet: float = DISCOVERY_QUIET,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
-    app = create_app(config, max_body=max_body, max_timeout=max_timeout)
+    app = create_app(
+        config,
+        max_body=max_body,
+        max_timeout=max_timeout,
+        discovery_wait=discovery_wait,
+        discovery_quiet=discovery_quiet,
+    )
     web.run_app(app, host=host, port=port, print=None, access_log=None)
 
 
@@ -313,8 +328,11 @@ async def _services(request: web.Request) -> web.Response:
     if unavailable is not None:
         return unavailable
     cluster = request.app[CLUSTER]
+    state = request.app[STATE]
     try:
-        listing = await cluster.discover(wait=request.app[STATE].discovery_wait)
+        listing = await cluster.discover(
+            wait=state.discovery_wait, quiet=state.discovery_quiet
+        )
     except BrokerError as exc:
         return _error(503, "BrokerError", str(exc))
     return _json(200, {"services": listing})

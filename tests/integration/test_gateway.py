@@ -295,6 +295,21 @@ def test_arguments_over_the_message_limit_are_413(base, module_broker_url):
         assert post(small, "/greeter/hello", ["x"]) == (200, "Hello, x!")
 
 
+def test_services_answers_as_soon_as_the_workers_have(base, module_broker_url):
+    # With an upper bound longer than the request may take, only the answers
+    # arriving, then stopping, can end each listing.
+    with gateway(module_broker_url, "--discovery-wait", "120") as patient:
+        for _ in range(3):
+            status, listing = http(patient, "GET", "/services", timeout=60)
+            assert status == 200
+            assert set(listing["services"]) == {
+                "compute",
+                "concierge",
+                "frontend",
+                "greeter",
+            }
+
+
 def test_unreachable_broker_is_503_and_the_gateway_keeps_serving():
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
     with gateway(url, RPC_CONNECT_TIMEOUT="1") as base:

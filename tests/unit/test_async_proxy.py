@@ -1,4 +1,4 @@
-"""The asyncio futures of AsyncClusterProxy, settled from another thread, no broker."""
+"""AsyncClusterProxy, no broker: futures settled from another thread; discovery."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import orjson
 import pytest
 
 from rpc import AsyncClusterProxy, AsyncRpcFuture, CallTimeoutError, Config, RemoteError
+from rpc.async_proxy import DiscoveryAnswers
 from rpc.transport import Delivery
+from services.compute import Compute
+from services.greeter import Greeter
 
 
 def reply(correlation_id: str, body: object) -> Delivery:
@@ -140,3 +143,61 @@ def test_a_reply_after_the_loop_closed_is_ignored(cluster):
     future = asyncio.run(scenario())  # the loop is closed when run() returns
     cluster._on_reply(reply(future.correlation_id, {"result": 1, "error": None}))
     assert not future.done()
+
+
+# -- discovery -----------------------------------------------------------------------
+
+
+def answer(worker: str) -> dict[str, object]:
+    return {"worker": worker, "services": []}
+
+
+def test_discovery_waits_the_bound_while_nobody_answers():
+    answers = DiscoveryAnswers(frozenset(), started=100.0, wait=5.0, quiet=0.1)
+    assert answers.done_at() == 105.0
+
+
+def test_discovery_stops_once_answers_stop_arriving():
+    answers = DiscoveryAnswers(frozenset(), started=100.0, wait=5.0, quiet=0.1)
+    answers.add(answer("a"), 100.01)
+    assert answers.done_at() == pytest.approx(100.11)
+    answers.add(answer("b"), 100.05)
+    assert answers.done_at() == pytest.approx(100.15)
+    answers.add(answer("c"), 104.95)
+    assert answers.done_at() == 105.0  # never past the bound
+    assert answers.workers == {"a", "b", "c"}
+
+
+def test_discovery_waits_for_every_worker_that_answered_last_time():
+    answers = DiscoveryAnswers(frozenset({"a", "b"}), started=0.0, wait=5.0, quiet=0.1)
+    answers.add(answer("a"), 0.01)
+    assert answers.done_at() == 5.0  # b may be slow: keep listening
+    answers.add("not a discovery answer", 0.02)
+    assert answers.done_at() == 5.0
+    answers.add(answer("b"), 0.3)
+    assert answers.done_at() == pytest.approx(0.4)
+    assert len(answers.replies) == 3
+
+
+def test_discover_returns_once_every_worker_answered(rpc_cluster):
+    for _ in range(3):
+        rpc_cluster.start(Greeter)
+    rpc_cluster.start(Compute)
+
+    async def scenario() -> list[dict[str, object]]:
+        async with AsyncClusterProxy(config=rpc_cluster.config) as cluster:
+            # An upper bound far beyond the test's timeout: only answers end these.
+            listings = [await asyncio.wait_for(cluster.discover(wait=600), 60)]
+            listings.append(await asyncio.wait_for(cluster.discover(wait=600), 60))
+            rpc_cluster.runners[0].stop()
+            # A worker known from before is missing: this one waits the bound...
+            listings.append(await cluster.discover(wait=0.5))
+            # ...and the next one no longer waits for it.
+            listings.append(await asyncio.wait_for(cluster.discover(wait=600), 60))
+            return listings
+
+    first, second, after_stop, last = asyncio.run(scenario())
+    assert first == second
+    assert first["greeter"]["workers"] == 3
+    assert first["compute"]["workers"] == 1
+    assert after_stop["greeter"]["workers"] == last["greeter"]["workers"] == 2
