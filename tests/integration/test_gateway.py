@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 
 from rpc import ClusterProxy, Config, RemoteError, UnknownServiceError
-from rpc.testing import VirtualHosts
+from rpc.testing import ServiceCluster, VirtualHosts
 from services.compute import Compute
 from services.concierge import Concierge
 from services.greeter import Greeter
@@ -394,3 +394,30 @@ def test_the_gateway_rides_out_a_broker_outage(broker_url, tcp_proxy, rpc_cluste
         assert post(base, "/greeter/hello", ["after"]) == (200, "Hello, after!")
         assert retried.result(timeout=120) == (200, 2)
         assert "greeter" in http(base, "GET", "/services")[1]["services"]
+
+
+def test_the_gateway_serves_again_after_the_broker_restarts(private_broker):
+    # A broker of the test's own: stopped cleanly (it closes every connection),
+    # then started again with its data, as an upgrade or a reboot does.
+    with ServiceCluster(private_broker.url) as workers:
+        workers.start(Greeter)
+        with gateway(private_broker.url) as base:
+            assert post(base, "/greeter/hello", ["before"]) == (200, "Hello, before!")
+            private_broker.stop()
+            wait_for(
+                lambda: http(base, "GET", "/health", timeout=10)[0] == 503,
+                30,
+                "the gateway to see the broker gone",
+            )
+            status, body = post(base, "/greeter/hello", ["down"], timeout=5)
+            assert (status, body["error"]["type"]) == (503, "BrokerError")
+            private_broker.start()
+            wait_for(
+                lambda: post(base, "/greeter/hello", ["after"], timeout=10)[0] == 200,
+                90,
+                "calls through the gateway to succeed again",
+            )
+            assert http(base, "GET", "/health") == (
+                200,
+                {"status": "ok", "broker": "connected"},
+            )
