@@ -131,8 +131,15 @@ class RpcFuture:
         """
         remaining = self.deadline - time.time()
         wait = remaining if timeout is None else min(timeout, remaining)
+        future = self._future
+        if not future.done() and wait > 0:
+            # Read the reply on this thread when nobody else is reading: it then
+            # crosses no thread on its way here. Else wait for it to be handed over.
+            began = time.monotonic()
+            if self._cluster._connection.read_until(future.done, wait):
+                wait -= time.monotonic() - began
         try:
-            delivery = self._future.result(timeout=max(wait, 0))
+            delivery = future.result(timeout=max(wait, 0))
         except concurrent.futures.TimeoutError:
             if timeout is not None and timeout < remaining:
                 raise TimeoutError(f"{self.label} not done after {timeout}s") from None

@@ -113,6 +113,5 @@ def as_arguments(item: object) -> Arguments:
     if isinstance(item, (list, tuple)):
         return tuple(item), {}
     raise TypeError(
-        "starmap items are argument lists or keyword dicts, "
-        f"not {type(item).__name__}"
+        f"starmap items are argument lists or keyword dicts, not {type(item).__name__}"
     )

@@ -4,6 +4,14 @@ py-amqp connections are not thread-safe. A :class:`BrokerConnection` owns one Ko
 connection and one channel; its I/O thread waits on the socket and reads frames, and
 any thread may publish or acknowledge by taking the connection's lock. Publishers
 never hand work to another thread, which keeps a call's latency to one socket write.
+
+Reading is a role rather than a thread: a thread that is about to block until
+something arrives (a caller waiting for its reply, an idle handler thread waiting for
+work) may borrow it with :meth:`BrokerConnection.read_until`. The I/O thread then
+steps aside and that thread reads the frames itself, so the answer it waits for
+reaches it without crossing to another thread: on a busy machine each such
+hand-off (a wake-up and a switch of the GIL) costs more than the Python work of a
+whole call.
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ POLL_INTERVAL = 0.05
 CLOSE_TIMEOUT = 2.0
 #: Frames read per hold of the connection lock.
 FRAMES_PER_LOCK = 64
+#: Seconds the I/O thread leaves the socket to a thread that just stopped reading
+#: it: longest delay of a frame nobody waits for (a reply to a call nobody asks the
+#: result of yet) right after a borrowed read.
+READ_GRACE = 0.01
 
 RECONNECTING = "%s: connection lost (%s); reconnecting"
 RECONNECTED = "%s: connected to %s"
@@ -232,6 +244,15 @@ class BrokerConnection:
         #: message ids the broker returned as unroutable, awaiting their confirm
         self._returned: set[str] = set()
         self._virtual_return: DeliveryCallback | None = None
+        #: Held by whichever thread reads the socket (the I/O thread or a borrower).
+        self._read_token = threading.Lock()
+        #: Set while a thread other than the I/O thread has borrowed the reading.
+        self._borrowed = False
+        #: When the last borrower gave the reading back (monotonic seconds).
+        self._borrow_ended = 0.0
+        #: Set while the I/O thread waits in select(): a borrower must wake it.
+        self._io_reading = False
+        self._borrow_changed = threading.Condition()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -459,18 +480,57 @@ class BrokerConnection:
         with self._lock:
             channel = self._live_channel()
             try:
-                if body is not None:
-                    publish.setdefault("content_encoding", "utf-8")
-                    publish.setdefault("headers", None)
-                    publish.setdefault("mandatory", False)
-                    properties = publish.pop("properties", {})
-                    self._publish(channel, body, properties=properties, **publish)
-                if delivery.generation == self._generation:
-                    channel.basic_ack(delivery.delivery_tag)
-                    if _is_virtual(channel):
-                        _BELL.ring()  # a prefetch slot is free again
+                with self._one_write():
+                    self._publish_then_ack(channel, delivery, body, publish)
             except self._errors() as exc:
                 raise self._failed(exc) from exc
+
+    def _publish_then_ack(
+        self,
+        channel: Any,
+        delivery: Delivery,
+        body: bytes | None,
+        publish: dict[str, Any],
+    ) -> None:
+        if body is not None:
+            publish.setdefault("content_encoding", "utf-8")
+            publish.setdefault("headers", None)
+            publish.setdefault("mandatory", False)
+            properties = publish.pop("properties", {})
+            self._publish(channel, body, properties=properties, **publish)
+        if delivery.generation == self._generation:
+            channel.basic_ack(delivery.delivery_tag)
+            if _is_virtual(channel):
+                _BELL.ring()  # a prefetch slot is free again
+
+    @contextlib.contextmanager
+    def _one_write(self) -> Iterator[None]:
+        """Send the frames written inside as one socket write; callers hold the lock.
+
+        A reply and the ack of its request then cost one system call, and one
+        release of the GIL, instead of two. py-amqp writes every frame through its
+        transport's ``_write``; where that is not there, frames go out one by one.
+        """
+        connection = self._connection
+        transport: Any = None
+        if connection is not None and self._socket() is not None:
+            transport = getattr(_raw(connection), "transport", None)
+        send = getattr(transport, "_write", None)
+        if transport is None or send is None:
+            yield
+            return
+        own = "_write" in vars(transport)
+        chunks: list[bytes] = []
+        transport._write = lambda data: chunks.append(bytes(data))
+        try:
+            yield
+        finally:
+            if own:
+                transport._write = send
+            else:
+                del transport._write
+        if chunks:
+            transport.write(b"".join(chunks))
 
     def publish_confirmed(
         self,
@@ -583,6 +643,70 @@ class BrokerConnection:
         for future, _ in pending.values():
             if not future.done():
                 future.set_exception(error)
+
+    def read_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Read frames on this thread until ``done()`` or ``timeout`` seconds pass.
+
+        For a thread that would otherwise block until a frame arrives: it becomes
+        the reader while the I/O thread steps aside, and every callback runs here.
+        Returns False at once, having read nothing, when it cannot borrow the
+        reading (another thread has it, the transport has no socket, this is the
+        I/O thread): the caller then waits as it would have anyway. A broken link
+        is handed to the I/O thread, which reconnects; this thread just returns.
+        """
+        if timeout <= 0 or threading.current_thread() is self._thread:
+            return False
+        sock = self._socket()
+        if sock is None or not self._connected.is_set():
+            return False
+        with self._borrow_changed:
+            if self._borrowed:
+                return False
+            self._borrowed = True
+            in_select = self._io_reading
+        try:
+            deadline = time.monotonic() + timeout
+            if in_select:
+                self._wake()  # the I/O thread leaves select() and steps aside
+            if not self._read_token.acquire(timeout=timeout):
+                return True
+            try:
+                self._read_while(sock, done, deadline)
+            finally:
+                self._read_token.release()
+        finally:
+            with self._borrow_changed:
+                self._borrowed = False
+                self._borrow_ended = time.monotonic()
+        return True
+
+    def interrupt_reader(self) -> None:
+        """Have a thread in :meth:`read_until` look at its ``done()`` again now."""
+        self._wake()
+
+    def _read_while(
+        self, sock: socket.socket, done: Callable[[], bool], deadline: float
+    ) -> None:
+        # The caller holds the read token.
+        interval = self._tick_interval()
+        wake = self._wake_reader
+        while not done() and self._connected.is_set() and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._socket() is not sock or wake is None:
+                return  # reconnected meanwhile: the I/O thread owns the new link
+            try:
+                # The wake socket is free while the I/O thread stands aside: a
+                # failure noticed elsewhere, or stop(), interrupts this wait.
+                readable = _readable(sock, wake, min(remaining, interval))
+                if wake in readable:
+                    with contextlib.suppress(OSError):
+                        wake.recv(4096)
+                self._drain(sock, readable, done)
+            except Exception as exc:
+                self._failed(exc)  # the I/O thread notices and reconnects
+                return
 
     def cancel(self, consumer_tag: str) -> None:
         """Stop a consumer without waiting for the broker's answer.
@@ -780,16 +904,51 @@ class BrokerConnection:
             if not more:
                 _BELL.wait(seen, POLL_INTERVAL)
             return
-        interval = min(1.0, self._heartbeat / 4) if self._heartbeat else 1.0
+        interval = self._tick_interval()
+        with self._borrow_changed:
+            if self._borrowed or time.monotonic() - self._borrow_ended < READ_GRACE:
+                # Another thread reads, or did a moment ago and likely will again
+                # (a caller making call after call): stay out of its way, so that it
+                # need not wake this thread each time. Heartbeats go on meanwhile.
+                self._borrow_changed.wait(READ_GRACE)
+                parked = True
+            else:
+                self._io_reading = True
+                parked = False
+        if parked:
+            with self._lock:
+                self._heartbeat_tick()
+            return
         wake = self._wake_reader
         assert wake is not None
-        readable = _readable(sock, wake, interval)
-        if wake in readable:
-            with contextlib.suppress(OSError):
-                wake.recv(4096)
+        try:
+            with self._read_token:
+                readable = _readable(sock, wake, interval)
+                if wake in readable:
+                    with contextlib.suppress(OSError):
+                        wake.recv(4096)
+                self._drain(sock, readable)
+        finally:
+            with self._borrow_changed:
+                self._io_reading = False
+
+    def _tick_interval(self) -> float:
+        return min(1.0, self._heartbeat / 4) if self._heartbeat else 1.0
+
+    def _drain(
+        self,
+        sock: socket.socket,
+        readable: list[socket.socket],
+        enough: Callable[[], bool] | None = None,
+    ) -> None:
+        """Read the frames waiting on ``sock``; the caller holds the read token.
+
+        With ``enough``, stop as soon as it is true: a borrower whose wait is over
+        leaves the rest to the next reader rather than look for more.
+        """
         with self._lock:
             connection = self._connection
-            if connection is None:
+            if connection is None or self._socket() is not sock:
                 raise BrokerError("connection closed")
             raw = _raw(connection)
             if raw is None:
@@ -800,15 +959,25 @@ class BrokerConnection:
                     break
                 with contextlib.suppress(socket.timeout):
                     raw.drain_events(timeout=1.0)
+                if enough is not None and enough():
+                    break
                 readable = _readable(sock, None, 0)
-            # py-amqp wants its heartbeat tick about once a second, not every turn.
-            now = time.monotonic()
-            if self._heartbeat and now >= self._next_heartbeat_check:
-                self._next_heartbeat_check = now + interval
-                connection.heartbeat_check(rate=2)
+            self._heartbeat_tick()
+
+    def _heartbeat_tick(self) -> None:
+        # py-amqp wants its heartbeat tick about once a second, not every turn.
+        # Callers hold the lock.
+        if not self._heartbeat or self._connection is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_heartbeat_check:
+            self._next_heartbeat_check = now + self._tick_interval()
+            self._connection.heartbeat_check(rate=2)
 
     def _lost(self, exc: BaseException) -> None:
-        with self._lock:
+        self._connected.clear()
+        self._wake()  # a thread that borrowed the reading stops and gives it back
+        with self._read_token, self._lock:
             self._close_connection()
         log.warning(RECONNECTING, self.name, exc)
         if self._on_disconnect is not None:

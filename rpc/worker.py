@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -31,6 +30,7 @@ from rpc.errors import (
     SerializationError,
     ServiceDefinitionError,
 )
+from rpc.handler_pool import HandlerPool
 from rpc.proxy import ClusterProxy
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
@@ -91,9 +91,6 @@ class ServiceRunner:
         self._event_consumers: dict[str, tuple[ServiceDefinition, Handler]] = {}
         #: Names this process's own queues (broadcast events, sharded calls).
         self.instance_id = uuid.uuid4().hex[:12]
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.config.max_workers, thread_name_prefix="rpc-handler"
-        )
         self._in_flight = 0
         self._in_flight_lock = threading.Condition()
         self._accepting = False
@@ -116,6 +113,9 @@ class ServiceRunner:
             heartbeat=self.config.heartbeat,
             connect_timeout=self.config.connect_timeout,
             on_connect=self._set_up,
+        )
+        self._pool: HandlerPool[Delivery] = HandlerPool(
+            self.config.max_workers, self._handle, connection=self._connection
         )
 
     # -- what dependencies see (the Runtime protocol) ------------------------------
@@ -160,6 +160,7 @@ class ServiceRunner:
             )
             self._loop_thread.start()
         self._connection.start()
+        self._pool.start()
         log.info(
             "serving %s on %s (max_workers=%d, prefetch=%d)",
             ", ".join(self.services),
@@ -183,7 +184,7 @@ class ServiceRunner:
     def kill(self) -> None:
         """Stop now: unacknowledged requests go back to the queue for other workers."""
         self._accepting = False
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_pending=True)
         self._close()
 
     def _close(self) -> None:
@@ -422,7 +423,7 @@ class ServiceRunner:
         if loop is not None and self._is_async(delivery):
             asyncio.run_coroutine_threadsafe(self._handle_async(delivery), loop)
         else:
-            self._pool.submit(self._handle, delivery)
+            self._pool.submit(delivery)
 
     def _is_async(self, delivery: Delivery) -> bool:
         subscription = self._event_consumers.get(delivery.consumer_tag)
@@ -900,6 +901,7 @@ def _is_sharded(service: ServiceDefinition) -> bool:
         and handler.entrypoint.shard_by is not None
         for handler in service.rpc_handlers.values()
     )
+
 
 def _copied_properties(delivery: Delivery) -> dict[str, Any]:
     # Not user_id: RabbitMQ refuses a user_id other than the publisher's own. Not
