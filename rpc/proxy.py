@@ -720,8 +720,8 @@ class ClusterProxy(BaseClusterProxy):
         timeout: float | _UseDefault | None,
         publish: Callable[[BrokerConnection], concurrent.futures.Future[bool]],
     ) -> bool:
-        # Publisher confirms: wait here, in the caller's thread, for the I/O thread
-        # to see the broker's ack for this message.
+        # Publisher confirms: wait here, in the caller's thread, for the broker's
+        # ack for this message, reading it ourselves when nobody else reads.
         seconds = self._confirm_seconds(timeout)
         if not self._started:
             self.start()
@@ -729,6 +729,9 @@ class ClusterProxy(BaseClusterProxy):
         if not connection.connected:
             connection.wait_connected(min(seconds, self.config.connect_timeout))
         confirm = publish(connection)
+        began = time.monotonic()
+        if connection.read_until(confirm.done, seconds):
+            seconds = max(seconds - (time.monotonic() - began), 0)
         try:
             return confirm.result(timeout=seconds)
         except concurrent.futures.TimeoutError:

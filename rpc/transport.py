@@ -54,7 +54,10 @@ FRAMES_PER_LOCK = 64
 #: Seconds the I/O thread leaves the socket to a thread that just stopped reading
 #: it: longest delay of a frame nobody waits for (a reply to a call nobody asks the
 #: result of yet) right after a borrowed read.
-READ_GRACE = 0.01
+READ_GRACE = 0.002
+#: A borrowed read that lasts longer than this (seconds) is a thread waiting for
+#: work rather than for a reply: the I/O thread sleeps through it instead of polling.
+LONG_BORROW = 0.05
 
 RECONNECTING = "%s: connection lost (%s); reconnecting"
 RECONNECTED = "%s: connected to %s"
@@ -250,8 +253,11 @@ class BrokerConnection:
         self._borrowed = False
         #: When the last borrower gave the reading back (monotonic seconds).
         self._borrow_ended = 0.0
+        self._borrow_started = 0.0
         #: Set while the I/O thread waits in select(): a borrower must wake it.
         self._io_reading = False
+        #: Set while the I/O thread sleeps through a long borrow: its end must wake it.
+        self._io_sleeping = False
         self._borrow_changed = threading.Condition()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -663,6 +669,7 @@ class BrokerConnection:
             if self._borrowed:
                 return False
             self._borrowed = True
+            self._borrow_started = time.monotonic()
             in_select = self._io_reading
         try:
             deadline = time.monotonic() + timeout
@@ -678,6 +685,8 @@ class BrokerConnection:
             with self._borrow_changed:
                 self._borrowed = False
                 self._borrow_ended = time.monotonic()
+                if self._io_sleeping:
+                    self._borrow_changed.notify()
         return True
 
     def interrupt_reader(self) -> None:
@@ -906,10 +915,18 @@ class BrokerConnection:
             return
         interval = self._tick_interval()
         with self._borrow_changed:
-            if self._borrowed or time.monotonic() - self._borrow_ended < READ_GRACE:
-                # Another thread reads, or did a moment ago and likely will again
-                # (a caller making call after call): stay out of its way, so that it
-                # need not wake this thread each time. Heartbeats go on meanwhile.
+            now = time.monotonic()
+            if self._borrowed and now - self._borrow_started > LONG_BORROW:
+                # A long wait (an idle worker's handler thread waiting for work):
+                # sleep until it ends, and have the borrower say when.
+                self._io_sleeping = True
+                self._borrow_changed.wait(interval)
+                self._io_sleeping = False
+                parked = True
+            elif self._borrowed or now - self._borrow_ended < READ_GRACE:
+                # Short borrows, one after the other (a caller making call after
+                # call): look again in a moment rather than be told each time, and
+                # stay out of select() so that the next borrower need not wake us.
                 self._borrow_changed.wait(READ_GRACE)
                 parked = True
             else:
