@@ -18,6 +18,12 @@ A worker that dies between publishing the copy and acknowledging the original le
 both in the queue: the request may run once more (at-least-once, as always), and the
 original, redelivered again, is counted again, so the count still only grows.
 
+Events (the durable queues of ``@event_handler``) are counted the same way, also on
+quorum queues, where workers compare the broker's count with the limit themselves:
+event queues keep the arguments they were first declared with. A handler that raises
+gets its event again, as a counted copy at the back of the queue, until its last
+delivery, whose failure dead-letters the event (``handler-error``).
+
 This module holds the decisions and the queue arguments (the worker does that I/O),
 and :func:`inspect` for operators (``rpc dead-letters SERVICE``).
 """
@@ -39,6 +45,8 @@ REASON_DELIVERY_LIMIT = "delivery-limit"
 REASON_MALFORMED = "malformed"
 REASON_METHOD_NOT_FOUND = "method-not-found"
 REASON_INVALID_ARGUMENTS = "invalid-arguments"
+#: An event handler raised on the event's last allowed delivery.
+REASON_HANDLER_ERROR = "handler-error"
 
 #: Why RabbitMQ dead-letters a quorum queue's message that hit its delivery limit.
 BROKER_DELIVERY_LIMIT_REASON = "delivery_limit"
@@ -62,14 +70,18 @@ class Verdict:
 def delivery_count(headers: Mapping[str, Any], queue_type: str = "classic") -> int:
     """Deliveries of a message so far, this one included, from its headers.
 
-    Quorum queues say how often the message was returned before (``x-delivery-count``,
-    0 on a first delivery); classic ones carry our own count.
+    Our own count (``x-rpc-delivery-count``, 1 when absent) is in every copy a worker
+    or a caller sent again. Quorum queues add how often they took this copy back
+    (``x-delivery-count``, absent or 0 on a first delivery).
     """
+    count = headers.get(protocol.HEADER_DELIVERY_COUNT, 1)
+    if not _is_count(count, minimum=1):
+        count = 1
     if queue_type == "quorum":
         returned = headers.get(protocol.HEADER_BROKER_DELIVERY_COUNT, 0)
-        return returned + 1 if _is_count(returned, minimum=0) else 1
-    count = headers.get(protocol.HEADER_DELIVERY_COUNT, 1)
-    return count if _is_count(count, minimum=1) else 1
+        if _is_count(returned, minimum=0):
+            count += returned
+    return int(count)
 
 
 def _is_count(value: object, *, minimum: int) -> bool:
@@ -82,16 +94,36 @@ def verdict(
     headers: Mapping[str, Any],
     delivery_limit: int,
     queue_type: str = "classic",
+    broker_limit: bool = True,
 ) -> Verdict:
-    """Run a delivery, count it and requeue it, or dead-letter it (see the module)."""
+    """Run a delivery, count it and requeue it, or dead-letter it (see the module).
+
+    ``broker_limit``: a quorum queue declared with :func:`queue_arguments` enforces
+    the limit itself; for one without (an event queue) the worker does.
+    """
     count = delivery_count(headers, queue_type)
-    if queue_type == "quorum" or not redelivered:
-        # The broker enforces the limit of quorum queues itself.
+    if queue_type == "quorum":
+        # The broker counted the return already: nothing to requeue.
+        if broker_limit or count <= delivery_limit:
+            return Verdict(Action.RUN, count)
+        return Verdict(Action.DEAD_LETTER, count)
+    if not redelivered:
         return Verdict(Action.RUN, count)
     count += 1
     if count > delivery_limit:
         return Verdict(Action.DEAD_LETTER, count)
     return Verdict(Action.REQUEUE_COUNTED, count)
+
+
+def failure_verdict(*, delivery_count: int, delivery_limit: int) -> Verdict:
+    """After an event handler raised: deliver the event again, or dead-letter it.
+
+    Again means a counted copy at the back of the queue (:func:`counted_headers`),
+    so a handler that always raises runs exactly ``delivery_limit`` times.
+    """
+    if delivery_count >= delivery_limit:
+        return Verdict(Action.DEAD_LETTER, delivery_count)
+    return Verdict(Action.REQUEUE_COUNTED, delivery_count + 1)
 
 
 def queue_arguments(
@@ -125,17 +157,28 @@ def filter_binding_arguments() -> dict[str, Any]:
 
 
 def counted_headers(headers: Mapping[str, Any], count: int) -> dict[str, Any]:
-    """Headers of the copy a worker requeues in place of a redelivered request."""
-    return {**headers, protocol.HEADER_DELIVERY_COUNT: count}
+    """Headers of the copy a worker requeues in place of a delivered message.
+
+    Without the broker's count: a quorum queue starts the copy's at zero, and would
+    leave a stale one in place.
+    """
+    result = {**headers, protocol.HEADER_DELIVERY_COUNT: count}
+    result.pop(protocol.HEADER_BROKER_DELIVERY_COUNT, None)
+    return result
 
 
 def dead_letter_headers(
-    headers: Mapping[str, Any], reason: str, detail: str = ""
+    headers: Mapping[str, Any], reason: str, detail: str = "", *, queue: str = ""
 ) -> dict[str, Any]:
-    """Headers of a message moved to a dead-letter queue: why, in our own words."""
+    """Headers of a message moved to a dead-letter queue: why, in our own words.
+
+    ``queue`` is the queue it came from, where a requeue sends it back.
+    """
     result = {**headers, protocol.HEADER_DEATH_REASON: reason}
     if detail:
         result[protocol.HEADER_DEATH_DETAIL] = detail[:1000]
+    if queue:
+        result[protocol.HEADER_ORIGIN_QUEUE] = queue
     return result
 
 
@@ -146,6 +189,8 @@ class DeadLetter:
     body: bytes
     headers: Mapping[str, Any]
     content_type: str | None
+    #: Sent back to its queue by :func:`inspect` with ``requeue``.
+    requeued: bool = False
 
     @property
     def reason(self) -> str:
@@ -160,20 +205,51 @@ class DeadLetter:
         return str(self.headers.get(protocol.HEADER_DEATH_DETAIL, ""))
 
     @property
+    def queue(self) -> str:
+        """The queue it was taken from, when its headers say."""
+        queue = self.headers.get(protocol.HEADER_ORIGIN_QUEUE)
+        if queue is None:
+            queue = self.headers.get(protocol.HEADER_FIRST_DEATH_QUEUE, "")
+        return str(queue)
+
+    @property
+    def event_type(self) -> str:
+        """The event's type, for an event handler's dead letter."""
+        return str(self.headers.get(protocol.HEADER_EVENT_TYPE, ""))
+
+    @property
     def method(self) -> str:
-        return str(self.headers.get(protocol.HEADER_METHOD, ""))
+        """The method called, or the event handler whose queue it came from."""
+        method = self.headers.get(protocol.HEADER_METHOD)
+        if isinstance(method, str):
+            return method
+        handler = protocol.event_queue_handler(self.queue)
+        return handler[1] if handler is not None else ""
 
 
-#: Headers a requeued dead letter sheds: it starts over as a fresh request.
+#: Headers a requeued dead letter sheds: it starts over as a fresh message.
 DEATH_HEADERS = (
     protocol.HEADER_DEATH_REASON,
     protocol.HEADER_DEATH_DETAIL,
     protocol.HEADER_DELIVERY_COUNT,
+    protocol.HEADER_BROKER_DELIVERY_COUNT,
+    protocol.HEADER_ORIGIN_QUEUE,
     protocol.HEADER_FIRST_DEATH_REASON,
-    "x-first-death-queue",
+    protocol.HEADER_FIRST_DEATH_QUEUE,
     "x-first-death-exchange",
     "x-death",
 )
+
+
+def requeue_queue(service: str, letter: DeadLetter) -> str:
+    """Where a requeue sends ``letter``: its own queue, if ``service`` consumes it.
+
+    Anything else (an old message, one published by hand) goes to the service queue.
+    """
+    queue = letter.queue
+    if queue and protocol.owns_queue(service, queue):
+        return queue
+    return protocol.service_queue(service)
 
 
 def inspect(
@@ -182,9 +258,11 @@ def inspect(
     """Up to ``limit`` messages of ``service``'s dead-letter queue.
 
     They stay in the queue, unless ``requeue``: then each is published back to the
-    service queue as a fresh request (its count and death headers removed) and only
-    then removed from the dead-letter queue, so a failure in between duplicates a
-    message rather than losing it.
+    queue it came from (:func:`requeue_queue`) as a fresh message (its count and
+    death headers removed), and only once the broker confirms that a queue took it
+    is it removed from the dead-letter queue. A failure in between duplicates a
+    message rather than losing it, and one whose queue is gone (the broadcast queue
+    of a worker that stopped) stays, with ``requeued`` false.
     """
     queue = protocol.dead_letter_queue(protocol.check_service_name(service))
     connection = BrokerConnection(
@@ -199,6 +277,9 @@ def inspect(
     found: list[DeadLetter] = []
     try:
         with connection.channel() as channel:
+            returned: list[object] = []
+            # A mandatory publish that no queue takes comes back before its confirm.
+            channel.events["basic_return"].add(lambda *args: returned.append(args))
             # Only what is there now: a requeued message that fails again comes back.
             _, waiting, _ = channel.queue_declare(queue=queue, passive=True)
             while len(found) < min(limit, waiting):
@@ -211,13 +292,15 @@ def inspect(
                     headers=dict(message.properties.get("application_headers") or {}),
                     content_type=message.properties.get("content_type"),
                 )
-                found.append(letter)
                 if requeue:
+                    returned.clear()
                     _republish(channel, service, letter, message.properties)
-                    channel.basic_ack(message.delivery_info["delivery_tag"])
-            if not requeue:
-                # Hand back everything we looked at, in its order.
-                channel.basic_recover(requeue=True)
+                    if not returned:
+                        channel.basic_ack(message.delivery_info["delivery_tag"])
+                        letter = dataclasses.replace(letter, requeued=True)
+                found.append(letter)
+            # Hand back everything we looked at and kept, in its order.
+            channel.basic_recover(requeue=True)
     finally:
         with contextlib.suppress(Exception):
             connection.stop()
@@ -241,6 +324,10 @@ def _republish(
         headers,
         kept,
     )
-    channel.basic_publish(
-        message, exchange="", routing_key=protocol.service_queue(service)
+    # Confirmed before the dead letter is acknowledged, so a requeue never loses one.
+    channel.basic_publish_confirm(
+        message,
+        exchange="",
+        routing_key=requeue_queue(service, letter),
+        mandatory=True,
     )

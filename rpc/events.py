@@ -76,6 +76,25 @@ def declare_subscription(
     return queue
 
 
+def subscription_queue_type(handler_type: str, queue_type: str) -> str:
+    """The type of a handler's queue: a broadcast queue is exclusive, so classic."""
+    return "classic" if handler_type == protocol.BROADCAST else queue_type
+
+
+def copy_headers(delivery: Delivery) -> dict[str, Any]:
+    """Headers for a copy of an event published straight to a queue.
+
+    The copy's routing key is that queue's name, so it carries the source and type
+    the event's routing key said, for a publisher that left them out of the headers.
+    """
+    headers = dict(delivery.headers)
+    if delivery.exchange == protocol.EVENTS_EXCHANGE:
+        source, _, event_type = delivery.routing_key.partition(".")
+        headers.setdefault(protocol.HEADER_EVENT_SOURCE, source)
+        headers.setdefault(protocol.HEADER_EVENT_TYPE, event_type)
+    return headers
+
+
 def encode_event(
     source: str, event_type: str, payload: JsonValue, *, limit: int | None = None
 ) -> tuple[bytes, dict[str, Any]]:

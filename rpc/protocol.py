@@ -53,6 +53,11 @@ HEADER_DEATH_DETAIL = "x-rpc-death-detail"
 HEADER_BROKER_DELIVERY_COUNT = "x-delivery-count"
 #: Set by RabbitMQ when it dead-letters a message: why (e.g. ``delivery_limit``).
 HEADER_FIRST_DEATH_REASON = "x-first-death-reason"
+#: Set by RabbitMQ when it dead-letters a message: the queue it was taken from.
+HEADER_FIRST_DEATH_QUEUE = "x-first-death-queue"
+#: On a message a worker dead-lettered: the queue it was taken from, where
+#: ``rpc dead-letters --requeue`` sends it back (absent: the service queue).
+HEADER_ORIGIN_QUEUE = "x-rpc-origin-queue"
 
 #: Topic exchange events are published to, routed by ``<source>.<event type>``.
 EVENTS_EXCHANGE = "rpc.events"
@@ -75,6 +80,7 @@ BROADCAST = "broadcast"
 SINGLETON = "singleton"
 HANDLER_TYPES = (SERVICE_POOL, BROADCAST, SINGLETON)
 
+_EVENT_QUEUE_PREFIX = "rpc-events"
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _METHOD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -142,12 +148,31 @@ def event_queue(service: str, method: str, handler_type: str, instance: str) -> 
     receives. A broadcast queue belongs to one worker process (``instance``):
     exclusive, deleted with its connection.
     """
-    base = f"rpc-events.{service}.{method}"
+    base = f"{_EVENT_QUEUE_PREFIX}.{service}.{method}"
     if handler_type == BROADCAST:
         return f"{base}.{instance}"
     if handler_type == SINGLETON:
         return f"{base}.singleton"
     return base
+
+
+def event_queue_handler(queue: str) -> tuple[str, str] | None:
+    """The (service, method) whose :func:`event_queue` ``queue`` is, else None."""
+    prefix, _, rest = queue.partition(".")
+    service, _, rest = rest.partition(".")
+    method = rest.partition(".")[0]
+    if prefix != _EVENT_QUEUE_PREFIX or not service or not method:
+        return None
+    return service, method
+
+
+def owns_queue(service: str, queue: str) -> bool:
+    """True if ``queue`` is one that workers of ``service`` consume from."""
+    own = service_queue(service)
+    if queue == own or queue.startswith(f"{own}."):
+        return queue != dead_letter_queue(service)
+    handler = event_queue_handler(queue)
+    return handler is not None and handler[0] == service
 
 
 def event_queue_arguments(handler_type: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from rpc import deadletter, events, protocol, serialization
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 HANDLER_FAILED = "%s.%s failed: %s"
 DROPPED_EXPIRED = "%s.%s: dropped, its caller's deadline passed %.3fs ago"
 POISON = "%s: a request was delivered %d times and never acknowledged: poison"
+POISON_EVENT = "%s.%s: an event was delivered %d times and never acknowledged: poison"
 DEAD_LETTERED = "%s: message moved to the dead-letter queue (%s): %s"
 
 #: Framework rejections of a request that wants no reply: dead-lettered, with why.
@@ -610,8 +611,8 @@ class ServiceRunner:
         try:
             self.invoke(service, handler, CallContext(service.name, request))
         except Exception as exc:
-            # A failing handler must not loop the event through the queue forever.
-            log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
+            self._event_failed(service, handler, delivery, request, exc)
+            return
         self._connection.ack(delivery)
 
     async def _handle_event_async(
@@ -625,24 +626,53 @@ class ServiceRunner:
         try:
             await self.invoke_async(service, handler, context)
         except Exception as exc:
-            log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
+            self._event_failed(service, handler, delivery, request, exc)
+            return
         self._connection.ack(delivery)
 
     def _event_request(
         self, service: ServiceDefinition, handler: Handler, delivery: Delivery
     ) -> protocol.Request | None:
-        """The event as a request to ``handler``; an unreadable one is acked, None."""
+        """The event as a request to ``handler``, or None when it was dealt with.
+
+        Deliveries are counted as requests are (see :mod:`rpc.deadletter`); an event
+        delivered too often, or that cannot be read, goes to the dead-letter queue.
+        """
+        verdict = deadletter.verdict(
+            redelivered=delivery.redelivered,
+            headers=delivery.headers,
+            delivery_limit=self.config.delivery_limit,
+            queue_type=self._event_queue_type(handler),
+            # Event queues have no x-delivery-limit: the worker enforces it.
+            broker_limit=False,
+        )
+        if verdict.action is deadletter.Action.REQUEUE_COUNTED:
+            self._requeue_event(service, handler, delivery, verdict.delivery_count)
+            return None
+        if verdict.action is deadletter.Action.DEAD_LETTER:
+            times = verdict.delivery_count - 1
+            log.error(POISON_EVENT, service.name, handler.name, times)
+            self._dead_letter_event(
+                service,
+                handler,
+                delivery,
+                deadletter.REASON_DELIVERY_LIMIT,
+                f"delivered {times} times, never acknowledged",
+                count=times,
+            )
+            return None
         try:
             event = events.decode_event(delivery, limit=self.config.max_message_bytes)
         except SerializationError as exc:
             # Never retried: it would fail the same way on every worker.
-            log.warning(
-                "dropping an unreadable event for %s.%s: %s",
-                service.name,
-                handler.name,
-                exc,
+            self._dead_letter_event(
+                service,
+                handler,
+                delivery,
+                deadletter.REASON_MALFORMED,
+                str(exc),
+                count=verdict.delivery_count,
             )
-            self._connection.ack(delivery)
             return None
         return protocol.Request(
             service=service.name,
@@ -654,7 +684,92 @@ class ServiceRunner:
             deadline=None,
             caller=event.source,
             redelivered=delivery.redelivered,
+            delivery_count=verdict.delivery_count,
             event_type=event.event_type,
+        )
+
+    def _event_failed(
+        self,
+        service: ServiceDefinition,
+        handler: Handler,
+        delivery: Delivery,
+        request: protocol.Request,
+        exc: Exception,
+    ) -> None:
+        """A handler raised: run the event again, or dead-letter it past the limit."""
+        log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
+        verdict = deadletter.failure_verdict(
+            delivery_count=request.delivery_count,
+            delivery_limit=self.config.delivery_limit,
+        )
+        if verdict.action is deadletter.Action.DEAD_LETTER:
+            self._dead_letter_event(
+                service,
+                handler,
+                delivery,
+                deadletter.REASON_HANDLER_ERROR,
+                f"{type(exc).__name__}: {exc}",
+                count=verdict.delivery_count,
+            )
+            return
+        self._requeue_event(service, handler, delivery, verdict.delivery_count)
+
+    def _event_queue(self, service: ServiceDefinition, handler: Handler) -> str:
+        entrypoint = handler.entrypoint
+        assert isinstance(entrypoint, EventHandlerEntrypoint)
+        return protocol.event_queue(
+            service.name,
+            entrypoint.method_name,
+            entrypoint.handler_type,
+            self.instance_id,
+        )
+
+    def _event_queue_type(self, handler: Handler) -> str:
+        entrypoint = handler.entrypoint
+        assert isinstance(entrypoint, EventHandlerEntrypoint)
+        return events.subscription_queue_type(
+            entrypoint.handler_type, self.config.queue_type
+        )
+
+    def _requeue_event(
+        self,
+        service: ServiceDefinition,
+        handler: Handler,
+        delivery: Delivery,
+        count: int,
+    ) -> None:
+        """Put a counted copy of an event at the back of its handler's queue."""
+        headers = deadletter.counted_headers(events.copy_headers(delivery), count)
+        # One lock hold, no confirm in between: as for requests (_requeue_counted).
+        self._connection.publish_and_ack(
+            delivery,
+            delivery.body,
+            exchange="",
+            routing_key=self._event_queue(service, handler),
+            content_type=delivery.content_type or serialization.CONTENT_TYPE,
+            content_encoding=_content_encoding(delivery),
+            headers=headers,
+            properties=_copied_properties(delivery),
+        )
+
+    def _dead_letter_event(
+        self,
+        service: ServiceDefinition,
+        handler: Handler,
+        delivery: Delivery,
+        reason: str,
+        detail: str,
+        *,
+        count: int,
+    ) -> None:
+        """Move an event to the service's dead-letter queue, marked with its queue."""
+        self._dead_letter(
+            service,
+            delivery,
+            reason,
+            detail,
+            queue=self._event_queue(service, handler),
+            headers=deadletter.counted_headers(events.copy_headers(delivery), count),
         )
 
     def _requeue_counted(
@@ -690,9 +805,22 @@ class ServiceRunner:
         delivery: Delivery,
         reason: str,
         detail: str,
+        *,
+        queue: str | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> None:
-        """Move a message to the service's dead-letter queue, then ack it."""
+        """Move a message to the service's dead-letter queue, then ack it.
+
+        ``queue`` is the one it came from (default: the service queue), where a
+        requeue sends it back; ``headers`` replace the delivery's own.
+        """
         log.warning(DEAD_LETTERED, service.name, reason, detail)
+        headers = deadletter.dead_letter_headers(
+            delivery.headers if headers is None else headers,
+            reason,
+            detail,
+            queue=queue or protocol.service_queue(service.name),
+        )
         properties = _copied_properties(delivery)
         properties.pop("expiration", None)  # kept until an operator looks at it
         properties["delivery_mode"] = 2
@@ -703,7 +831,7 @@ class ServiceRunner:
             routing_key=protocol.service_queue(service.name),
             content_type=delivery.content_type or "application/octet-stream",
             content_encoding=_content_encoding(delivery),
-            headers=deadletter.dead_letter_headers(delivery.headers, reason, detail),
+            headers=headers,
             properties=properties,
         )
 

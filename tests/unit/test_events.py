@@ -1,9 +1,12 @@
-"""Event names, filters, handler declarations and the event codec."""
+"""Event names, filters, handler declarations, the event codec, poison events."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 
+import kombu
 import pytest
 
 from rpc import BROADCAST, SINGLETON, event_handler, protocol, rpc
@@ -133,3 +136,118 @@ def test_events_that_cannot_be_read_are_refused():
         decode_event(_delivery(b"[" + b"1," * 100 + b"1]"), limit=50)
     with pytest.raises(ValueError):
         encode_event("shop", "orders.*", {})
+
+
+# -- poison events, on the in-memory transport -------------------------------------
+
+_RUNS: dict[str, list[object]] = {}
+
+
+class Picky:
+    """Raises on payloads it dislikes: ``"bad"`` always, ``"flaky"`` the first time."""
+
+    name = "picky"
+
+    @event_handler("shop", "orders.*")
+    def on_order(self, payload):
+        return _judge("on_order", payload)
+
+    @event_handler("shop", "orders.*", handler_type=BROADCAST)
+    async def on_order_async(self, payload):
+        return _judge("on_order_async", payload)
+
+
+def _judge(handler: str, payload: object) -> None:
+    runs = _RUNS.setdefault(handler, [])
+    runs.append(payload)
+    if payload == "bad" or (payload == "flaky" and runs.count("flaky") == 1):
+        raise ValueError(f"cannot take {payload!r}")
+
+
+def _take_dead_letters(
+    broker_url: str, service: str, count: int, timeout: float = 20
+) -> list:
+    """Take messages from the dead-letter queue until ``count`` (or ``timeout``)."""
+    found: list = []
+    deadline = time.monotonic() + timeout
+    queue = protocol.dead_letter_queue(service)
+    with kombu.Connection(broker_url) as connection:
+        channel = connection.default_channel
+        while len(found) < count:
+            message = channel.basic_get(queue, no_ack=True)
+            if message is not None:
+                found.append(message)
+            elif time.monotonic() < deadline:
+                time.sleep(0.02)
+            else:
+                break
+    return found
+
+
+def _wait_runs(handler: str, count: int) -> list[object]:
+    deadline = time.monotonic() + 20
+    while len(_RUNS.get(handler, [])) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return list(_RUNS.get(handler, []))
+
+
+@pytest.fixture
+def picky(rpc_cluster):
+    _RUNS.clear()
+    rpc_cluster.start(Picky, delivery_limit=3)
+    yield rpc_cluster
+    _RUNS.clear()
+
+
+def test_a_handler_that_keeps_raising_runs_limit_times_then_is_dead_lettered(picky):
+    picky.proxy.dispatch("shop", "orders.created", "bad")
+    picky.proxy.dispatch("shop", "orders.created", "good")
+    letters = _take_dead_letters(picky.broker_url, "picky", 2)
+    assert len(letters) == 2  # one per handler
+    for letter in letters:
+        headers = letter.headers
+        assert json.loads(letter.body) == "bad"
+        assert headers[protocol.HEADER_DEATH_REASON] == "handler-error"
+        assert headers[protocol.HEADER_DEATH_DETAIL] == "ValueError: cannot take 'bad'"
+        assert headers[protocol.HEADER_EVENT_TYPE] == "orders.created"
+        assert headers[protocol.HEADER_DELIVERY_COUNT] == 3
+    queues = {letter.headers[protocol.HEADER_ORIGIN_QUEUE] for letter in letters}
+    assert "rpc-events.picky.on_order" in queues
+    for handler in ("on_order", "on_order_async"):
+        runs = _wait_runs(handler, 4)
+        assert runs.count("bad") == 3  # exactly delivery_limit runs
+        assert runs.count("good") == 1  # the healthy event went on
+
+
+def test_a_handler_that_fails_once_gets_the_event_again(picky):
+    picky.proxy.dispatch("shop", "orders.created", "flaky")
+    assert _wait_runs("on_order", 2) == ["flaky", "flaky"]
+    assert _wait_runs("on_order_async", 2) == ["flaky", "flaky"]
+    picky.proxy.dispatch("shop", "orders.created", "bad")
+    letters = _take_dead_letters(picky.broker_url, "picky", 2)
+    assert [json.loads(letter.body) for letter in letters] == ["bad", "bad"]
+    # Only the bad one: the flaky event succeeded on its second run, before it.
+    assert _take_dead_letters(picky.broker_url, "picky", 1, timeout=0) == []
+
+
+def test_an_unreadable_event_is_dead_lettered_at_once(picky):
+    with kombu.Connection(picky.broker_url) as connection:
+        connection.Producer().publish(
+            b"{not json",
+            exchange=protocol.EVENTS_EXCHANGE,
+            routing_key="shop.orders.created",
+            content_type="application/json",
+            content_encoding="utf-8",
+        )
+    picky.proxy.dispatch("shop", "orders.created", "good")
+    letters = _take_dead_letters(picky.broker_url, "picky", 2)
+    assert [letter.headers[protocol.HEADER_DEATH_REASON] for letter in letters] == [
+        "malformed",
+        "malformed",
+    ]
+    # The routing key said where it came from: kept for a requeue.
+    assert {letter.headers[protocol.HEADER_EVENT_SOURCE] for letter in letters} == {
+        "shop"
+    }
+    assert _wait_runs("on_order", 1) == ["good"]
+    assert _wait_runs("on_order_async", 1) == ["good"]

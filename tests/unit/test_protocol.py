@@ -119,3 +119,21 @@ def test_merge_discovery_folds_workers_by_service():
 def test_discovery_names():
     assert protocol.DISCOVERY_EXCHANGE == "rpc.discovery"
     assert protocol.discovery_request() == {"discover": protocol.PROTOCOL_VERSION}
+
+
+def test_event_queue_names_parse_back_to_their_handler():
+    for handler_type in protocol.HANDLER_TYPES:
+        queue = protocol.event_queue("billing", "on_order", handler_type, "ab12")
+        assert protocol.event_queue_handler(queue) == ("billing", "on_order")
+    assert protocol.event_queue_handler("rpc-billing") is None
+    assert protocol.event_queue_handler("rpc-events.billing") is None
+
+
+def test_the_queues_a_service_owns():
+    assert protocol.owns_queue("billing", "rpc-billing")
+    assert protocol.owns_queue("billing", "rpc-billing.shard.ab12")
+    assert protocol.owns_queue("billing", "rpc-events.billing.on_order.singleton")
+    assert not protocol.owns_queue("billing", "rpc-billing.dead-letter")
+    assert not protocol.owns_queue("billing", "rpc-billing-eu")
+    assert not protocol.owns_queue("billing", "rpc-events.audit.on_order")
+    assert not protocol.owns_queue("billing", "amq.gen-xyz")
