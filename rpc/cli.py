@@ -298,7 +298,7 @@ def gateway(
 @click.option(
     "--requeue",
     is_flag=True,
-    help="Move them back to the service queue as fresh requests.",
+    help="Move them back to the queue they came from, as fresh messages.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dead_letters(
@@ -325,14 +325,29 @@ def dead_letters(
                 "reason": letter.reason,
                 "detail": letter.detail,
                 "method": letter.method,
+                "event_type": letter.event_type,
+                "queue": letter.queue,
                 "body": body,
             }
             click.echo(orjson.dumps(line).decode())
         else:
-            click.echo(f"{letter.reason}\t{letter.method or '-'}\t{letter.detail}")
+            where = letter.method or "-"
+            if letter.event_type:
+                where = f"{where} (event {letter.event_type})"
+            click.echo(f"{letter.reason}\t{where}\t{letter.detail}")
             click.echo(f"    {body[:200]}")
-    verb = "requeued" if requeue else "in the dead-letter queue"
-    click.echo(f"{len(letters)} message(s) {verb}", err=True)
+    if not requeue:
+        click.echo(f"{len(letters)} message(s) in the dead-letter queue", err=True)
+        return
+    requeued = sum(letter.requeued for letter in letters)
+    click.echo(f"{requeued} message(s) requeued", err=True)
+    if requeued < len(letters):
+        click.echo(
+            f"{len(letters) - requeued} message(s) kept: their queue is gone "
+            "(a broadcast handler's worker that stopped)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @main.group()

@@ -14,6 +14,8 @@ import time
 import uuid
 from collections import defaultdict
 
+import kombu
+import orjson
 import pytest
 
 from rpc import (
@@ -22,6 +24,7 @@ from rpc import (
     RemoteError,
     ServiceRunner,
     UnknownServiceError,
+    protocol,
 )
 from rpc.testing import (
     ServiceCluster,
@@ -172,6 +175,23 @@ class ShopBehaviour:
         assert isinstance(run.exception, ValueError)
         with pytest.raises(ValueError, match="many"):
             run.result  # noqa: B018 (re-raises the handler's exception)
+
+    def test_an_order_the_stock_cannot_count_ends_in_its_dead_letter_queue(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Stock, delivery_limit=2)
+        cluster.start(Shop)
+        cluster.proxy.shop.order("plum", quantity="lots")  # type: ignore[arg-type]
+        queue = protocol.dead_letter_queue("stock")
+        deadline = time.monotonic() + 30
+        with kombu.Connection(cluster.broker_url) as connection:
+            while (letter := connection.default_channel.basic_get(queue)) is None:
+                assert time.monotonic() < deadline, "no dead letter"
+                time.sleep(0.05)
+        assert orjson.loads(letter.body) == {"item": "plum", "quantity": "lots"}
+        assert letter.headers[protocol.HEADER_DEATH_REASON] == "handler-error"
+        assert "ValueError" in letter.headers[protocol.HEADER_DEATH_DETAIL]
+        assert cluster.proxy.stock.sold("plum") == 0
 
 
 class ConciergeBehaviour:

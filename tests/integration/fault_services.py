@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from rpc import CurrentCall, rpc
+from rpc import BROADCAST, SINGLETON, CurrentCall, event_handler, rpc
 
 
 class Faulty:
@@ -52,3 +52,48 @@ class Faulty:
         """A slow handler whose requests can be made bulky with ``padding``."""
         time.sleep(seconds)
         return len(padding)
+
+
+class FaultyEvents:
+    """Event handlers that do what each event says: its payload is a dict with
+
+    ``marker`` (a file each run appends "<pid> <value>" to), ``value``, and ``do``:
+    ``"die"`` kills the worker, ``"raise"`` raises, ``"raise-while"`` raises while
+    the file ``switch`` exists, ``"fail-once"`` raises on the value's first run,
+    anything else returns.
+    """
+
+    name = "faulty_events"
+
+    @event_handler("tests", "pool.#")
+    def on_pool(self, event: dict[str, str]) -> None:
+        _act(event)
+
+    @event_handler("tests", "singleton.#", handler_type=SINGLETON)
+    def on_singleton(self, event: dict[str, str]) -> None:
+        _act(event)
+
+    @event_handler("tests", "broadcast.#", handler_type=BROADCAST)
+    def on_broadcast(self, event: dict[str, str]) -> None:
+        _act(event)
+
+
+def _act(event: dict[str, str]) -> None:
+    action, marker = event.get("do"), Path(event["marker"])
+    # Decided before the run is recorded: a test that saw the run may then fix it.
+    fails = (
+        action == "raise"
+        or (action == "raise-while" and Path(event["switch"]).exists())
+        or (action == "fail-once" and not _ran_before(marker, event["value"]))
+    )
+    with marker.open("a") as log:
+        log.write(f"{os.getpid()} {event['value']}\n")
+    if action == "die":
+        os._exit(1)
+    if fails:
+        raise RuntimeError(f"cannot handle {event['value']}")
+
+
+def _ran_before(marker: Path, value: str) -> bool:
+    lines = marker.read_text().splitlines() if marker.exists() else []
+    return any(line.split()[1] == value for line in lines)

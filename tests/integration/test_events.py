@@ -11,6 +11,7 @@ import pytest
 from rpc import ClusterProxy, Config, ServiceRunner, protocol
 from tests.integration import topology_fixtures as fixtures
 from tests.integration.daemons import PROJECT_ROOT, project_env
+from tests.integration.test_poison import poll_dead_letters
 from tests.integration.topology_services import (
     Audit,
     Billing,
@@ -101,7 +102,7 @@ def test_a_service_dispatches_through_its_dependency(runners, cluster, record):
     assert billing[0][1] == ("orders.created", {"id": 7})
 
 
-def test_an_unreadable_event_is_dropped_and_the_worker_goes_on(
+def test_an_unreadable_event_is_dead_lettered_and_the_worker_goes_on(
     runners, cluster, record, broker_url
 ):
     runners.start(Billing)
@@ -123,7 +124,16 @@ def test_an_unreadable_event_is_dropped_and_the_worker_goes_on(
         )
     cluster.dispatch("shop", "orders.created", {"id": "fine"})
     billing = record.wait_for("billing", 1)
+    found = poll_dead_letters(broker_url, "billing", 2)
     assert [value for _, value in billing] == [("orders.created", {"id": "fine"})]
+    assert sorted(body for body, _ in found) == [b"payload", b"{not json"]
+    for _, headers in found:
+        assert headers[protocol.HEADER_DEATH_REASON] == "malformed"
+        assert headers[protocol.HEADER_DEATH_DETAIL]
+        assert headers[protocol.HEADER_ORIGIN_QUEUE] == "rpc-events.billing.on_order"
+        assert headers[protocol.HEADER_DELIVERY_COUNT] == 1  # at once, never retried
+    # Neither was run or retried: the healthy event was the only one handled.
+    assert record.of("billing") == billing
 
 
 def test_dispatch_rejects_a_bad_event_type(cluster):
