@@ -15,7 +15,7 @@ SECTION = "Failure semantics"
 
 
 def transcript() -> list[tuple[list[str], list[str]]]:
-    """The shell session shown after the example: (command, output lines) pairs."""
+    """The shell commands shown after the example: (command, output lines) pairs."""
     text = README.read_text()
     start = text.index("    $ rpc dispatch shop orders.created")
     shown: list[tuple[list[str], list[str]]] = []
