@@ -44,6 +44,9 @@ MAX_BACKOFF = 5.0
 FIRST_BACKOFF = 0.1
 #: Seconds a socket write may block before the connection is declared dead.
 WRITE_TIMEOUT = 10.0
+#: Seconds a socket read may block before the connection is declared dead: reads
+#: start once bytes are there, so only a frame cut off midway can wait this long.
+READ_TIMEOUT = 10.0
 #: Longest idle wait of transports without a socket (Kombu's memory transport);
 #: publishes wake the waiting I/O threads at once, this only bounds a missed wake-up.
 POLL_INTERVAL = 0.05
@@ -231,6 +234,8 @@ class BrokerConnection:
         self._reconnect = reconnect
         self._lock = threading.RLock()
         self._connection: KombuConnection | None = None
+        #: The live connection's socket, looked up once per connection.
+        self._sock: socket.socket | None = None
         self._channel: Any = None
         self._generation = 0
         self._connected = threading.Event()
@@ -795,7 +800,12 @@ class BrokerConnection:
             transport=memory.transport_for(self.url),
             heartbeat=self._heartbeat or None,
             connect_timeout=min(self._connect_timeout, 5.0),
-            transport_options={"write_timeout": WRITE_TIMEOUT},
+            # SO_SNDTIMEO and SO_RCVTIMEO: a socket call blocked this long means a
+            # dead link (frames are read only once select() saw bytes).
+            transport_options={
+                "write_timeout": WRITE_TIMEOUT,
+                "read_timeout": READ_TIMEOUT,
+            },
         )
         try:
             connection.connect()
@@ -807,6 +817,7 @@ class BrokerConnection:
         _skip_poll_before_publish(connection)
         with self._lock:
             self._connection = connection
+            self._sock = self._find_socket()
             self._channel = channel
             self._generation += 1
             try:
@@ -840,6 +851,10 @@ class BrokerConnection:
         )
 
     def _socket(self) -> socket.socket | None:
+        """The socket of the live connection; None on in-process transports."""
+        return self._sock
+
+    def _find_socket(self) -> socket.socket | None:
         connection = self._connection
         if connection is None or connection.transport.driver_type != "amqp":
             return None
@@ -862,7 +877,7 @@ class BrokerConnection:
         only torn down locally.
         """
         self._connected.clear()
-        sock = self._socket()
+        sock, self._sock = self._sock, None
         connection, self._connection, self._channel = self._connection, None, None
         self._confirm_channel = None
         # Whether the broker took these is unknown: the publisher decides to resend.
@@ -974,8 +989,12 @@ class BrokerConnection:
             for _ in range(FRAMES_PER_LOCK):
                 if sock not in readable and not _has_buffered(sock):
                     break
-                with contextlib.suppress(socket.timeout):
-                    raw.drain_events(timeout=1.0)
+                # One frame per read, with no timeout: py-amqp's drain_events() would
+                # wait for a whole message, and after a heartbeat frame for the next
+                # frame, holding the lock; a timeout costs two system calls per frame
+                # to set and clear. select() said bytes are there; SO_RCVTIMEO bounds
+                # the wait for the rest of a frame.
+                raw.blocking_read(None)
                 if enough is not None and enough():
                     break
                 readable = _readable(sock, None, 0)
