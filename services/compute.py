@@ -19,11 +19,11 @@ class Compute:
 
     @rpc(idempotent=True)
     def compute(self, count: int = DEFAULT_COUNT, seed: int | None = None) -> int:
-        """Sum ``count`` random integers between 0 and 100."""
+        """Sum ``count`` random integers between 1 and 100."""
         if not 0 <= count <= MAX_COUNT:
             raise ValueError(f"count must be between 0 and {MAX_COUNT}")
         rng = random.Random(seed)
-        return sum(rng.randint(0, 100) for _ in range(count))
+        return sum(rng.randint(1, 100) for _ in range(count))
 
     @rpc(idempotent=True)
     def ping(self) -> str:
