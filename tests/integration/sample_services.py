@@ -8,6 +8,9 @@ import time
 
 from rpc import CurrentCall, RpcProxy, current_call, rpc
 
+_met_lock = threading.Condition()
+_met: dict[str, int] = {}
+
 
 class Echo:
     name = "echo"
@@ -34,6 +37,16 @@ class Echo:
     def sleep(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds
+
+    @rpc
+    def meet(self, group: str, count: int, wait: float) -> int:
+        """Wait (at most ``wait`` s) until ``count`` calls of ``group`` are running
+        at once; return how many were. Calls run one by one never meet."""
+        with _met_lock:
+            _met[group] = _met.get(group, 0) + 1
+            _met_lock.notify_all()
+            _met_lock.wait_for(lambda: _met[group] >= count, timeout=wait)
+            return _met[group]
 
     @rpc
     def remaining(self) -> float | None:
