@@ -143,7 +143,15 @@ def test_a_call_whose_worker_is_killed_is_answered_by_another(
     assert answer["delivery_count"] == 2
 
 
-def test_sigterm_drains_every_child_and_exits_0(broker_url, cluster, tmp_path):
+STOP_SIGNALS = pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
+)
+
+
+@STOP_SIGNALS
+def test_a_stop_signal_drains_every_child_and_exits_0(
+    broker_url, cluster, tmp_path, stop
+):
     log = tmp_path / "run.log"
     markers = [tmp_path / "first", tmp_path / "second"]
     with rpc_run(broker_url, log, "--processes", "2", "--max-workers", "1") as run:
@@ -154,7 +162,7 @@ def test_sigterm_drains_every_child_and_exits_0(broker_url, cluster, tmp_path):
         ]
         for marker in markers:
             wait_for("both calls to start", pid_in(marker))
-        run.send_signal(signal.SIGTERM)
+        run.send_signal(stop)
         answers = [future.result(timeout=90) for future in futures]
         code = run.wait(timeout=60)
     assert code == 0
@@ -162,8 +170,9 @@ def test_sigterm_drains_every_child_and_exits_0(broker_url, cluster, tmp_path):
     assert not any(answer["redelivered"] for answer in answers)
 
 
-def test_single_process_sigterm_finishes_the_call_in_flight(
-    broker_url, cluster, tmp_path
+@STOP_SIGNALS
+def test_single_process_stop_signal_finishes_the_call_in_flight(
+    broker_url, cluster, tmp_path, stop
 ):
     log = tmp_path / "run.log"
     marker = tmp_path / "pid"
@@ -173,7 +182,7 @@ def test_single_process_sigterm_finishes_the_call_in_flight(
         assert wait_for("the call to start", pid_in(marker)) == run.pid
         run.send_signal(signal.SIGHUP)  # no supervisor: ignored, not fatal
         wait_for("the SIGHUP", lambda: "SIGHUP ignored" in log.read_text())
-        run.send_signal(signal.SIGTERM)
+        run.send_signal(stop)
         answer = future.result(timeout=90)
         code = run.wait(timeout=60)
     assert code == 0
