@@ -130,8 +130,16 @@ class HandlerPool(Generic[T]):
         if connection is not None and not self._closed:
             local.reading = True
             try:
+                # Also stop for what the I/O thread queued after the look above and
+                # before this thread took the socket: nobody else may be idle to
+                # take it, and this read would otherwise last IDLE_WAIT.
                 read = connection.read_until(
-                    lambda: local.kept is not None or self._closed, IDLE_WAIT
+                    lambda: (
+                        local.kept is not None
+                        or self._closed
+                        or not self._queue.empty()
+                    ),
+                    IDLE_WAIT,
                 )
             finally:
                 local.reading = False

@@ -137,3 +137,54 @@ def test_shutdown_runs_what_is_queued_unless_told_to_drop_it():
 def test_a_pool_needs_a_thread():
     with pytest.raises(ValueError):
         HandlerPool(0, print)
+
+
+class LateConnection(FakeConnection):
+    """A reader that finds the pool's queue filled just before it took the socket.
+
+    The connection's I/O thread read an item and queued it between a pool thread's
+    look at the queue and that thread's borrowing of the reading; then nothing
+    more arrives. The reader waits until ``done()`` says to stop, as the real
+    ``read_until`` does.
+    """
+
+    def __init__(self, late: str) -> None:
+        super().__init__()
+        self.late: str | None = late
+
+    def read_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        if not self._reader.acquire(blocking=False):
+            return False
+        try:
+            item, self.late = self.late, None
+            if item is not None:
+                assert self.pool is not None
+                # Queued by another thread, as the I/O thread does.
+                queuing = threading.Thread(target=self.pool.submit, args=(item,))
+                queuing.start()
+                queuing.join(WAIT)
+            deadline = time.monotonic() + timeout
+            while not done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return True
+        finally:
+            self._reader.release()
+
+
+def test_an_item_queued_just_before_a_thread_reads_is_not_left_waiting(monkeypatch):
+    # An idle thread reads for IDLE_WAIT at a time: long here, so that an item left
+    # in the queue meanwhile would wait far longer than the bound below.
+    monkeypatch.setattr("rpc.handler_pool.IDLE_WAIT", 600.0)
+    finished: queue.SimpleQueue[str] = queue.SimpleQueue()
+    connection = LateConnection("late")
+    pool: HandlerPool[str] = HandlerPool(
+        1,
+        finished.put,
+        connection=connection,  # type: ignore[arg-type]
+    )
+    connection.pool = pool
+    pool.start()
+    try:
+        assert finished.get(timeout=WAIT) == "late"
+    finally:
+        pool.shutdown(wait=False)
