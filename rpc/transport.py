@@ -985,19 +985,28 @@ class BrokerConnection:
             raw = _raw(connection)
             if raw is None:
                 raise BrokerError("connection closed")
-            # Read a bounded batch per lock hold so publishers are never starved.
-            for _ in range(FRAMES_PER_LOCK):
-                if sock not in readable and not _has_buffered(sock):
-                    break
-                # One frame per read, with no timeout: py-amqp's drain_events() would
-                # wait for a whole message, and after a heartbeat frame for the next
-                # frame, holding the lock; a timeout costs two system calls per frame
-                # to set and clear. select() said bytes are there; SO_RCVTIMEO bounds
-                # the wait for the rest of a frame.
-                raw.blocking_read(None)
-                if enough is not None and enough():
-                    break
-                readable = _readable(sock, None, 0)
+            try:
+                # Read a bounded batch per lock hold so publishers are never starved.
+                for _ in range(FRAMES_PER_LOCK):
+                    if sock not in readable and not _has_buffered(sock):
+                        break
+                    # One frame per read, with no timeout: py-amqp's drain_events()
+                    # would wait for a whole message, and after a heartbeat frame for
+                    # the next frame, holding the lock; a timeout costs two system
+                    # calls per frame to set and clear. select() said bytes are
+                    # there; SO_RCVTIMEO bounds the wait for the rest of a frame.
+                    raw.blocking_read(None)
+                    if enough is not None and enough():
+                        break
+                    readable = _readable(sock, None, 0)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # A borrower interrupted (KeyboardInterrupt in a main thread)
+                    # may leave a frame half read, which py-amqp does not put back:
+                    # the next reader would start inside it. Make the link again.
+                    self._connected.clear()
+                    self._wake()
+                raise
             self._heartbeat_tick()
 
     def _heartbeat_tick(self) -> None:

@@ -8,12 +8,16 @@ and a reply leaves with its request's ack in one socket write.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from rpc import ClusterProxy, Config, ServiceRunner
+from rpc import (
+    ClusterProxy,
+    Config,
+    ServiceRunner,
+)
 from rpc.transport import Delivery
 from tests.integration.sample_services import Echo
 
@@ -114,3 +118,36 @@ def test_a_reply_leaves_with_its_ack_in_one_write(runner, cluster):
     with_reply = [w for w in writes if future.correlation_id.encode() in w]
     assert len(with_reply) == 1
     assert BASIC_ACK in with_reply[0]
+
+
+class Interrupted(BaseException):
+    """What KeyboardInterrupt is to a program's main thread, without pytest's care."""
+
+
+def test_a_reader_interrupted_inside_a_frame_leaves_no_half_read_frame(runner, cluster):
+    # The caller reads its own reply: Ctrl-C (a signal handler's exception) can
+    # stop it between two reads of one frame. The next reader must not start in
+    # the middle of that frame: the link is dropped and made again instead.
+    assert cluster.echo.echo("warm-up") == "warm-up"
+    transport: Any = cluster._connection._connection._connection.transport  # type: ignore[union-attr]
+    recv: Callable[[int], bytes] = transport._quick_recv
+    me = threading.current_thread()
+    reads = 0
+
+    def interrupted(size: int) -> bytes:
+        nonlocal reads
+        if threading.current_thread() is me:
+            reads += 1
+            if reads == 3:  # header, payload, then the frame's end octet
+                raise Interrupted
+        return recv(size)
+
+    transport._quick_recv = interrupted
+    try:
+        future = cluster.echo.echo.call_async("interrupted")
+        with pytest.raises(Interrupted):
+            future.result()
+    finally:
+        transport._quick_recv = recv
+    assert reads == 3
+    assert cluster.echo.echo.call_async("after").result(timeout=20) == "after"
