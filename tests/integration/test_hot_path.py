@@ -7,16 +7,21 @@ and a reply leaves with its request's ack in one socket write.
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from rpc import (
+    AsyncClusterProxy,
     ClusterProxy,
     Config,
     ServiceRunner,
+    event_handler,
+    rpc,
 )
 from rpc.transport import Delivery
 from tests.integration.sample_services import Echo
@@ -151,3 +156,53 @@ def test_a_reader_interrupted_inside_a_frame_leaves_no_half_read_frame(runner, c
         transport._quick_recv = recv
     assert reads == 3
     assert cluster.echo.echo.call_async("after").result(timeout=20) == "after"
+
+
+class Busy:
+    """Plain handlers that hold every handler thread, and what must still run."""
+
+    name = "busy"
+    gate: ClassVar[threading.Event] = threading.Event()
+    holding: ClassVar[threading.Semaphore] = threading.Semaphore(0)
+    events: ClassVar[queue.SimpleQueue[object]] = queue.SimpleQueue()
+
+    @rpc
+    def hold(self) -> bool:
+        self.holding.release()
+        return self.gate.wait(60)
+
+    @rpc
+    async def ping(self) -> str:
+        return "pong"
+
+    @event_handler("busy-source", "tick")
+    async def on_tick(self, payload: object) -> None:
+        self.events.put(payload)
+
+
+def test_a_worker_with_every_handler_thread_busy_still_reads(config):
+    # Nobody is idle to borrow the reading: the I/O thread must read, and what
+    # needs no handler thread (an async handler, an async event handler, a
+    # discovery request) is answered while the plain handlers run.
+    Busy.gate.clear()
+    with (
+        ServiceRunner([Busy], config.replace(max_workers=2)),
+        ClusterProxy(config=config) as cluster,
+    ):
+        held = [cluster.busy.hold.call_async() for _ in range(2)]
+        for _ in range(2):
+            assert Busy.holding.acquire(timeout=20)
+        try:
+            assert cluster.busy.ping.call_async().result(timeout=20) == "pong"
+            cluster.dispatch("busy-source", "tick", 7, timeout=20)
+            assert Busy.events.get(timeout=20) == 7
+
+            async def discover() -> dict[str, Any]:
+                async with AsyncClusterProxy(config=config) as proxy:
+                    return await proxy.discover(wait=20)
+
+            assert "busy" in asyncio.run(asyncio.wait_for(discover(), 60))
+            assert not any(future.done() for future in held)
+        finally:
+            Busy.gate.set()
+        assert [future.result(timeout=20) for future in held] == [True, True]
