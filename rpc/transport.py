@@ -1081,7 +1081,12 @@ def _readable(
     sock: socket.socket, wake: socket.socket | None, timeout: float
 ) -> list[socket.socket]:
     sockets = [sock] if wake is None else [sock, wake]
-    ready, _, _ = select.select(sockets, [], [], timeout)
+    buffered = _has_buffered(sock)
+    # select() cannot see what TLS already decrypted: a borrower that stopped
+    # after its own frame may have left the next ones there.
+    ready, _, _ = select.select(sockets, [], [], 0 if buffered else timeout)
+    if buffered and sock not in ready:
+        ready.append(sock)
     return ready
 
 
