@@ -954,12 +954,19 @@ class BrokerConnection:
         wake = self._wake_reader
         assert wake is not None
         try:
-            with self._read_token:
+            if not self._read_token.acquire(timeout=READ_GRACE):
+                # A borrower took the socket between our look and here: it reads.
+                # Waiting for the token would hold up the periodic work until its
+                # read ends, which may be a caller's whole deadline.
+                return
+            try:
                 readable = _readable(sock, wake, interval)
                 if wake in readable:
                     with contextlib.suppress(OSError):
                         wake.recv(4096)
                 self._drain(sock, readable)
+            finally:
+                self._read_token.release()
         finally:
             with self._borrow_changed:
                 self._io_reading = False

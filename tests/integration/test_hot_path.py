@@ -23,7 +23,7 @@ from rpc import (
     event_handler,
     rpc,
 )
-from rpc.transport import Delivery
+from rpc.transport import BrokerConnection, Delivery
 from tests.integration.sample_services import Echo
 
 #: AMQP method frame payload of basic.ack: class 60, method 80.
@@ -206,3 +206,29 @@ def test_a_worker_with_every_handler_thread_busy_still_reads(config):
         finally:
             Busy.gate.set()
         assert [future.result(timeout=20) for future in held] == [True, True]
+
+
+def test_the_io_thread_keeps_its_periodic_work_while_a_borrower_reads(broker_url):
+    # A borrower may take the socket just after the I/O thread decided to read
+    # it (it had seen nobody reading): the I/O thread must step aside then too,
+    # not wait out the whole borrowed read without its periodic work (a proxy
+    # expires calls and sends lost ones again there).
+    ticks: queue.SimpleQueue[int] = queue.SimpleQueue()
+    connection = BrokerConnection(
+        broker_url,
+        name="ticking",
+        on_connect=lambda channel: None,
+        on_tick=lambda: ticks.put(1),
+    )
+    connection.start()
+    try:
+        assert ticks.get(timeout=20)
+        # What such a borrower holds: the read token, without the borrowed flag
+        # the I/O thread looked at before.
+        with connection._read_token:
+            while not ticks.empty():
+                ticks.get_nowait()
+            for _ in range(2):
+                assert ticks.get(timeout=20)
+    finally:
+        connection.stop()
