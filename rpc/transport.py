@@ -61,6 +61,9 @@ READ_GRACE = 0.002
 #: A borrowed read that lasts longer than this (seconds) is a thread waiting for
 #: work rather than for a reply: the I/O thread sleeps through it instead of polling.
 LONG_BORROW = 0.05
+#: Largest reply (bytes) sent in one socket write with the ack of its request; a
+#: larger one goes frame by frame, each frame with the whole write timeout.
+ONE_WRITE_MAX = 64 * 1024
 
 RECONNECTING = "%s: connection lost (%s); reconnecting"
 RECONNECTED = "%s: connected to %s"
@@ -488,10 +491,11 @@ class BrokerConnection:
         losing it. An ack for a delivery from an earlier connection is skipped: the
         broker has already requeued that message.
         """
+        small = body is None or len(body) <= ONE_WRITE_MAX
         with self._lock:
             channel = self._live_channel()
             try:
-                with self._one_write():
+                with self._one_write() if small else contextlib.nullcontext():
                     self._publish_then_ack(channel, delivery, body, publish)
             except self._errors() as exc:
                 raise self._failed(exc) from exc

@@ -232,3 +232,27 @@ def test_the_io_thread_keeps_its_periodic_work_while_a_borrower_reads(broker_url
                 assert ticks.get(timeout=20)
     finally:
         connection.stop()
+
+
+def test_a_large_reply_leaves_frame_by_frame(runner, cluster):
+    # A socket write must finish within the write timeout as a whole: a large
+    # reply joined into one write would need the whole of it to go out in that
+    # time, where each of its frames used to have it.
+    assert cluster.echo.echo("warm-up") == "warm-up"
+    raw: Any = runner._connection._connection.connection  # type: ignore[union-attr]
+    transport = raw.transport
+    writes: list[int] = []
+    send = transport._write
+
+    def recording(data: bytes) -> None:
+        writes.append(len(data))
+        send(data)
+
+    large = "x" * (4 * raw.frame_max)
+    transport._write = recording
+    try:
+        assert cluster.echo.echo.call_async(large).result(timeout=20) == large
+    finally:
+        transport._write = send
+    assert len(writes) > 1
+    assert max(writes) <= raw.frame_max
