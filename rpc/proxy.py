@@ -730,10 +730,11 @@ class ClusterProxy(BaseClusterProxy):
             connection.wait_connected(min(seconds, self.config.connect_timeout))
         confirm = publish(connection)
         began = time.monotonic()
+        left = seconds
         if connection.read_until(confirm.done, seconds):
-            seconds = max(seconds - (time.monotonic() - began), 0)
+            left = max(seconds - (time.monotonic() - began), 0)
         try:
-            return confirm.result(timeout=seconds)
+            return confirm.result(timeout=left)
         except concurrent.futures.TimeoutError:
             raise BrokerError(
                 f"{label}: the broker did not confirm it within {seconds}s"

@@ -302,3 +302,15 @@ def test_stop_returns_while_the_connection_is_down(config, tcp_proxy, fault):
     thread.start()
     thread.join(timeout=60)
     assert stopped == ["runner", "cluster"]
+
+
+def test_an_unconfirmed_cast_says_how_long_it_waited(config, tcp_proxy):
+    proxied = config.replace(broker_url=tcp_proxy.url_for(config.broker_url))
+    with ClusterProxy(config=proxied) as cluster:
+        cluster.start()
+        tcp_proxy.blackhole()  # the publish goes out; no confirm comes back
+        try:
+            with pytest.raises(BrokerError, match=r"within 1\.5s"):
+                cluster.cast("ledger", "record", ["lost"], timeout=1.5)
+        finally:
+            tcp_proxy.restore()
