@@ -39,7 +39,7 @@ USE_DEFAULT: Final = _UseDefault()
 
 
 class Waiter(Protocol):
-    """What waits for one call's reply; the I/O thread settles it exactly once."""
+    """What waits for one call's reply; the reading thread settles it exactly once."""
 
     service: str
     deadline: float
@@ -169,7 +169,12 @@ class RpcFuture:
         return True
 
     def add_done_callback(self, callback: Callable[[RpcFuture], None]) -> None:
-        """Call ``callback(self)`` once a reply or a failure arrives (I/O thread)."""
+        """Call ``callback(self)`` once a reply or a failure arrives.
+
+        It runs on the thread that read the reply: the connection's I/O thread, or
+        another caller's thread waiting in :meth:`result`, which reads the socket
+        while nobody else does. It must return quickly and never wait for a reply.
+        """
         self._future.add_done_callback(lambda _: callback(self))
 
     @property
@@ -191,8 +196,9 @@ class BaseClusterProxy:
     It owns the connection and the map of pending calls, builds requests (arguments,
     deadline, headers) and matches replies, returns and disconnections to the waiter
     of each call. A waiter is whatever the twin waits on: an :class:`RpcFuture` here,
-    an asyncio future in :mod:`rpc.async_proxy`. Every callback runs on the
-    connection's I/O thread and only hands results over; no caller code runs there.
+    an asyncio future in :mod:`rpc.async_proxy`. Every callback runs on the thread
+    reading the connection (its I/O thread, or a caller of :meth:`RpcFuture.result`
+    reading its own reply) and only hands results over.
 
     When the connection is lost, the replies of calls in flight are lost with it:
     those calls fail at once with :class:`BrokerError`, except idempotent ones, which
@@ -471,7 +477,7 @@ class BaseClusterProxy:
             self._resend.pop(correlation_id, None)
         self._listeners.pop(correlation_id, None)
 
-    # -- callbacks on the I/O thread ---------------------------------------------------
+    # -- callbacks on the thread reading the connection --------------------------------
 
     def _set_up(self, channel: Any) -> None:
         connection = self._connection

@@ -565,8 +565,8 @@ class BrokerConnection:
         first when it is persistent and its queue durable), False when a mandatory
         message could not be routed to any queue; a nack or a lost connection fails
         it with BrokerError. The wait happens in the caller, never under the lock,
-        so any number of threads can have publishes in flight: the I/O thread
-        matches the broker's acks to them by delivery tag. Needs ``confirms=True``.
+        so any number of threads can have publishes in flight: whichever thread
+        reads the broker's acks matches them by delivery tag. Needs ``confirms=True``.
         """
         future: Future[bool] = Future()
         message_id = properties.setdefault("message_id", uuid.uuid4().hex)

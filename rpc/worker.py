@@ -351,7 +351,7 @@ class ServiceRunner:
         self._connection.consume(channel, queue, self._on_discovery, no_ack=True)
 
     def _on_discovery(self, delivery: Delivery) -> None:
-        """Describe this worker's services to whoever asked (on the I/O thread)."""
+        """Describe this worker's services to whoever asked (on the reading thread)."""
         if not delivery.reply_to or not self._accepting:
             return
         body = serialization.encode(
