@@ -819,6 +819,7 @@ class BrokerConnection:
                 connection.release()
             raise BrokerError(f"cannot connect to {self._safe_url()}: {exc}") from exc
         _skip_poll_before_publish(connection)
+        _bound_reads(getattr(_raw(connection), "transport", None))
         with self._lock:
             self._connection = connection
             self._sock = self._find_socket()
@@ -1067,6 +1068,32 @@ def _skip_poll_before_publish(connection: KombuConnection) -> None:
         capabilities = dict(properties.get("capabilities", {}))
         capabilities["connection.blocked"] = False
         raw.client_properties = {**properties, "capabilities": capabilities}
+
+
+def _bound_reads(transport: Any) -> None:
+    """Make a read that waits :data:`READ_TIMEOUT` for bytes raise TimeoutError.
+
+    SO_RCVTIMEO alone does not: on plain TCP the kernel reports it as EAGAIN, which
+    py-amqp retries in the middle of a frame, and Python's TLS layer retries it in
+    any case. A frame cut midway was then waited for forever, under the lock, where
+    neither heartbeats nor ``stop()`` could get at the connection. TLS gets a socket
+    timeout of Python's (a poll() before each read); plain TCP keeps its reads bare.
+    """
+    sock = getattr(transport, "sock", None)
+    recv = getattr(transport, "_quick_recv", None)
+    if not isinstance(sock, socket.socket) or recv is None:
+        return
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(READ_TIMEOUT)
+        return
+
+    def bounded(*args: Any) -> Any:
+        try:
+            return recv(*args)
+        except BlockingIOError as exc:
+            raise TimeoutError(f"no bytes for {READ_TIMEOUT}s") from exc
+
+    transport._quick_recv = bounded
 
 
 def _drain_virtual(connection: KombuConnection) -> bool:

@@ -236,8 +236,10 @@ class TcpProxy:
 
     ``cut()`` resets every connection (both ends see RST at once); ``blackhole()``
     stops forwarding in both directions and sends nothing, not even FIN, so only a
-    timeout or a heartbeat can tell the connection is dead; ``restore()`` resets the
-    black-holed connections and forwards new ones again.
+    timeout or a heartbeat can tell the connection is dead; ``blackhole_after(n)``
+    does so once ``n`` more bytes went to the clients (a link that dies in the middle
+    of a frame); ``restore()`` resets the black-holed connections and forwards new
+    ones again.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -247,6 +249,8 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._pairs: list[_Pair] = []
         self._frozen = False
+        #: Bytes still to forward to the clients before going silent; None: no limit.
+        self._budget: int | None = None
         self._commands: list[tuple[Callable[[], None], threading.Event]] = []
         self._commands_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -278,12 +282,17 @@ class TcpProxy:
         """Stop forwarding and closing: open connections and new ones go silent."""
         self._do(lambda: setattr(self, "_frozen", True))
 
+    def blackhole_after(self, count: int) -> None:
+        """Forward ``count`` more bytes to the clients, then go silent (blackhole)."""
+        self._do(lambda: setattr(self, "_budget", count))
+
     def restore(self) -> None:
         """Reset the silent connections and forward new ones again."""
 
         def restore() -> None:
             self._reset_all()
             self._frozen = False
+            self._budget = None
 
         self._do(restore)
 
@@ -332,13 +341,24 @@ class TcpProxy:
             pair = owner.get(sock)
             if pair is None:
                 continue
+            limited = sock is pair.client and self._budget is not None
+            data = pair.outbox[sock]
+            if limited:
+                data = data[: self._budget]
             try:
-                sent = sock.send(pair.outbox[sock])
+                sent = sock.send(data)
                 del pair.outbox[sock][:sent]
             except BlockingIOError:
-                pass
+                sent = 0
             except OSError:
                 self._close(pair, reset=True)
+                continue
+            if limited and self._budget is not None:
+                self._budget -= sent
+                if self._budget <= 0:
+                    self._budget = None
+                    self._frozen = True
+                    return
         for sock in readable:
             if sock is self._listener:
                 self._accept()

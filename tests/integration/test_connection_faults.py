@@ -314,3 +314,26 @@ def test_an_unconfirmed_cast_says_how_long_it_waited(config, tcp_proxy):
                 cluster.cast("ledger", "record", ["lost"], timeout=1.5)
         finally:
             tcp_proxy.restore()
+
+
+def test_a_link_that_dies_inside_a_frame_is_found_dead(runner, config, tcp_proxy):
+    # Heartbeats off: the socket read timeout alone must end a read that waits
+    # for the rest of a frame that never comes. Nobody else could notice: the
+    # reader holds the connection's lock meanwhile.
+    proxied = config.replace(
+        broker_url=tcp_proxy.url_for(config.broker_url), heartbeat=0
+    )
+    with ClusterProxy(config=proxied) as cluster:
+        assert cluster.ledger.record("warm-up") == "warm-up"
+        # The reply's frame header (7 bytes) and the start of its payload.
+        tcp_proxy.blackhole_after(10)
+        try:
+            future = cluster.ledger.record.call_async(uuid.uuid4().hex)
+            # Not future.result(): this thread would be the reader that hangs.
+            wait_for(future.done, 60, "the call to fail with its dead link")
+        finally:
+            tcp_proxy.restore()  # a reset ends a read that still waits
+        with pytest.raises(BrokerError):
+            future.result()
+        again = uuid.uuid4().hex
+        assert cluster.ledger.record.call_async(again).result(timeout=60) == again

@@ -1,14 +1,16 @@
-"""How a reader waits for the socket: bytes TLS already decrypted count as ready."""
+"""How a reader waits for the socket: what counts as ready, how long a read may wait."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,3 +66,44 @@ def test_bytes_tls_already_decrypted_make_the_socket_ready(tls_pair):
     assert client.recv(len(b"first frame|")) == b"first frame|"
     assert client.pending() > 0
     assert transport._readable(client, None, WAIT) == [client]
+
+
+def outcome_of(read: Callable[[int], bytes]) -> BaseException | bytes | None:
+    """What ``read(10)`` ends with, on another thread; None if it still waits."""
+    outcome: list[BaseException | bytes] = []
+
+    def reading() -> None:
+        try:
+            outcome.append(read(10))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reading, daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    return outcome[0] if outcome else None
+
+
+def test_a_read_the_receive_timeout_ends_raises_a_timeout(monkeypatch):
+    # The kernel reports SO_RCVTIMEO as EAGAIN, which py-amqp retries in the middle
+    # of a frame: it must come as a timeout instead.
+    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.2)
+    client, server = socket.socketpair()
+    with client, server:
+        client.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200_000)
+        )
+        amqp_transport = SimpleNamespace(sock=client, _quick_recv=client.recv)
+        transport._bound_reads(amqp_transport)
+        assert isinstance(outcome_of(amqp_transport._quick_recv), TimeoutError)
+
+
+def test_a_tls_read_that_gets_no_bytes_gives_up(tls_pair, monkeypatch):
+    # Python's TLS layer retries a read SO_RCVTIMEO ended: only a timeout of its
+    # own ends it.
+    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.2)
+    client, _ = tls_pair
+    client.settimeout(None)  # as py-amqp leaves it
+    amqp_transport = SimpleNamespace(sock=client, _quick_recv=client.read)
+    transport._bound_reads(amqp_transport)
+    assert isinstance(outcome_of(amqp_transport._quick_recv), TimeoutError)
