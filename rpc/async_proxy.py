@@ -22,6 +22,8 @@ from rpc.errors import BrokerError, CallTimeoutError, SerializationError
 from rpc.proxy import (
     USE_DEFAULT,
     BaseClusterProxy,
+    BaseMethodProxy,
+    BaseServiceProxy,
     _UseDefault,
     not_routed,
     reply_result,
@@ -336,19 +338,8 @@ class AsyncClusterProxy(BaseClusterProxy):
         # connection when the call is idempotent, as with ClusterProxy.
 
 
-class AsyncServiceProxy:
+class AsyncServiceProxy(BaseServiceProxy[AsyncClusterProxy]):
     """Awaitable calls to one service: ``await proxy.method(...)``."""
-
-    def __init__(
-        self,
-        cluster: AsyncClusterProxy,
-        service: str,
-        *,
-        timeout: float | _UseDefault | None = USE_DEFAULT,
-    ) -> None:
-        self._cluster = cluster
-        self._service = protocol.check_service_name(service)
-        self._timeout = timeout
 
     def __getattr__(self, method: str) -> AsyncMethodProxy:
         if method.startswith("_"):
@@ -357,35 +348,9 @@ class AsyncServiceProxy:
             self._cluster, self._service, method, timeout=self._timeout
         )
 
-    def with_options(
-        self, *, timeout: float | _UseDefault | None = USE_DEFAULT
-    ) -> AsyncServiceProxy:
-        """The same service with other defaults: ``svc.with_options(timeout=5)``."""
-        return AsyncServiceProxy(self._cluster, self._service, timeout=timeout)
 
-    def __repr__(self) -> str:
-        return f"<AsyncServiceProxy {self._service}>"
-
-
-class AsyncMethodProxy:
+class AsyncMethodProxy(BaseMethodProxy[AsyncClusterProxy]):
     """One remote method: ``await`` a call, ``call_async``, ``cast`` or shard it."""
-
-    def __init__(
-        self,
-        cluster: AsyncClusterProxy,
-        service: str,
-        method: str,
-        *,
-        timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool | None = None,
-        shard_key: str | None = None,
-    ) -> None:
-        self._cluster = cluster
-        self.service = service
-        self.method = protocol.check_method_name(method)
-        self._timeout = timeout
-        self._idempotent = idempotent
-        self._shard_key = shard_key
 
     async def __call__(self, *args: JsonValue, **kwargs: JsonValue) -> JsonValue:
         future = await self.call_async(*args, **kwargs)
@@ -411,14 +376,7 @@ class AsyncMethodProxy:
 
     def shard(self, key: object) -> AsyncMethodProxy:
         """This method routed by ``key``, as :meth:`rpc.MethodProxy.shard`."""
-        return AsyncMethodProxy(
-            self._cluster,
-            self.service,
-            self.method,
-            timeout=self._timeout,
-            idempotent=self._idempotent,
-            shard_key=str(key),
-        )
+        return self._replace(shard_key=str(key))
 
     def with_options(
         self,
@@ -427,14 +385,4 @@ class AsyncMethodProxy:
         idempotent: bool | None = None,
     ) -> AsyncMethodProxy:
         """The same method with other options: ``.with_options(timeout=2)(...)``."""
-        return AsyncMethodProxy(
-            self._cluster,
-            self.service,
-            self.method,
-            timeout=self._timeout if timeout is USE_DEFAULT else timeout,
-            idempotent=self._idempotent if idempotent is None else idempotent,
-            shard_key=self._shard_key,
-        )
-
-    def __repr__(self) -> str:
-        return f"<AsyncMethodProxy {self.service}.{self.method}>"
+        return self._replace(timeout=timeout, idempotent=idempotent)

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from rpc import events, protocol, scatter, serialization
 from rpc.config import Config
@@ -584,6 +584,76 @@ class BaseClusterProxy:
             self._send_again(self._connection.publish)
 
 
+_Cluster = TypeVar("_Cluster", bound=BaseClusterProxy)
+_Service = TypeVar("_Service", bound="BaseServiceProxy[Any]")
+_Method = TypeVar("_Method", bound="BaseMethodProxy[Any]")
+
+
+class BaseServiceProxy(Generic[_Cluster]):
+    """What :class:`ServiceProxy` and its asyncio twin share: service and defaults."""
+
+    def __init__(
+        self,
+        cluster: _Cluster,
+        service: str,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+    ) -> None:
+        self._cluster = cluster
+        self._service = protocol.check_service_name(service)
+        self._timeout = timeout
+
+    def with_options(
+        self: _Service, *, timeout: float | _UseDefault | None = USE_DEFAULT
+    ) -> _Service:
+        """The same service with other defaults: ``svc.with_options(timeout=5)``."""
+        return type(self)(self._cluster, self._service, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._service}>"
+
+
+class BaseMethodProxy(Generic[_Cluster]):
+    """What :class:`MethodProxy` and its asyncio twin share: a method, its options."""
+
+    def __init__(
+        self,
+        cluster: _Cluster,
+        service: str,
+        method: str,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool | None = None,
+        shard_key: str | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self.service = service
+        self.method = protocol.check_method_name(method)
+        self._timeout = timeout
+        self._idempotent = idempotent
+        self._shard_key = shard_key
+
+    def _replace(
+        self: _Method,
+        *,
+        timeout: float | _UseDefault | None = USE_DEFAULT,
+        idempotent: bool | None = None,
+        shard_key: str | None = None,
+    ) -> _Method:
+        """A copy with the options given; those left out stay as they are here."""
+        return type(self)(
+            self._cluster,
+            self.service,
+            self.method,
+            timeout=self._timeout if timeout is USE_DEFAULT else timeout,
+            idempotent=self._idempotent if idempotent is None else idempotent,
+            shard_key=self._shard_key if shard_key is None else shard_key,
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.service}.{self.method}>"
+
+
 class ClusterProxy(BaseClusterProxy):
     """A client for every service on one broker: ``cluster.greeter.hello(name="x")``.
 
@@ -747,19 +817,8 @@ class ClusterProxy(BaseClusterProxy):
             ) from None
 
 
-class ServiceProxy:
+class ServiceProxy(BaseServiceProxy[ClusterProxy]):
     """Calls to one service: ``proxy.method(...)``, from ``cluster.<service>``."""
-
-    def __init__(
-        self,
-        cluster: ClusterProxy,
-        service: str,
-        *,
-        timeout: float | _UseDefault | None = USE_DEFAULT,
-    ) -> None:
-        self._cluster = cluster
-        self._service = protocol.check_service_name(service)
-        self._timeout = timeout
 
     def __getattr__(self, method: str) -> MethodProxy:
         if method.startswith("_"):
@@ -768,50 +827,16 @@ class ServiceProxy:
         self.__dict__[method] = proxy  # as in ClusterProxy.__getattr__
         return proxy
 
-    def with_options(
-        self, *, timeout: float | _UseDefault | None = USE_DEFAULT
-    ) -> ServiceProxy:
-        """The same service with other defaults: ``svc.with_options(timeout=5)``."""
-        return ServiceProxy(self._cluster, self._service, timeout=timeout)
 
-    def __repr__(self) -> str:
-        return f"<ServiceProxy {self._service}>"
-
-
-class MethodProxy:
+class MethodProxy(BaseMethodProxy[ClusterProxy]):
     """One remote method: call it, ``call_async``, ``cast`` or ``map`` it, shard it."""
-
-    def __init__(
-        self,
-        cluster: ClusterProxy,
-        service: str,
-        method: str,
-        *,
-        timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool | None = None,
-        shard_key: str | None = None,
-    ) -> None:
-        self._cluster = cluster
-        self.service = service
-        self.method = protocol.check_method_name(method)
-        self._timeout = timeout
-        self._idempotent = idempotent
-        self._shard_key = shard_key
 
     def __call__(self, *args: JsonValue, **kwargs: JsonValue) -> JsonValue:
         return self.call_async(*args, **kwargs).result()
 
     def call_async(self, *args: JsonValue, **kwargs: JsonValue) -> RpcFuture:
         """Send the request and return an :class:`RpcFuture` without waiting."""
-        return self._cluster.call_async(
-            self.service,
-            self.method,
-            args,
-            kwargs,
-            timeout=self._timeout,
-            idempotent=self._idempotent,
-            shard_key=self._shard_key,
-        )
+        return self._submit(args, kwargs)
 
     def cast(self, *args: JsonValue, **kwargs: JsonValue) -> None:
         """Send the request without wanting a reply; see :meth:`ClusterProxy.cast`."""
@@ -827,14 +852,7 @@ class MethodProxy:
         methods declares ``@rpc(shard_by=...)``), or the call fails with
         UnknownServiceError.
         """
-        return MethodProxy(
-            self._cluster,
-            self.service,
-            self.method,
-            timeout=self._timeout,
-            idempotent=self._idempotent,
-            shard_key=str(key),
-        )
+        return self._replace(shard_key=str(key))
 
     def map(
         self,
@@ -897,14 +915,4 @@ class MethodProxy:
         loss even if the service does not declare it, ``False`` never; left out, the
         service's ``@rpc(idempotent=True)`` decides, as its replies report it.
         """
-        return MethodProxy(
-            self._cluster,
-            self.service,
-            self.method,
-            timeout=self._timeout if timeout is USE_DEFAULT else timeout,
-            idempotent=self._idempotent if idempotent is None else idempotent,
-            shard_key=self._shard_key,
-        )
-
-    def __repr__(self) -> str:
-        return f"<MethodProxy {self.service}.{self.method}>"
+        return self._replace(timeout=timeout, idempotent=idempotent)

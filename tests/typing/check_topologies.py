@@ -6,7 +6,14 @@ from collections.abc import Iterator
 
 from typing_extensions import assert_type
 
-from rpc import BROADCAST, ClusterProxy, MethodProxy, event_handler, rpc
+from rpc import (
+    BROADCAST,
+    ClusterProxy,
+    MethodProxy,
+    ServiceProxy,
+    event_handler,
+    rpc,
+)
 from rpc.serialization import JsonValue
 
 
@@ -28,6 +35,8 @@ def check(cluster: ClusterProxy) -> None:
     assert_type(service.on_order({"id": 1}), int)
     method = cluster.typed.get
     assert_type(method.shard("user:1"), MethodProxy)
+    assert_type(method.with_options(idempotent=True), MethodProxy)
+    assert_type(cluster.typed.with_options(timeout=1), ServiceProxy)
     assert_type(method.cast(1), None)
     assert_type(method.map([1, 2]), Iterator[JsonValue])
     cluster.dispatch("shop", "orders.created", {"id": 1})
