@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from rpc import deadletter, events, protocol, serialization
 from rpc.async_proxy import AsyncClusterProxy
@@ -31,7 +31,7 @@ from rpc.errors import (
     ServiceDefinitionError,
 )
 from rpc.handler_pool import HandlerPool
-from rpc.proxy import ClusterProxy
+from rpc.proxy import BaseClusterProxy, ClusterProxy
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
 from rpc.transport import BrokerConnection, Delivery
@@ -63,6 +63,7 @@ COPIED_PROPERTIES = (
 
 #: Sees every handler run: its context, handler, and result or exception.
 HandlerObserver = Callable[[CallContext, Handler, JsonValue, Exception | None], None]
+_Client = TypeVar("_Client", ClusterProxy, AsyncClusterProxy)
 
 
 class ServiceRunner:
@@ -95,8 +96,8 @@ class ServiceRunner:
         self._in_flight = 0
         self._in_flight_lock = threading.Condition()
         self._accepting = False
-        self._cluster: ClusterProxy | None = None
-        self._async_cluster: AsyncClusterProxy | None = None
+        #: The clients handlers call other services with, by type, made on first use.
+        self._clients: dict[type[BaseClusterProxy], BaseClusterProxy] = {}
         self._cluster_lock = threading.Lock()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.instance_id}"
         self.has_async = any(
@@ -124,22 +125,20 @@ class ServiceRunner:
     @property
     def cluster(self) -> ClusterProxy:
         """A client for calls from handlers to other services, made on first use."""
-        with self._cluster_lock:
-            if self._cluster is None:
-                self._cluster = ClusterProxy(
-                    config=self.config, name="-".join(self.services)
-                )
-            return self._cluster
+        return self._client(ClusterProxy)
 
     @property
     def async_cluster(self) -> AsyncClusterProxy:
         """The awaitable client of async handlers; only used on the runner's loop."""
+        return self._client(AsyncClusterProxy)
+
+    def _client(self, kind: type[_Client]) -> _Client:
         with self._cluster_lock:
-            if self._async_cluster is None:
-                self._async_cluster = AsyncClusterProxy(
-                    config=self.config, name="-".join(self.services)
-                )
-            return self._async_cluster
+            client = self._clients.get(kind)
+            if not isinstance(client, kind):
+                client = kind(config=self.config, name="-".join(self.services))
+                self._clients[kind] = client
+            return client
 
     @property
     def prefetch(self) -> int:
@@ -191,12 +190,9 @@ class ServiceRunner:
     def _close(self) -> None:
         self._connection.stop()
         with self._cluster_lock:
-            cluster, self._cluster = self._cluster, None
-            async_cluster, self._async_cluster = self._async_cluster, None
-        if cluster is not None:
-            cluster.stop()
-        if async_cluster is not None:
-            async_cluster._stop_connection()
+            clients, self._clients = self._clients, {}
+        for client in clients.values():
+            client._stop_connection()
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.call_soon_threadsafe(_cancel_all_and_stop, loop)
