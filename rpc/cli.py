@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -136,16 +138,23 @@ def call(
     """Call SERVICE.METHOD with JSON: an object for kwargs, a list for args."""
     service, method, args, kwargs = _parse_call(target, arguments)
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    with _client(config) as cluster:
+        result = _call_when_served(cluster, service, method, args, kwargs, wait)
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+@contextlib.contextmanager
+def _client(config: Config) -> Iterator[ClusterProxy]:
+    """A client for one command; an error ends the command with exit status 1."""
     try:
         with ClusterProxy(config=config) as cluster:
-            result = _call_when_served(cluster, service, method, args, kwargs, wait)
+            yield cluster
     except RemoteError as exc:
         click.echo(f"{exc.exc_type}: {exc.message}", err=True)
         sys.exit(1)
     except (RpcError, ValueError) as exc:
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
-    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
 def _parse_call(
@@ -185,12 +194,8 @@ def cast(
     """Send SERVICE.METHOD a request wanting no reply; exit once the broker has it."""
     service, method, args, kwargs = _parse_call(target, arguments)
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
-    try:
-        with ClusterProxy(config=config) as cluster:
-            cluster.cast(service, method, args, kwargs)
-    except (RpcError, ValueError) as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+    with _client(config) as cluster:
+        cluster.cast(service, method, args, kwargs)
 
 
 @main.command()
@@ -211,12 +216,8 @@ def dispatch(
     """Publish an event of EVENT_TYPE as SOURCE_SERVICE, with a JSON payload."""
     value = _parse_json(payload)
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
-    try:
-        with ClusterProxy(config=config) as cluster:
-            cluster.dispatch(source, event_type, value)
-    except (RpcError, ValueError) as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+    with _client(config) as cluster:
+        cluster.dispatch(source, event_type, value)
 
 
 def _call_when_served(
