@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from rpc import BrokerError, ClusterProxy, Config, ServiceRunner
+from tests.integration import fixtures
 from tests.integration.daemons import daemons
 from tests.integration.faults import RabbitNode, wait_for
 from tests.integration.ledger_service import Ledger
@@ -39,20 +39,8 @@ def config(private_broker: RabbitNode, queue_type: str) -> Config:
     )
 
 
-@pytest.fixture
-def runner(config: Config) -> Iterator[ServiceRunner]:
-    runner = ServiceRunner([Ledger], config)
-    runner.start()
-    try:
-        yield runner
-    finally:
-        runner.stop()
-
-
-@pytest.fixture
-def cluster(config: Config) -> Iterator[ClusterProxy]:
-    with ClusterProxy(config=config) as proxy:
-        yield proxy
+# Shared fixtures: Ledger in this process, a client, both on this module's config.
+runner, cluster = fixtures.runner, fixtures.cluster
 
 
 class Load:

@@ -19,7 +19,9 @@ from collections.abc import Iterator
 import pytest
 
 from rpc import AsyncClusterProxy, BrokerError, ClusterProxy, Config, ServiceRunner
+from tests.integration import fixtures
 from tests.integration.faults import TcpProxy, wait_for
+from tests.integration.fixtures import tokens
 from tests.integration.ledger_service import Ledger
 
 # py-amqp drops the socket of a connection attempt whose handshake timed out (into
@@ -37,23 +39,13 @@ def collect_abandoned_sockets() -> Iterator[None]:
 LONG = 120.0
 
 
-def tokens(count: int) -> list[str]:
-    return [uuid.uuid4().hex for _ in range(count)]
-
-
 @pytest.fixture
 def config(broker_url: str) -> Config:
     return Config(broker_url=broker_url, default_timeout=LONG, max_workers=12)
 
 
-@pytest.fixture
-def runner(config: Config) -> Iterator[ServiceRunner]:
-    runner = ServiceRunner([Ledger], config)
-    runner.start()
-    try:
-        yield runner
-    finally:
-        runner.stop()
+# Shared fixture: Ledger in this process, on this module's config.
+runner = fixtures.runner
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from rpc import (
     ServiceRunner,
     UnknownServiceError,
 )
+from tests.integration import fixtures
 from tests.integration.sample_services import Echo, Relay
 
 
@@ -40,10 +41,8 @@ def services(config: Config) -> Iterator[ServiceRunner]:
     runner.stop()
 
 
-@pytest.fixture
-def cluster(config: Config) -> Iterator[ClusterProxy]:
-    with ClusterProxy(config=config) as proxy:
-        yield proxy
+# Shared fixture: a client on this module's config.
+cluster = fixtures.cluster
 
 
 def test_round_trip_keeps_json_values(services, cluster):

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import kombu
 import pytest
 
 from rpc import CallTimeoutError, ClusterProxy, Config, ServiceRunner
+from tests.integration import fixtures
 from tests.integration.faults import wait_for
+from tests.integration.fixtures import tokens
 from tests.integration.ledger_service import Ledger
-
-
-def tokens(count: int) -> list[str]:
-    return [uuid.uuid4().hex for _ in range(count)]
 
 
 @pytest.fixture
@@ -30,20 +27,8 @@ def config(broker_url: str) -> Config:
     return Config(broker_url=broker_url, default_timeout=60, max_workers=1)
 
 
-@pytest.fixture
-def runner(config: Config) -> Iterator[ServiceRunner]:
-    runner = ServiceRunner([Ledger], config)
-    runner.start()
-    try:
-        yield runner
-    finally:
-        runner.stop()
-
-
-@pytest.fixture
-def cluster(config: Config) -> Iterator[ClusterProxy]:
-    with ClusterProxy(config=config) as proxy:
-        yield proxy
+# Shared fixtures: Ledger in this process, a client, both on this module's config.
+runner, cluster = fixtures.runner, fixtures.cluster
 
 
 def queue_depth(broker_url: str, queue: str) -> int:

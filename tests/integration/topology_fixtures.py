@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpc import ClusterProxy, Config
+from rpc import Config
+from tests.integration import fixtures
 from tests.integration.topology_services import RECORD, Record, Runners
 
 
@@ -31,7 +32,5 @@ def runners(config: Config, record: Record) -> Iterator[Runners]:
         started.stop_all()
 
 
-@pytest.fixture
-def cluster(config: Config) -> Iterator[ClusterProxy]:
-    with ClusterProxy(config=config) as proxy:
-        yield proxy
+#: A client on this module's ``config``.
+cluster = fixtures.cluster
