@@ -49,27 +49,36 @@ def daemons(
     try:
         yield processes
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-            if process.stderr is not None:
-                process.stderr.close()
+        stop(processes)
+
+
+def stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process, SIGKILL one still there 30 s later; close its stderr."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def wait_until_served(
-    cluster: ClusterProxy, service: str, method: str = "echo", timeout: float = 30
+    cluster: ClusterProxy,
+    service: str,
+    method: str = "echo",
+    args: Sequence[object] = ("ready",),
+    timeout: float = 30,
 ) -> None:
     """Call until the service's queue exists: daemons declare it as they start."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            cluster.call(service, method, ["ready"], timeout=5)
+            cluster.call(service, method, args, timeout=5)
             return
         except UnknownServiceError:
             if time.monotonic() > deadline:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import json
-import signal
 import socket
 import subprocess
 import time
@@ -16,12 +15,19 @@ from contextlib import contextmanager
 
 import pytest
 
-from rpc import ClusterProxy, Config, RemoteError, UnknownServiceError
+from rpc import ClusterProxy, Config, RemoteError
 from rpc.testing import ServiceCluster, VirtualHosts
 from services.compute import Compute
 from services.concierge import Concierge
 from services.greeter import Greeter
-from tests.integration.daemons import PROJECT_ROOT, daemons, project_env, rpc_command
+from tests.integration.daemons import (
+    PROJECT_ROOT,
+    daemons,
+    project_env,
+    rpc_command,
+    stop,
+    wait_until_served,
+)
 from tests.integration.faults import wait_for
 
 EXAMPLES = [
@@ -105,30 +111,15 @@ def gateway(broker_url: str, *args: str, **env: str) -> Iterator[str]:
                 time.sleep(0.1)
         yield base
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        if process.stderr is not None:
-            process.stderr.close()
+        stop([process])
 
 
-def wait_until_served(broker_url: str, calls: dict[str, list[object]]) -> None:
+def wait_until_all_served(broker_url: str, calls: dict[str, list[object]]) -> None:
     """Call each ``service.method`` until its queue exists."""
-    deadline = time.monotonic() + 60
     with ClusterProxy(config=Config(broker_url=broker_url)) as cluster:
         for target, args in calls.items():
             service, method = target.split(".")
-            while True:
-                try:
-                    cluster.call(service, method, args, timeout=10)
-                    break
-                except UnknownServiceError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            wait_until_served(cluster, service, method, args, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +135,7 @@ def module_broker_url(rpc_vhosts: VirtualHosts) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def base(module_broker_url: str) -> Iterator[str]:
     with daemons(module_broker_url, EXAMPLES):
-        wait_until_served(
+        wait_until_all_served(
             module_broker_url,
             {
                 "greeter.hello": ["ready"],
@@ -280,7 +271,7 @@ def test_services_lists_what_the_running_workers_describe(base, module_broker_ur
     # Start one more service: it is listed while it runs, and not once it stops.
     echo = "tests.integration.sample_services:Echo"
     with daemons(module_broker_url, [echo]):
-        wait_until_served(module_broker_url, {"echo.echo": ["ready"]})
+        wait_until_all_served(module_broker_url, {"echo.echo": ["ready"]})
         assert "echo" in http(base, "GET", "/")[1]["services"]
     assert "echo" not in http(base, "GET", "/services")[1]["services"]
 
