@@ -8,20 +8,12 @@ import time
 from pathlib import Path
 
 from rpc import BROADCAST, SINGLETON, CurrentCall, event_handler, rpc
+from tests.integration.sample_services import WhoAmI
 
 
-class Faulty:
+class Faulty(WhoAmI):
     name = "faulty"
     call = CurrentCall()
-
-    @rpc
-    def whoami(self) -> int:
-        return os.getpid()
-
-    @rpc
-    def slow_whoami(self, seconds: float) -> int:
-        time.sleep(seconds)
-        return os.getpid()
 
     @rpc
     def hold(self, marker: str, seconds: float) -> dict[str, object]:

@@ -12,12 +12,8 @@ _met_lock = threading.Condition()
 _met: dict[str, int] = {}
 
 
-class Echo:
-    name = "echo"
-
-    @rpc
-    def echo(self, value: object) -> object:
-        return value
+class WhoAmI:
+    """Methods that say which worker process ran a call, for daemon tests."""
 
     @rpc
     def whoami(self) -> int:
@@ -28,6 +24,14 @@ class Echo:
     def slow_whoami(self, seconds: float) -> int:
         time.sleep(seconds)
         return os.getpid()
+
+
+class Echo(WhoAmI):
+    name = "echo"
+
+    @rpc
+    def echo(self, value: object) -> object:
+        return value
 
     @rpc
     def fail(self, message: str) -> None:
