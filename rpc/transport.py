@@ -990,7 +990,13 @@ class BrokerConnection:
         With ``enough``, stop as soon as it is true: a borrower whose wait is over
         leaves the rest to the next reader rather than look for more.
         """
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            self._lock.acquire()
+            # Whoever held the lock may have read what select() saw: a synchronous
+            # AMQP method (a declare, basic.get) reads its answer itself. Look again
+            # rather than block in recv() on bytes that are gone.
+            readable = _readable(sock, None, 0)
+        try:
             connection = self._connection
             if connection is None or self._socket() is not sock:
                 raise BrokerError("connection closed")
@@ -1020,6 +1026,8 @@ class BrokerConnection:
                     self._wake()
                 raise
             self._heartbeat_tick()
+        finally:
+            self._lock.release()
 
     def _heartbeat_tick(self) -> None:
         # py-amqp wants its heartbeat tick about once a second, not every turn.

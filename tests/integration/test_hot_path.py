@@ -256,3 +256,37 @@ def test_a_large_reply_leaves_frame_by_frame(runner, cluster):
         transport._write = send
     assert len(writes) > 1
     assert max(writes) <= raw.frame_max
+
+
+def test_synchronous_methods_beside_the_reader_leave_the_link_alone(broker_url):
+    # A synchronous AMQP method under channel() (a passive declare here, basic.get
+    # in `rpc dead-letters`) reads its own answer while holding the lock. The I/O
+    # thread, waiting for that lock after select() saw those very bytes, must
+    # look again instead of blocking in recv() until the read timeout drops the link.
+    queue_name = "sync-beside-reader"
+    received: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def set_up(channel: Any) -> None:
+        channel.queue_declare(queue=queue_name, auto_delete=True)
+        connection.consume(
+            channel, queue_name, lambda d: received.put(d.body), no_ack=True
+        )
+
+    connection = BrokerConnection(broker_url, name="sync-beside", on_connect=set_up)
+    connection.start()
+    try:
+        generation = connection.generation
+        for number in range(150):
+            connection.publish(
+                str(number).encode(),
+                exchange="",
+                routing_key=queue_name,
+                content_type="text/plain",
+            )
+            with connection.channel() as channel:
+                channel.queue_declare(queue=queue_name, passive=True)
+        for number in range(150):
+            assert received.get(timeout=20) == str(number).encode()
+        assert connection.generation == generation, "the link was dropped and remade"
+    finally:
+        connection.stop()
