@@ -22,7 +22,9 @@ Events (the durable queues of ``@event_handler``) are counted the same way, also
 quorum queues, where workers compare the broker's count with the limit themselves:
 event queues keep the arguments they were first declared with. A handler that raises
 gets its event again, as a counted copy at the back of the queue, until its last
-delivery, whose failure dead-letters the event (``handler-error``).
+delivery, whose failure dead-letters the event (``handler-error``). So does a cast
+(a request without ``reply_to``): nobody hears of its failure either. A call's
+failure is its reply.
 
 This module holds the decisions and the queue arguments (the worker does that I/O),
 and :func:`inspect` for operators (``rpc dead-letters SERVICE``).
@@ -45,7 +47,7 @@ REASON_DELIVERY_LIMIT = "delivery-limit"
 REASON_MALFORMED = "malformed"
 REASON_METHOD_NOT_FOUND = "method-not-found"
 REASON_INVALID_ARGUMENTS = "invalid-arguments"
-#: An event handler raised on the event's last allowed delivery.
+#: An event's or a cast's handler raised on its last allowed delivery.
 REASON_HANDLER_ERROR = "handler-error"
 
 #: Why RabbitMQ dead-letters a quorum queue's message that hit its delivery limit.
@@ -116,7 +118,7 @@ def verdict(
 
 
 def failure_verdict(*, delivery_count: int, delivery_limit: int) -> Verdict:
-    """After an event handler raised: deliver the event again, or dead-letter it.
+    """After an event's or a cast's handler raised: deliver it again, or dead-letter it.
 
     Again means a counted copy at the back of the queue (:func:`counted_headers`),
     so a handler that always raises runs exactly ``delivery_limit`` times.
@@ -241,6 +243,19 @@ DEATH_HEADERS = (
 )
 
 
+def requeue_route(service: str, letter: DeadLetter) -> tuple[str, str]:
+    """The (exchange, routing key) a requeue publishes ``letter`` with.
+
+    A sharded request goes back through the shard exchange, to whichever worker
+    owns its key now (its own queue went with the worker that took it); anything
+    else straight to :func:`requeue_queue`.
+    """
+    shard_key = letter.headers.get(protocol.HEADER_SHARD_KEY)
+    if isinstance(shard_key, str) and shard_key and letter.method:
+        return protocol.RPC_EXCHANGE, protocol.shard_routing_key(service, letter.method)
+    return "", requeue_queue(service, letter)
+
+
 def requeue_queue(service: str, letter: DeadLetter) -> str:
     """Where a requeue sends ``letter``: its own queue, if ``service`` consumes it.
 
@@ -258,7 +273,7 @@ def inspect(
     """Up to ``limit`` messages of ``service``'s dead-letter queue.
 
     They stay in the queue, unless ``requeue``: then each is published back to the
-    queue it came from (:func:`requeue_queue`) as a fresh message (its count and
+    queue it came from (:func:`requeue_route`) as a fresh message (its count and
     death headers removed), and only once the broker confirms that a queue took it
     is it removed from the dead-letter queue. A failure in between duplicates a
     message rather than losing it, and one whose queue is gone (the broadcast queue
@@ -324,10 +339,8 @@ def _republish(
         headers,
         kept,
     )
+    exchange, routing_key = requeue_route(service, letter)
     # Confirmed before the dead letter is acknowledged, so a requeue never loses one.
     channel.basic_publish_confirm(
-        message,
-        exchange="",
-        routing_key=requeue_queue(service, letter),
-        mandatory=True,
+        message, exchange=exchange, routing_key=routing_key, mandatory=True
     )

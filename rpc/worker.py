@@ -458,23 +458,17 @@ class ServiceRunner:
         if admitted is None:
             return
         service, request = admitted
-        checked = self._check(service, request)
-        if not isinstance(checked, Handler):
-            self._reply_or_dead_letter(service, delivery, checked)
+        handler = self._check(service, request)
+        if not isinstance(handler, Handler):
+            self._reply_or_dead_letter(service, delivery, handler)
             return
         context = CallContext(service.name, request, asynchronous=True)
-        idempotent = _is_idempotent(checked)
         try:
-            result = await self.invoke_async(service, checked, context)
+            result = await self.invoke_async(service, handler, context)
         except Exception as exc:
-            log.info(HANDLER_FAILED, service.name, request.method, exc)
-            self._reply(
-                delivery,
-                error_payload=serialization.error_payload(exc),
-                idempotent=idempotent,
-            )
+            self._handler_failed(service, handler, delivery, request, exc)
             return
-        self._reply(delivery, result=result, idempotent=idempotent)
+        self._reply(delivery, result=result, idempotent=_is_idempotent(handler))
 
     def _handle(self, delivery: Delivery) -> None:
         try:
@@ -503,7 +497,16 @@ class ServiceRunner:
         if admitted is None:
             return
         service, request = admitted
-        self._reply_or_dead_letter(service, delivery, self._run(service, request))
+        handler = self._check(service, request)
+        if not isinstance(handler, Handler):
+            self._reply_or_dead_letter(service, delivery, handler)
+            return
+        try:
+            result = self.invoke(service, handler, CallContext(service.name, request))
+        except Exception as exc:
+            self._handler_failed(service, handler, delivery, request, exc)
+            return
+        self._reply(delivery, result=result, idempotent=_is_idempotent(handler))
 
     def _admit(
         self, delivery: Delivery
@@ -520,6 +523,9 @@ class ServiceRunner:
             headers=delivery.headers,
             delivery_limit=self.config.delivery_limit,
             queue_type=self.config.queue_type,
+            # A quorum queue's own limit counts the returns of this copy only: the
+            # copy of a cast that failed carries its earlier runs in our count.
+            broker_limit=False,
         )
         if verdict.action is deadletter.Action.REQUEUE_COUNTED:
             self._requeue_counted(service, delivery, verdict.delivery_count)
@@ -565,6 +571,45 @@ class ServiceRunner:
             return
         self._reply(delivery, **outcome)
 
+    def _handler_failed(
+        self,
+        service: ServiceDefinition,
+        handler: Handler,
+        delivery: Delivery,
+        request: protocol.Request,
+        exc: Exception,
+    ) -> None:
+        """A handler raised: reply with the error, or run a cast again.
+
+        A caller hears of the failure, and is not answered twice. Nobody hears of a
+        cast's, so it is kept as an event is: a counted copy goes to the back of the
+        queue, and the run that fails on the ``delivery_limit``-th delivery
+        dead-letters it instead (``handler-error``).
+        """
+        if delivery.reply_to:
+            log.info(HANDLER_FAILED, service.name, request.method, exc)
+            self._reply(
+                delivery,
+                error_payload=serialization.error_payload(exc),
+                idempotent=_is_idempotent(handler),
+            )
+            return
+        log.warning(HANDLER_FAILED, service.name, request.method, exc, exc_info=True)
+        verdict = deadletter.failure_verdict(
+            delivery_count=request.delivery_count,
+            delivery_limit=self.config.delivery_limit,
+        )
+        if verdict.action is deadletter.Action.DEAD_LETTER:
+            self._dead_letter(
+                service,
+                delivery,
+                deadletter.REASON_HANDLER_ERROR,
+                f"{type(exc).__name__}: {exc}",
+                headers=_counted_request_headers(delivery, verdict.delivery_count),
+            )
+            return
+        self._requeue_counted(service, delivery, verdict.delivery_count)
+
     def _forward_to_shard(
         self, service: ServiceDefinition, request: protocol.Request, delivery: Delivery
     ) -> bool:
@@ -578,7 +623,7 @@ class ServiceRunner:
         try:
             bound = handler.bind(request.args, request.kwargs)
         except TypeError:
-            return False  # _run answers with InvalidArgumentsError
+            return False  # _answer answers with InvalidArgumentsError
         key = bound.arguments.get(entrypoint.shard_by)
         properties: dict[str, Any] = {
             name: delivery.properties[name]
@@ -771,11 +816,18 @@ class ServiceRunner:
     def _requeue_counted(
         self, service: ServiceDefinition, delivery: Delivery, count: int
     ) -> None:
-        """Put a counted copy of a redelivered request at the back of its queue."""
-        headers = deadletter.counted_headers(delivery.headers, count)
-        if not isinstance(headers.get(protocol.HEADER_METHOD), str):
-            # The copy is routed by queue name: keep the method the key carried.
-            headers[protocol.HEADER_METHOD] = delivery.routing_key.rpartition(".")[2]
+        """Put a counted copy of a request at the back of its queue.
+
+        A sharded request goes back through the shard exchange, to its key's owner.
+        """
+        headers = _counted_request_headers(delivery, count)
+        exchange, routing_key = "", protocol.service_queue(service.name)
+        shard_key = headers.get(protocol.HEADER_SHARD_KEY)
+        if isinstance(shard_key, str) and shard_key:
+            exchange = protocol.RPC_EXCHANGE
+            routing_key = protocol.shard_routing_key(
+                service.name, headers[protocol.HEADER_METHOD]
+            )
         properties = _copied_properties(delivery)
         deadline = headers.get(protocol.HEADER_DEADLINE)
         if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
@@ -787,8 +839,8 @@ class ServiceRunner:
         self._connection.publish_and_ack(
             delivery,
             delivery.body,
-            exchange="",
-            routing_key=protocol.service_queue(service.name),
+            exchange=exchange,
+            routing_key=routing_key,
             content_type=delivery.content_type or serialization.CONTENT_TYPE,
             content_encoding=_content_encoding(delivery),
             headers=headers,
@@ -868,24 +920,6 @@ class ServiceRunner:
             redelivered=delivery.redelivered,
             delivery_count=delivery_count,
         )
-
-    def _run(
-        self, service: ServiceDefinition, request: protocol.Request
-    ) -> dict[str, Any]:
-        handler = self._check(service, request)
-        if not isinstance(handler, Handler):
-            return handler
-        context = CallContext(service.name, request)
-        idempotent = _is_idempotent(handler)
-        try:
-            result = self.invoke(service, handler, context)
-        except Exception as exc:
-            log.info(HANDLER_FAILED, service.name, request.method, exc)
-            return {
-                "error_payload": serialization.error_payload(exc),
-                "idempotent": idempotent,
-            }
-        return {"result": result, "idempotent": idempotent}
 
     def _check(
         self, service: ServiceDefinition, request: protocol.Request
@@ -1035,6 +1069,15 @@ def _copied_properties(delivery: Delivery) -> dict[str, Any]:
         for name in COPIED_PROPERTIES
         if delivery.properties.get(name) is not None
     }
+
+
+def _counted_request_headers(delivery: Delivery, count: int) -> dict[str, Any]:
+    """A request's headers with its count, for a copy sent on another routing key."""
+    headers = deadletter.counted_headers(delivery.headers, count)
+    if not isinstance(headers.get(protocol.HEADER_METHOD), str):
+        # Its routing key will not be the original's: keep the method it carried.
+        headers[protocol.HEADER_METHOD] = delivery.routing_key.rpartition(".")[2]
+    return headers
 
 
 def _content_encoding(delivery: Delivery) -> str:

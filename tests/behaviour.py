@@ -1,4 +1,5 @@
-"""Behaviour of the example services, written once and run on two transports.
+"""Behaviour of the example services (and of casts that fail), written once and run
+on two transports.
 
 Each class takes a ``cluster`` fixture (an ``rpc.testing.ServiceCluster``):
 tests/unit/ subclasses them in memory, tests/integration/ on RabbitMQ. The names
@@ -13,6 +14,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from typing import NamedTuple
+from unittest.mock import ANY
 
 import kombu
 import orjson
@@ -25,6 +28,7 @@ from rpc import (
     ServiceRunner,
     UnknownServiceError,
     protocol,
+    rpc,
 )
 from rpc.testing import (
     ServiceCluster,
@@ -321,3 +325,206 @@ class CacheBehaviour:
         hello = cluster.proxy.greeter.hello.with_options(timeout=CALL_TIMEOUT)
         with pytest.raises(UnknownServiceError):
             hello.shard("ada")("ada")
+
+
+# -- casts whose handler raises ------------------------------------------------------
+
+#: Values whose cast fails on every run while they are in it.
+BROKEN: set[str] = set()
+_runs_of: dict[str, int] = defaultdict(int)
+_runs_lock = threading.Lock()
+
+
+def _take(value: str, failures: int) -> str:
+    """Fail the first ``failures`` runs of ``value`` (every run while it is broken)."""
+    with _runs_lock:
+        _runs_of[value] += 1
+        fails = value in BROKEN or _runs_of[value] <= failures
+    if fails:
+        raise ValueError(f"cannot take {value}")
+    return value
+
+
+class Jobs:
+    """Casts that fail as often as the caller says before they succeed."""
+
+    name = "jobs"
+
+    @rpc
+    def take(self, value: str, failures: int = 0) -> str:
+        return _take(value, failures)
+
+    @rpc
+    async def take_async(self, value: str, failures: int = 0) -> str:
+        return _take(value, failures)
+
+
+class ShardedJobs:
+    """:class:`Jobs` sharded by the value: each value's runs belong to one worker."""
+
+    name = "sharded_jobs"
+
+    @rpc(shard_by="value")
+    def take(self, value: str, failures: int = 0) -> str:
+        return _take(value, failures)
+
+
+class Run(NamedTuple):
+    """One run of a handler, as the runner's observer saw it."""
+
+    delivery_count: int
+    redelivered: bool
+    worker: str
+    succeeded: bool
+
+
+class Runs:
+    """Every run of the watched runners' handlers, by their first argument."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._runs: dict[str, list[Run]] = defaultdict(list)
+
+    def watch(self, runner: ServiceRunner) -> ServiceRunner:
+        def seen(context, handler, result, error) -> None:
+            run = Run(
+                context.request.delivery_count,
+                context.redelivered,
+                runner.instance_id,
+                error is None,
+            )
+            with self._lock:
+                self._runs[str(context.request.args[0])].append(run)
+                self._lock.notify_all()
+
+        runner.observe(seen)
+        return runner
+
+    def wait(self, value: str, count: int, timeout: float = 30) -> list[Run]:
+        """The runs of ``value`` once there are ``count`` (fewer after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self._runs[value]) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            return list(self._runs[value])
+
+
+def take_dead_letters(
+    broker_url: str, service: str, count: int, timeout: float = 30
+) -> list[kombu.Message]:
+    """Take messages from ``service``'s dead-letter queue: ``count``, or what came."""
+    found: list[kombu.Message] = []
+    deadline = time.monotonic() + timeout
+    queue = protocol.dead_letter_queue(service)
+    with kombu.Connection(broker_url) as connection:
+        channel = connection.default_channel
+        while len(found) < count:
+            message = channel.basic_get(queue, no_ack=True)
+            if message is not None:
+                found.append(message)
+            elif time.monotonic() < deadline:
+                time.sleep(0.02)
+            else:
+                break
+    return found
+
+
+def unique(label: str) -> str:
+    """A value no other test uses: runs are counted per value, process-wide."""
+    return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+class FailingCastBehaviour:
+    """A cast's handler that raises runs again, then its cast is dead-lettered."""
+
+    LIMIT = 3
+
+    def start(self, cluster: ServiceCluster, service: type = Jobs) -> Runs:
+        runs = Runs()
+        runs.watch(cluster.start(service, delivery_limit=self.LIMIT))
+        return runs
+
+    @pytest.mark.parametrize("method", ["take", "take_async"])
+    def test_a_cast_that_fails_twice_succeeds_on_its_third_delivery(
+        self, cluster: ServiceCluster, method: str
+    ):
+        runs = self.start(cluster)
+        value = unique("flaky")
+        getattr(cluster.proxy.jobs, method).cast(value, failures=2)
+        # Each run is a new delivery, and the handler is told so.
+        assert runs.wait(value, 3) == [
+            Run(1, False, ANY, False),
+            Run(2, True, ANY, False),
+            Run(3, True, ANY, True),
+        ]
+        assert take_dead_letters(cluster.broker_url, "jobs", 1, timeout=0) == []
+
+    @pytest.mark.parametrize("method", ["take", "take_async"])
+    def test_a_cast_that_always_fails_is_dead_lettered_and_the_others_flow(
+        self, cluster: ServiceCluster, method: str
+    ):
+        runs = self.start(cluster)
+        cast = getattr(cluster.proxy.jobs, method).cast
+        bad = unique("bad")
+        cast(bad, failures=1000)
+        healthy = [unique(f"healthy{n}") for n in range(10)]
+        for value in healthy:
+            cast(value)
+        (letter,) = take_dead_letters(cluster.broker_url, "jobs", 1)
+        headers = letter.headers
+        assert orjson.loads(letter.body) == {
+            "args": [bad],
+            "kwargs": {"failures": 1000},
+        }
+        assert headers[protocol.HEADER_DEATH_REASON] == "handler-error"
+        assert headers[protocol.HEADER_DEATH_DETAIL] == f"ValueError: cannot take {bad}"
+        assert headers[protocol.HEADER_METHOD] == method
+        assert headers[protocol.HEADER_DELIVERY_COUNT] == self.LIMIT
+        assert headers[protocol.HEADER_ORIGIN_QUEUE] == protocol.service_queue("jobs")
+        assert letter.properties["delivery_mode"] == 2
+        # Exactly delivery_limit runs: the dead letter went after the last one.
+        assert [run.delivery_count for run in runs.wait(bad, self.LIMIT)] == [1, 2, 3]
+        for value in healthy:
+            assert [run.succeeded for run in runs.wait(value, 1)] == [True]
+        assert take_dead_letters(cluster.broker_url, "jobs", 1, timeout=0) == []
+
+    def test_a_failing_call_gets_its_error_once_and_is_not_kept(
+        self, cluster: ServiceCluster
+    ):
+        runs = self.start(cluster)
+        value = unique("call")
+        with pytest.raises(RemoteError) as caught:
+            cluster.proxy.jobs.take(value, failures=1)
+        assert caught.value.exc_type == "ValueError"
+        after = unique("after")
+        cluster.proxy.jobs.take.cast(after, failures=1)
+        # The cast behind it ran twice (its retry went to the back of the queue):
+        # a retry of the call would have run by then.
+        assert len(runs.wait(after, 2)) == 2
+        assert runs.wait(value, 1) == [Run(1, False, ANY, False)]
+        assert take_dead_letters(cluster.broker_url, "jobs", 1, timeout=0) == []
+
+    def test_a_sharded_cast_runs_again_on_the_owner_of_its_key(
+        self, cluster: ServiceCluster
+    ):
+        runs = Runs()
+        for _ in range(2):
+            runs.watch(cluster.start(ShardedJobs, delivery_limit=self.LIMIT))
+        flaky = [unique(f"flaky{n}") for n in range(16)]
+        for value in flaky:
+            cluster.proxy.sharded_jobs.take.cast(value, failures=1)
+        bad = unique("bad")
+        cluster.proxy.sharded_jobs.take.shard(bad).cast(bad, failures=self.LIMIT)
+        (letter,) = take_dead_letters(cluster.broker_url, "sharded_jobs", 1)
+        assert letter.headers[protocol.HEADER_DEATH_REASON] == "handler-error"
+        assert letter.headers[protocol.HEADER_SHARD_KEY] == bad
+        workers = set()
+        for value in [*flaky, bad]:
+            seen = runs.wait(value, 2)
+            assert len({run.worker for run in seen}) == 1, seen  # always its owner
+            workers |= {run.worker for run in seen}
+        assert len(runs.wait(bad, self.LIMIT)) == self.LIMIT
+        assert len(workers) == 2  # the keys were spread over both workers

@@ -40,6 +40,11 @@ class Faulty(WhoAmI):
             log.write(f"{value}\n")
 
     @rpc
+    def act(self, order: dict[str, str]) -> None:
+        """For casts: do what ``order`` says, as :class:`FaultyEvents` does."""
+        _act(order)
+
+    @rpc
     def slow(self, seconds: float, padding: str = "") -> int:
         """A slow handler whose requests can be made bulky with ``padding``."""
         time.sleep(seconds)
@@ -52,6 +57,7 @@ class FaultyEvents:
     ``marker`` (a file each run appends "<pid> <value>" to), ``value``, and ``do``:
     ``"die"`` kills the worker, ``"raise"`` raises, ``"raise-while"`` raises while
     the file ``switch`` exists, ``"fail-once"`` raises on the value's first run,
+    ``"raise-then-die"`` raises on the first run and kills the worker on the others,
     anything else returns.
     """
 
@@ -73,14 +79,15 @@ class FaultyEvents:
 def _act(event: dict[str, str]) -> None:
     action, marker = event.get("do"), Path(event["marker"])
     # Decided before the run is recorded: a test that saw the run may then fix it.
+    first = not _ran_before(marker, event["value"])
     fails = (
         action == "raise"
         or (action == "raise-while" and Path(event["switch"]).exists())
-        or (action == "fail-once" and not _ran_before(marker, event["value"]))
+        or (action in ("fail-once", "raise-then-die") and first)
     )
     with marker.open("a") as log:
         log.write(f"{os.getpid()} {event['value']}\n")
-    if action == "die":
+    if action == "die" or (action == "raise-then-die" and not first):
         os._exit(1)
     if fails:
         raise RuntimeError(f"cannot handle {event['value']}")

@@ -212,3 +212,19 @@ def test_a_dead_letter_says_where_it_came_from_and_goes_back_there():
     for elsewhere in ("rpc-events.other.on_x", "rpc-other", "rpc-svc.dead-letter"):
         stray = letter(**{protocol.HEADER_ORIGIN_QUEUE: elsewhere})
         assert deadletter.requeue_queue("svc", stray) == "rpc-svc"
+
+
+def test_a_sharded_dead_letter_goes_back_through_the_shard_exchange():
+    sharded = letter(
+        **{
+            protocol.HEADER_METHOD: "take",
+            protocol.HEADER_SHARD_KEY: "user:7",
+            protocol.HEADER_ORIGIN_QUEUE: "rpc-svc",
+        }
+    )
+    # Its worker's own queue may be gone: the exchange finds the key's owner now.
+    assert deadletter.requeue_route("svc", sharded) == ("rpc", "svc.take.shard")
+    plain = letter(
+        **{protocol.HEADER_METHOD: "take", protocol.HEADER_ORIGIN_QUEUE: "rpc-svc"}
+    )
+    assert deadletter.requeue_route("svc", plain) == ("", "rpc-svc")
