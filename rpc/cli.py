@@ -344,8 +344,9 @@ def dead_letters(
     click.echo(f"{requeued} message(s) requeued", err=True)
     if requeued < len(letters):
         click.echo(
-            f"{len(letters) - requeued} message(s) kept: their queue is gone "
-            "(a broadcast handler's worker that stopped)",
+            f"{len(letters) - requeued} message(s) kept: no queue took them "
+            "(a broadcast handler's worker that stopped, or a sharded service "
+            "with no worker)",
             err=True,
         )
         sys.exit(1)

@@ -756,7 +756,8 @@ class ClusterProxy(BaseClusterProxy):
         message is persistent and has no deadline, so it waits in the durable queue
         while no worker runs. Returns when the broker confirms the publish (after
         writing it to disk); ``timeout`` bounds that wait. A handler's failure is
-        logged by its worker, never reported back.
+        never reported back: the worker runs the cast again, up to
+        ``delivery_limit`` times, then moves it to the service's dead-letter queue.
 
         Raises:
             UnknownServiceError: no queue is bound for the service.

@@ -1,11 +1,12 @@
-"""The example of the README's "Failure semantics" section runs as shown."""
+"""The examples of the README's "Failure semantics" section run as shown."""
 
 from __future__ import annotations
 
 import shlex
 import subprocess
+from typing import Any
 
-from rpc import Config, ServiceRunner
+from rpc import Config, ServiceRunner, protocol
 from tests.integration.daemons import PROJECT_ROOT, project_env, rpc_command
 from tests.integration.test_poison import queue_info
 from tests.integration.test_supervisor import wait_for
@@ -14,11 +15,15 @@ from tests.readme import README, code_blocks
 SECTION = "Failure semantics"
 
 
-def transcript() -> list[tuple[list[str], list[str]]]:
-    """The shell commands shown after the example: (command, output lines) pairs."""
+#: Shell commands and the lines they print.
+Transcript = list[tuple[list[str], list[str]]]
+
+
+def transcript(first: str) -> Transcript:
+    """The shell commands shown from ``first`` on: (command, output lines) pairs."""
     text = README.read_text()
-    start = text.index("    $ rpc dispatch shop orders.created")
-    shown: list[tuple[list[str], list[str]]] = []
+    start = text.index(f"    $ {first}")
+    shown: Transcript = []
     for line in text[start:].splitlines():
         if not line.startswith("    "):
             break
@@ -30,21 +35,23 @@ def transcript() -> list[tuple[list[str], list[str]]]:
     return shown
 
 
-def test_a_failing_event_handler_ends_in_the_dead_letter_queue_as_shown(broker_url):
-    namespace: dict[str, object] = {}
-    exec(compile(code_blocks(SECTION)[0], "README.md", "exec"), namespace)
-    shown = transcript()
-    assert [command[:2] for command, _ in shown] == [
-        ["rpc", "dispatch"],
-        ["rpc", "dead-letters"],
-    ]
-    outputs = []
-    with ServiceRunner([namespace["Mailer"]], Config(broker_url=broker_url)):
+def run_as_shown(
+    broker_url: str, block: int, service: str, first: str
+) -> tuple[Transcript, Transcript]:
+    """Serve the class ``service`` of the section's ``block``-th example, run the
+    commands shown from ``first`` on: (what they printed, what the README shows).
+    """
+    namespace: dict[str, Any] = {}
+    exec(compile(code_blocks(SECTION)[block], "README.md", "exec"), namespace)
+    shown = transcript(first)
+    dead_letter_queue = protocol.dead_letter_queue(namespace[service].name)
+    ran: Transcript = []
+    with ServiceRunner([namespace[service]], Config(broker_url=broker_url)):
         for command, _ in shown:
             if command[1] == "dead-letters":
                 wait_for(
                     "the dead letter",
-                    lambda: queue_info(broker_url)["rpc-mailer.dead-letter"][1] == "1",
+                    lambda: queue_info(broker_url)[dead_letter_queue][1] == "1",
                 )
             done = subprocess.run(
                 rpc_command(*command[1:]),
@@ -55,5 +62,23 @@ def test_a_failing_event_handler_ends_in_the_dead_letter_queue_as_shown(broker_u
                 timeout=60,
             )
             assert done.returncode == 0, done.stderr
-            outputs.append((done.stdout + done.stderr).splitlines())
-    assert outputs == [output for _, output in shown]
+            ran.append((command, (done.stdout + done.stderr).splitlines()))
+    return ran, shown
+
+
+def test_a_failing_event_handler_ends_in_the_dead_letter_queue_as_shown(broker_url):
+    ran, shown = run_as_shown(broker_url, 0, "Mailer", "rpc dispatch shop")
+    assert [command[:2] for command, _ in shown] == [
+        ["rpc", "dispatch"],
+        ["rpc", "dead-letters"],
+    ]
+    assert ran == shown
+
+
+def test_a_failing_cast_ends_in_the_dead_letter_queue_as_shown(broker_url):
+    ran, shown = run_as_shown(broker_url, 1, "Invoicer", "rpc cast invoicer")
+    assert [command[:2] for command, _ in shown] == [
+        ["rpc", "cast"],
+        ["rpc", "dead-letters"],
+    ]
+    assert ran == shown
