@@ -89,6 +89,8 @@ class ServiceRunner:
             raise ServiceDefinitionError("a runner needs at least one service")
         self.services: dict[str, ServiceDefinition] = {d.name: d for d in definitions}
         self._consumers: dict[str, str] = {}  # consumer tag -> service name
+        #: Consumers of this process's shard queues: classic, whatever queue_type says.
+        self._shard_consumers: set[str] = set()
         # consumer tag -> the event handler its queue feeds
         self._event_consumers: dict[str, tuple[ServiceDefinition, Handler]] = {}
         #: Names this process's own queues (broadcast events, sharded calls).
@@ -303,6 +305,7 @@ class ServiceRunner:
             consumer_tag=f"rpc-{name}-shard-{id(self)}",
         )
         self._consumers[tag] = name
+        self._shard_consumers.add(tag)
 
     def _subscribe(self, channel: Any, service: ServiceDefinition) -> None:
         subscriptions = [
@@ -518,11 +521,13 @@ class ServiceRunner:
         ones forwarded; each of those is acknowledged here.
         """
         service = self._service_for(delivery)
+        sharded = delivery.consumer_tag in self._shard_consumers
         verdict = deadletter.verdict(
             redelivered=delivery.redelivered,
             headers=delivery.headers,
             delivery_limit=self.config.delivery_limit,
-            queue_type=self.config.queue_type,
+            # A shard queue is a classic one: the broker counts nothing there.
+            queue_type="classic" if sharded else self.config.queue_type,
             # A quorum queue's own limit counts the returns of this copy only: the
             # copy of a cast that failed carries its earlier runs in our count.
             broker_limit=False,

@@ -8,7 +8,16 @@ import time
 import kombu
 import pytest
 
-from rpc import UnknownServiceError, protocol
+from rpc import (
+    ClusterProxy,
+    Config,
+    ServiceRunner,
+    UnknownServiceError,
+    current_call,
+    protocol,
+    rpc,
+)
+from rpc.transport import Delivery
 from tests.integration import topology_fixtures as fixtures
 from tests.integration.topology_services import Cache, Sink
 
@@ -180,3 +189,38 @@ def test_a_service_without_sharding_refuses_sharded_calls(runners, cluster):
     runners.start(Sink)
     with pytest.raises(UnknownServiceError):
         cluster.sink.put.shard("k")(1)
+
+
+class Counted:
+    name = "counted"
+
+    @rpc(shard_by="key")
+    def seen(self, key: str) -> dict[str, object]:
+        call = current_call()
+        assert call is not None
+        return {"redelivered": call.redelivered, "count": call.request.delivery_count}
+
+
+def test_a_sharded_request_handed_back_is_counted_with_quorum_service_queues(
+    broker_url,
+):
+    # Shard queues are classic even when the service queue is a quorum queue: the
+    # broker counts nothing there, so the worker must, or a request handed back
+    # again and again would never reach the delivery limit.
+    config = Config(
+        broker_url=broker_url, default_timeout=20, max_workers=2, queue_type="quorum"
+    )
+    runner = ServiceRunner([Counted], config)
+    answer = runner._answer
+    failed: list[object] = []
+
+    def fail_once(delivery: Delivery) -> None:
+        if not failed:
+            failed.append(delivery)
+            raise RuntimeError("an unexpected failure, once")  # handed back
+        answer(delivery)
+
+    runner._answer = fail_once  # type: ignore[method-assign]
+    with runner, ClusterProxy(config=config) as proxy:
+        assert proxy.counted.seen.shard("k")("k") == {"redelivered": True, "count": 2}
+    assert len(failed) == 1
