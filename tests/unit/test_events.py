@@ -15,6 +15,7 @@ from rpc.errors import SerializationError
 from rpc.events import decode_event, encode_event
 from rpc.service import ServiceDefinition
 from rpc.transport import Delivery
+from tests.behaviour import take_dead_letters
 
 
 def test_event_types_and_filters():
@@ -164,26 +165,6 @@ def _judge(handler: str, payload: object) -> None:
         raise ValueError(f"cannot take {payload!r}")
 
 
-def _take_dead_letters(
-    broker_url: str, service: str, count: int, timeout: float = 20
-) -> list:
-    """Take messages from the dead-letter queue until ``count`` (or ``timeout``)."""
-    found: list = []
-    deadline = time.monotonic() + timeout
-    queue = protocol.dead_letter_queue(service)
-    with kombu.Connection(broker_url) as connection:
-        channel = connection.default_channel
-        while len(found) < count:
-            message = channel.basic_get(queue, no_ack=True)
-            if message is not None:
-                found.append(message)
-            elif time.monotonic() < deadline:
-                time.sleep(0.02)
-            else:
-                break
-    return found
-
-
 def _wait_runs(handler: str, count: int) -> list[object]:
     deadline = time.monotonic() + 20
     while len(_RUNS.get(handler, [])) < count and time.monotonic() < deadline:
@@ -202,7 +183,7 @@ def picky(rpc_cluster):
 def test_a_handler_that_keeps_raising_runs_limit_times_then_is_dead_lettered(picky):
     picky.proxy.dispatch("shop", "orders.created", "bad")
     picky.proxy.dispatch("shop", "orders.created", "good")
-    letters = _take_dead_letters(picky.broker_url, "picky", 2)
+    letters = take_dead_letters(picky.broker_url, "picky", 2)
     assert len(letters) == 2  # one per handler
     for letter in letters:
         headers = letter.headers
@@ -224,10 +205,10 @@ def test_a_handler_that_fails_once_gets_the_event_again(picky):
     assert _wait_runs("on_order", 2) == ["flaky", "flaky"]
     assert _wait_runs("on_order_async", 2) == ["flaky", "flaky"]
     picky.proxy.dispatch("shop", "orders.created", "bad")
-    letters = _take_dead_letters(picky.broker_url, "picky", 2)
+    letters = take_dead_letters(picky.broker_url, "picky", 2)
     assert [json.loads(letter.body) for letter in letters] == ["bad", "bad"]
     # Only the bad one: the flaky event succeeded on its second run, before it.
-    assert _take_dead_letters(picky.broker_url, "picky", 1, timeout=0) == []
+    assert take_dead_letters(picky.broker_url, "picky", 1, timeout=0) == []
 
 
 def test_an_unreadable_event_is_dead_lettered_at_once(picky):
@@ -240,7 +221,7 @@ def test_an_unreadable_event_is_dead_lettered_at_once(picky):
             content_encoding="utf-8",
         )
     picky.proxy.dispatch("shop", "orders.created", "good")
-    letters = _take_dead_letters(picky.broker_url, "picky", 2)
+    letters = take_dead_letters(picky.broker_url, "picky", 2)
     assert [letter.headers[protocol.HEADER_DEATH_REASON] for letter in letters] == [
         "malformed",
         "malformed",
