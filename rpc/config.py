@@ -40,6 +40,11 @@ class Config:
     queue_type: str = "classic"
     #: Deliveries of one message before it is dead-lettered as poison.
     delivery_limit: int = 5
+    #: Seconds before an event or a cast whose handler raised runs again; doubles
+    #: after each failed run. 0 runs it again at once.
+    retry_delay: float = 1.0
+    #: Longest wait between two runs, however often the handler failed.
+    retry_max_delay: float = 30.0
     #: Seconds a graceful stop waits for handlers in progress.
     shutdown_timeout: float = 60.0
     #: Free-form settings for services, read through the ``Config`` dependency.
@@ -60,6 +65,10 @@ class Config:
             raise ConfigError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}")
         if self.delivery_limit < 1:
             raise ConfigError("delivery_limit must be at least 1")
+        if self.retry_delay < 0:
+            raise ConfigError("retry_delay must not be negative")
+        if self.retry_max_delay < 0:
+            raise ConfigError("retry_max_delay must not be negative")
         if "://" not in self.broker_url:
             raise ConfigError(f"broker_url is not a URL: {self.broker_url!r}")
 

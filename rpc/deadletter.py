@@ -128,6 +128,19 @@ def failure_verdict(*, delivery_count: int, delivery_limit: int) -> Verdict:
     return Verdict(Action.REQUEUE_COUNTED, delivery_count + 1)
 
 
+def retry_delay(failed_runs: int, *, base: float, cap: float) -> float:
+    """Seconds to wait before running again what failed ``failed_runs`` times in a row.
+
+    ``base`` after the first failure, doubling after each one after that, never more
+    than ``cap``: a handler whose database is down for a few seconds gets runs spread
+    over those seconds rather than all of them in the first millisecond.
+    """
+    if base <= 0 or failed_runs < 1:
+        return 0.0
+    # Capping the exponent first keeps 2 ** n from growing without bound.
+    return min(cap, base * 2.0 ** min(failed_runs - 1, 64))
+
+
 def queue_arguments(
     service: str, *, queue_type: str, delivery_limit: int
 ) -> dict[str, Any]:

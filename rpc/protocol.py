@@ -29,6 +29,8 @@ RPC_EXCHANGE = "rpc"
 DEAD_LETTER_EXCHANGE = "rpc.dead-letter"
 #: Headers exchange in front of it for quorum queues: passes delivery-limit deaths on.
 DEAD_LETTER_FILTER_EXCHANGE = "rpc.dead-letter.filter"
+#: How long a retry queue outlives its TTL unused before RabbitMQ deletes it.
+RETRY_QUEUE_IDLE_MS = 10 * 60 * 1000
 #: Fanout exchange every worker listens on to describe the services it runs.
 DISCOVERY_EXCHANGE = "rpc.discovery"
 #: RabbitMQ's pseudo-queue for replies: no queue is declared per caller or per call.
@@ -232,6 +234,31 @@ def service_queue(service: str) -> str:
 def dead_letter_queue(service: str) -> str:
     """The queue an operator inspects for a service's poison messages."""
     return f"rpc-{service}.dead-letter"
+
+
+def retry_queue(origin: str, delay_ms: int) -> str:
+    """Where a failed event or cast waits ``delay_ms`` before going back to ``origin``.
+
+    The wait is the queue's message TTL: when it passes, RabbitMQ dead-letters the
+    message through the default exchange to ``origin`` (:func:`retry_queue_arguments`).
+    """
+    return f"{origin}.retry.{delay_ms}"
+
+
+def retry_queue_arguments(origin: str, delay_ms: int) -> dict[str, Any]:
+    """``queue.declare`` arguments of :func:`retry_queue`, the same for every worker.
+
+    The queue deletes itself once nobody has declared it for
+    :data:`RETRY_QUEUE_IDLE_MS` longer than its TTL: workers declare it again well
+    within that, so what waits in it is always moved back before it could go.
+    """
+    return {
+        "x-queue-type": "classic",
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": origin,
+        "x-expires": delay_ms + RETRY_QUEUE_IDLE_MS,
+    }
 
 
 def routing_key(service: str, method: str) -> str:

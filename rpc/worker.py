@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -61,6 +62,12 @@ COPIED_PROPERTIES = (
     "app_id",
 )
 
+#: Seconds after which a worker declares a retry queue again, renewing its lease
+#: (``x-expires``); far below :data:`rpc.protocol.RETRY_QUEUE_IDLE_MS`.
+RETRY_QUEUE_REDECLARE = 60.0
+#: Transports without message TTLs: failed events and casts run again at once.
+_NO_TTL_SCHEMES = ("memory",)
+
 #: Sees every handler run: its context, handler, and result or exception.
 HandlerObserver = Callable[[CallContext, Handler, JsonValue, Exception | None], None]
 _Client = TypeVar("_Client", ClusterProxy, AsyncClusterProxy)
@@ -111,6 +118,13 @@ class ServiceRunner:
         self._loop_thread: threading.Thread | None = None
         self._async_slots = asyncio.Semaphore(self.config.max_async)
         self._observers: tuple[HandlerObserver, ...] = ()
+        # Retry queues declared on connection generation _retry_generation: name ->
+        # when (monotonic), so each is declared once per connection, then now and then.
+        self._retry_queues: dict[str, float] = {}
+        self._retry_generation = -1
+        self._retry_lock = threading.Lock()
+        scheme = urllib.parse.urlsplit(self.config.broker_url).scheme
+        self._delays_retries = scheme not in _NO_TTL_SCHEMES
         self._connection = BrokerConnection(
             self.config.broker_url,
             name="-".join(self.services),
@@ -613,7 +627,9 @@ class ServiceRunner:
                 headers=_counted_request_headers(delivery, verdict.delivery_count),
             )
             return
-        self._requeue_counted(service, delivery, verdict.delivery_count)
+        self._requeue_counted(
+            service, delivery, verdict.delivery_count, after_failure=True
+        )
 
     def _forward_to_shard(
         self, service: ServiceDefinition, request: protocol.Request, delivery: Delivery
@@ -758,7 +774,9 @@ class ServiceRunner:
                 count=verdict.delivery_count,
             )
             return
-        self._requeue_event(service, handler, delivery, verdict.delivery_count)
+        self._requeue_event(
+            service, handler, delivery, verdict.delivery_count, after_failure=True
+        )
 
     def _event_queue(self, service: ServiceDefinition, handler: Handler) -> str:
         entrypoint = handler.entrypoint
@@ -783,20 +801,79 @@ class ServiceRunner:
         handler: Handler,
         delivery: Delivery,
         count: int,
+        *,
+        after_failure: bool = False,
     ) -> None:
-        """Put a counted copy of an event at the back of its handler's queue."""
+        """Put a counted copy of an event at the back of its handler's queue.
+
+        After a failed run the copy waits in a retry queue first (see
+        :meth:`_retry_route`), except on a broadcast queue: that one belongs to this
+        process and may be gone, with the copy, when the wait is over.
+        """
         headers = deadletter.counted_headers(events.copy_headers(delivery), count)
+        routing_key = self._event_queue(service, handler)
+        properties = _copied_properties(delivery)
+        entrypoint = handler.entrypoint
+        assert isinstance(entrypoint, EventHandlerEntrypoint)
+        if after_failure and entrypoint.handler_type != protocol.BROADCAST:
+            routing_key = self._retry_route(routing_key, count, properties)
         # One lock hold, no confirm in between: as for requests (_requeue_counted).
         self._connection.publish_and_ack(
             delivery,
             delivery.body,
             exchange="",
-            routing_key=self._event_queue(service, handler),
+            routing_key=routing_key,
             content_type=delivery.content_type or serialization.CONTENT_TYPE,
             content_encoding=_content_encoding(delivery),
             headers=headers,
-            properties=_copied_properties(delivery),
+            properties=properties,
         )
+
+    def _retry_route(self, origin: str, count: int, properties: dict[str, Any]) -> str:
+        """The queue a copy for run ``count`` goes to: a retry queue, or ``origin``.
+
+        The copy waits there for :func:`rpc.deadletter.retry_delay`, then RabbitMQ
+        moves it back to ``origin`` by itself. ``origin`` when there is no wait
+        (``retry_delay`` 0, or a transport without message TTLs).
+        """
+        delay = deadletter.retry_delay(
+            count - 1,
+            base=self.config.retry_delay,
+            cap=self.config.retry_max_delay,
+        )
+        if delay <= 0 or not self._delays_retries:
+            return origin
+        delay_ms = max(1, round(delay * 1000))
+        queue = protocol.retry_queue(origin, delay_ms)
+        self._declare_retry_queue(queue, origin, delay_ms)
+        # Persistent: a copy waiting through a broker restart is not lost.
+        properties["delivery_mode"] = 2
+        return queue
+
+    def _declare_retry_queue(self, queue: str, origin: str, delay_ms: int) -> None:
+        """Declare ``queue`` unless done lately on this connection."""
+        now = time.monotonic()
+        generation = self._connection.generation
+        with self._retry_lock:
+            if generation != self._retry_generation:
+                self._retry_queues.clear()
+                self._retry_generation = generation
+            declared = self._retry_queues.get(queue)
+            if declared is not None and now - declared < RETRY_QUEUE_REDECLARE:
+                return
+        # Declaring again renews the queue's x-expires lease: a queue that expired
+        # with copies in it would take them along, and later ones would go nowhere.
+        with self._connection.channel() as channel:
+            channel.queue_declare(
+                queue=queue,
+                durable=True,
+                auto_delete=False,
+                exclusive=False,
+                arguments=protocol.retry_queue_arguments(origin, delay_ms),
+            )
+        with self._retry_lock:
+            if generation == self._retry_generation:
+                self._retry_queues[queue] = now
 
     def _dead_letter_event(
         self,
@@ -819,21 +896,30 @@ class ServiceRunner:
         )
 
     def _requeue_counted(
-        self, service: ServiceDefinition, delivery: Delivery, count: int
+        self,
+        service: ServiceDefinition,
+        delivery: Delivery,
+        count: int,
+        *,
+        after_failure: bool = False,
     ) -> None:
         """Put a counted copy of a request at the back of its queue.
 
-        A sharded request goes back through the shard exchange, to its key's owner.
+        After a failed run the copy waits in a retry queue first (see
+        :meth:`_retry_route`). A sharded request goes back through the shard
+        exchange, to its key's owner, at once: a retry queue sends to one queue.
         """
         headers = _counted_request_headers(delivery, count)
         exchange, routing_key = "", protocol.service_queue(service.name)
+        properties = _copied_properties(delivery)
         shard_key = headers.get(protocol.HEADER_SHARD_KEY)
         if isinstance(shard_key, str) and shard_key:
             exchange = protocol.RPC_EXCHANGE
             routing_key = protocol.shard_routing_key(
                 service.name, headers[protocol.HEADER_METHOD]
             )
-        properties = _copied_properties(delivery)
+        elif after_failure:
+            routing_key = self._retry_route(routing_key, count, properties)
         deadline = headers.get(protocol.HEADER_DEADLINE)
         if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
             properties["expiration"] = protocol.expiration_ms(float(deadline))

@@ -62,3 +62,26 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_bad_environment_value():
     with pytest.raises(ConfigError, match="RPC_MAX_WORKERS"):
         Config.load(environ={"RPC_MAX_WORKERS": "many"})
+
+
+def test_retry_delays_default_to_one_second_doubling_up_to_thirty():
+    config = Config.load(environ={})
+    assert (config.retry_delay, config.retry_max_delay) == (1.0, 30.0)
+
+
+def test_retry_delays_follow_the_same_precedence(tmp_path):
+    path = tmp_path / "rpc.yaml"
+    path.write_text("retry_delay: 0.25\nretry_max_delay: 4\n")
+    environ = {"RPC_RETRY_DELAY": "0.5"}
+    config = Config.load(path, environ=environ)
+    assert (config.retry_delay, config.retry_max_delay) == (0.5, 4)
+    assert Config.load(path, environ=environ, retry_delay=0).retry_delay == 0
+    assert Config.load(path, environ={}).retry_delay == 0.25
+
+
+@pytest.mark.parametrize("field", ["retry_delay", "retry_max_delay"])
+def test_negative_retry_delays_are_refused(field):
+    with pytest.raises(ConfigError, match=f"{field} must not be negative"):
+        Config.load(environ={}, **{field: -1})
+    with pytest.raises(ConfigError, match=f"RPC_{field.upper()}"):
+        Config.load(environ={f"RPC_{field.upper()}": "soon"})

@@ -228,3 +228,16 @@ def test_a_sharded_dead_letter_goes_back_through_the_shard_exchange():
         **{protocol.HEADER_METHOD: "take", protocol.HEADER_ORIGIN_QUEUE: "rpc-svc"}
     )
     assert deadletter.requeue_route("svc", plain) == ("", "rpc-svc")
+
+
+def test_the_retry_delay_doubles_after_each_failed_run_up_to_the_cap():
+    delays = [deadletter.retry_delay(n, base=1.0, cap=30.0) for n in range(1, 8)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert deadletter.retry_delay(1, base=0.25, cap=30.0) == 0.25
+    assert deadletter.retry_delay(3, base=0.25, cap=0.5) == 0.5
+    assert deadletter.retry_delay(10_000, base=1.0, cap=30.0) == 30.0
+
+
+def test_no_retry_delay_without_a_base_or_a_failure():
+    assert deadletter.retry_delay(3, base=0.0, cap=30.0) == 0.0
+    assert deadletter.retry_delay(0, base=1.0, cap=30.0) == 0.0

@@ -137,3 +137,15 @@ def test_the_queues_a_service_owns():
     assert not protocol.owns_queue("billing", "rpc-billing-eu")
     assert not protocol.owns_queue("billing", "rpc-events.audit.on_order")
     assert not protocol.owns_queue("billing", "amq.gen-xyz")
+
+
+def test_a_retry_queue_sends_its_messages_back_to_their_queue_after_its_ttl():
+    queue = protocol.retry_queue("rpc-billing", 2000)
+    assert queue == "rpc-billing.retry.2000"
+    arguments = protocol.retry_queue_arguments("rpc-billing", 2000)
+    assert arguments["x-message-ttl"] == 2000
+    assert arguments["x-dead-letter-exchange"] == ""
+    assert arguments["x-dead-letter-routing-key"] == "rpc-billing"
+    assert arguments["x-queue-type"] == "classic"
+    # Unused, it goes away, but never while a copy may still wait in it.
+    assert arguments["x-expires"] > 2000 + 60_000
