@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from rpc import deadletter
 from rpc.config import DEFAULT_BROKER_URL, Config
 from rpc.errors import ConfigError
 
@@ -85,3 +88,19 @@ def test_negative_retry_delays_are_refused(field):
         Config.load(environ={}, **{field: -1})
     with pytest.raises(ConfigError, match=f"RPC_{field.upper()}"):
         Config.load(environ={f"RPC_{field.upper()}": "soon"})
+
+
+def test_the_retry_example_of_the_dead_letter_docs_waits_as_it_says(tmp_path):
+    text = (Path(__file__).parents[2] / "docs" / "dead-letters.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "rpc.yaml"
+    path.write_text(block)
+    config = Config.load(path, environ={})
+    waits = [
+        deadletter.retry_delay(
+            failed, base=config.retry_delay, cap=config.retry_max_delay
+        )
+        for failed in range(1, config.delivery_limit)
+    ]
+    assert waits == [0.5, 1, 2, 2]
+    assert "0.5, 1, 2, 2 s" in block
