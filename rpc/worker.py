@@ -614,22 +614,40 @@ class ServiceRunner:
             )
             return
         log.warning(HANDLER_FAILED, service.name, request.method, exc, exc_info=True)
+        self._run_again_or_dead_letter(
+            request,
+            exc,
+            dead_letter=lambda reason, detail, count: self._dead_letter(
+                service,
+                delivery,
+                reason,
+                detail,
+                headers=_counted_request_headers(delivery, count),
+            ),
+            run_again=lambda count: self._requeue_counted(
+                service, delivery, count, after_failure=True
+            ),
+        )
+
+    def _run_again_or_dead_letter(
+        self,
+        request: protocol.Request,
+        exc: Exception,
+        *,
+        dead_letter: Callable[[str, str, int], None],
+        run_again: Callable[[int], None],
+    ) -> None:
+        """After a failed run of a cast or an event: once more, or past the limit
+        into the dead-letter queue (``handler-error``); both get the new count."""
         verdict = deadletter.failure_verdict(
             delivery_count=request.delivery_count,
             delivery_limit=self.config.delivery_limit,
         )
         if verdict.action is deadletter.Action.DEAD_LETTER:
-            self._dead_letter(
-                service,
-                delivery,
-                deadletter.REASON_HANDLER_ERROR,
-                f"{type(exc).__name__}: {exc}",
-                headers=_counted_request_headers(delivery, verdict.delivery_count),
-            )
-            return
-        self._requeue_counted(
-            service, delivery, verdict.delivery_count, after_failure=True
-        )
+            detail = f"{type(exc).__name__}: {exc}"
+            dead_letter(deadletter.REASON_HANDLER_ERROR, detail, verdict.delivery_count)
+        else:
+            run_again(verdict.delivery_count)
 
     def _forward_to_shard(
         self, service: ServiceDefinition, request: protocol.Request, delivery: Delivery
@@ -760,22 +778,15 @@ class ServiceRunner:
     ) -> None:
         """A handler raised: run the event again, or dead-letter it past the limit."""
         log.warning(HANDLER_FAILED, service.name, handler.name, exc, exc_info=True)
-        verdict = deadletter.failure_verdict(
-            delivery_count=request.delivery_count,
-            delivery_limit=self.config.delivery_limit,
-        )
-        if verdict.action is deadletter.Action.DEAD_LETTER:
-            self._dead_letter_event(
-                service,
-                handler,
-                delivery,
-                deadletter.REASON_HANDLER_ERROR,
-                f"{type(exc).__name__}: {exc}",
-                count=verdict.delivery_count,
-            )
-            return
-        self._requeue_event(
-            service, handler, delivery, verdict.delivery_count, after_failure=True
+        self._run_again_or_dead_letter(
+            request,
+            exc,
+            dead_letter=lambda reason, detail, count: self._dead_letter_event(
+                service, handler, delivery, reason, detail, count=count
+            ),
+            run_again=lambda count: self._requeue_event(
+                service, handler, delivery, count, after_failure=True
+            ),
         )
 
     def _event_queue(self, service: ServiceDefinition, handler: Handler) -> str:
