@@ -34,7 +34,7 @@ from kombu.connection import Connection as KombuConnection
 from kombu.transport import memory as kombu_memory
 from kombu.transport import virtual as kombu_virtual
 
-from rpc import memory
+from rpc import memory, wire
 from rpc.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class BrokerConnection:
         self._connection: KombuConnection | None = None
         #: The live connection's socket, looked up once per connection.
         self._sock: socket.socket | None = None
+        self._reader: wire.FrameReader | None = None
         self._channel: Any = None
         self._generation = 0
         self._connected = threading.Event()
@@ -438,6 +439,20 @@ class BrokerConnection:
         properties: dict[str, Any],
     ) -> bool:
         """Publish; False when an in-process transport had no queue to route it to."""
+        if len(body) <= ONE_WRITE_MAX and _publish_packed(
+            channel,
+            body,
+            exchange,
+            routing_key,
+            mandatory,
+            {
+                "content_type": content_type,
+                "content_encoding": content_encoding,
+                "application_headers": headers or None,
+                **properties,
+            },
+        ):
+            return True
         message = channel.prepare_message(
             body,
             None,
@@ -514,9 +529,12 @@ class BrokerConnection:
             properties = publish.pop("properties", {})
             self._publish(channel, body, properties=properties, **publish)
         if delivery.generation == self._generation:
-            channel.basic_ack(delivery.delivery_tag)
+            tag = delivery.delivery_tag
             if _is_virtual(channel):
+                channel.basic_ack(tag)
                 _BELL.ring()  # a prefetch slot is free again
+            elif not _ack_packed(channel, tag):
+                channel.basic_ack(tag)
 
     @contextlib.contextmanager
     def _one_write(self) -> Iterator[None]:
@@ -717,7 +735,7 @@ class BrokerConnection:
             try:
                 # The wake socket is free while the I/O thread stands aside: a
                 # failure noticed elsewhere, or stop(), interrupts this wait.
-                readable = _readable(sock, wake, min(remaining, interval))
+                readable = _readable(sock, wake, min(remaining, interval), self._reader)
                 if wake in readable:
                     with contextlib.suppress(OSError):
                         wake.recv(4096)
@@ -819,10 +837,12 @@ class BrokerConnection:
                 connection.release()
             raise BrokerError(f"cannot connect to {self._safe_url()}: {exc}") from exc
         _skip_poll_before_publish(connection)
-        _bound_reads(getattr(_raw(connection), "transport", None))
+        raw_transport = getattr(_raw(connection), "transport", None)
+        _bound_reads(raw_transport)
         with self._lock:
             self._connection = connection
             self._sock = self._find_socket()
+            self._reader = _buffer_reads(raw_transport) if self._sock else None
             self._channel = channel
             self._generation += 1
             try:
@@ -883,6 +903,7 @@ class BrokerConnection:
         """
         self._connected.clear()
         sock, self._sock = self._sock, None
+        self._reader = None
         connection, self._connection, self._channel = self._connection, None, None
         self._confirm_channel = None
         # Whether the broker took these is unknown: the publisher decides to resend.
@@ -965,7 +986,7 @@ class BrokerConnection:
                 # read ends, which may be a caller's whole deadline.
                 return
             try:
-                readable = _readable(sock, wake, interval)
+                readable = _readable(sock, wake, interval, self._reader)
                 if wake in readable:
                     with contextlib.suppress(OSError):
                         wake.recv(4096)
@@ -995,10 +1016,11 @@ class BrokerConnection:
             # Whoever held the lock may have read what select() saw: a synchronous
             # AMQP method (a declare, basic.get) reads its answer itself. Look again
             # rather than block in recv() on bytes that are gone.
-            readable = _readable(sock, None, 0)
+            readable = _readable(sock, None, 0, self._reader)
         try:
             connection = self._connection
-            if connection is None or self._socket() is not sock:
+            reader = self._reader
+            if connection is None or reader is None or self._socket() is not sock:
                 raise BrokerError("connection closed")
             raw = _raw(connection)
             if raw is None:
@@ -1006,17 +1028,19 @@ class BrokerConnection:
             try:
                 # Read a bounded batch per lock hold so publishers are never starved.
                 for _ in range(FRAMES_PER_LOCK):
-                    if sock not in readable and not _has_buffered(sock):
+                    if sock not in readable and not reader.has_frame():
                         break
-                    # One frame per read, with no timeout: py-amqp's drain_events()
+                    # One frame at a time, with no timeout: py-amqp's drain_events()
                     # would wait for a whole message, and after a heartbeat frame for
                     # the next frame, holding the lock; a timeout costs two system
                     # calls per frame to set and clear. select() said bytes are
-                    # there; SO_RCVTIMEO bounds the wait for the rest of a frame.
-                    raw.blocking_read(None)
+                    # there (or the buffer has a frame); SO_RCVTIMEO bounds the wait
+                    # for the rest of a frame.
+                    raw.on_inbound_frame(reader.read_frame())
                     if enough is not None and enough():
                         break
-                    readable = _readable(sock, None, 0)
+                    if not reader.has_frame():
+                        readable = _readable(sock, None, 0)
             except BaseException as exc:
                 if not isinstance(exc, Exception):
                     # A borrower interrupted (KeyboardInterrupt in a main thread)
@@ -1104,6 +1128,65 @@ def _bound_reads(transport: Any) -> None:
     transport._quick_recv = bounded
 
 
+def _packed_connection(channel: Any) -> Any:
+    """The py-amqp connection to write ``channel``'s packed frames to, if it may."""
+    if _is_virtual(channel):
+        return None
+    raw = getattr(channel, "connection", None)  # None once the channel is closed
+    if raw is None or getattr(raw, "_transport", None) is None:
+        return None
+    return raw
+
+
+def _publish_packed(
+    channel: Any,
+    body: bytes,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    properties: dict[str, Any],
+) -> bool:
+    """Publish with frames packed here (:mod:`rpc.wire`); False to leave it to py-amqp.
+
+    The caller holds the lock, as for any write; ``_one_write`` still gathers these.
+    """
+    raw = _packed_connection(channel)
+    if raw is None:
+        return False
+    frames = wire.publish_frames(
+        channel.channel_id,
+        raw.frame_max,
+        exchange,
+        routing_key,
+        mandatory,
+        body,
+        properties,
+    )
+    if frames is None:
+        return False
+    raw._transport.write(frames)
+    raw.bytes_sent += 1  # heartbeats count writes
+    return True
+
+
+def _ack_packed(channel: Any, delivery_tag: int | str) -> bool:
+    raw = _packed_connection(channel)
+    if raw is None or not isinstance(delivery_tag, int):
+        return False
+    raw._transport.write(wire.ack_frame(channel.channel_id, delivery_tag))
+    raw.bytes_sent += 1
+    return True
+
+
+def _buffer_reads(transport: Any) -> wire.FrameReader | None:
+    """Have py-amqp read frames through one buffer, many per ``recv()``."""
+    if transport is None or getattr(transport, "_quick_recv", None) is None:
+        return None
+    reader = wire.FrameReader(transport)
+    transport.read_frame = reader.read_frame
+    return reader
+
+
 def _drain_virtual(connection: KombuConnection) -> bool:
     """Deliver what is waiting, up to a batch; True when more may be waiting."""
     for _ in range(FRAMES_PER_LOCK):
@@ -1124,12 +1207,15 @@ def _raw(connection: KombuConnection) -> Any:
 
 
 def _readable(
-    sock: socket.socket, wake: socket.socket | None, timeout: float
+    sock: socket.socket,
+    wake: socket.socket | None,
+    timeout: float,
+    reader: wire.FrameReader | None = None,
 ) -> list[socket.socket]:
     sockets = [sock] if wake is None else [sock, wake]
-    buffered = _has_buffered(sock)
-    # select() cannot see what TLS already decrypted: a borrower that stopped
-    # after its own frame may have left the next ones there.
+    buffered = _has_buffered(sock) or (reader is not None and reader.has_frame())
+    # select() cannot see what TLS already decrypted, nor the frames our reader
+    # holds: a borrower that stopped after its own frame may have left them there.
     ready, _, _ = select.select(sockets, [], [], 0 if buffered else timeout)
     if buffered and sock not in ready:
         ready.append(sock)
