@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from amqp.exceptions import UnexpectedFrame
+from amqp.serialization import decode_properties_basic
 
 #: Bytes asked of the socket per read: many small frames, or a good part of a big one.
 RECV_SIZE = 64 * 1024
@@ -39,24 +40,32 @@ _INT32 = struct.Struct(">i")
 _UINT32 = struct.Struct(">I")
 _DOUBLE = struct.Struct(">d")
 _FRAME_SIZE = struct.Struct(">I")
+_END = bytes((FRAME_END,))
+#: The publish method's last octet (mandatory and immediate bits), then its frame end.
+_MANDATORY = bytes((1, FRAME_END))
+_NOT_MANDATORY = bytes((0, FRAME_END))
 
 #: Message properties, in the order of their flag bits (bit 15 first), with their
-#: AMQP types: shortstr, octet, or the header table.
+#: AMQP types: shortstr ("u" for one that differs from message to message, not
+#: worth remembering), octet, or the header table. Not here: timestamp, cluster_id.
 _PROPERTIES = (
     ("content_type", "s", 0x8000),
     ("content_encoding", "s", 0x4000),
     ("application_headers", "F", 0x2000),
     ("delivery_mode", "o", 0x1000),
     ("priority", "o", 0x0800),
-    ("correlation_id", "s", 0x0400),
+    ("correlation_id", "u", 0x0400),
     ("reply_to", "s", 0x0200),
-    ("expiration", "s", 0x0100),
-    ("message_id", "s", 0x0080),
+    ("expiration", "u", 0x0100),
+    ("message_id", "u", 0x0080),
     ("type", "s", 0x0020),
     ("user_id", "s", 0x0010),
     ("app_id", "s", 0x0008),
 )
-_KNOWN = frozenset(name for name, _, _ in _PROPERTIES)
+_PROPERTY_SPEC = {
+    name: (position, kind, flag)
+    for position, (name, kind, flag) in enumerate(_PROPERTIES)
+}
 
 
 class FrameReader:
@@ -144,90 +153,235 @@ def publish_frames(
     if encoded is None:
         return None
     flags, props = encoded
-    exchange_bytes = exchange.encode()
-    key_bytes = routing_key.encode()
-    if len(exchange_bytes) > 255 or len(key_bytes) > 255:
+    exchange_bytes = _shortstr(exchange)
+    key_bytes = _shortstr(routing_key)
+    if exchange_bytes is None or key_bytes is None:
         return None
-    method_size = 4 + 2 + 1 + len(exchange_bytes) + 1 + len(key_bytes) + 1
+    method_size = 7 + len(exchange_bytes) + len(key_bytes)
     parts = [
         _PUBLISH_START.pack(_METHOD_FRAME, channel, method_size, _BASIC, _PUBLISH, 0),
-        bytes((len(exchange_bytes),)),
         exchange_bytes,
-        bytes((len(key_bytes),)),
         key_bytes,
-        bytes((1 if mandatory else 0, FRAME_END)),
+        _MANDATORY if mandatory else _NOT_MANDATORY,
         _CONTENT_HEADER.pack(
             _HEADER_FRAME, channel, 14 + len(props), _BASIC, 0, len(body), flags
         ),
         props,
-        b"\xce",
+        _END,
     ]
     chunk = frame_max - FRAME_OVERHEAD
     for offset in range(0, len(body), chunk):
         piece = body[offset : offset + chunk]
-        parts += (_BODY_HEADER.pack(_BODY_FRAME, channel, len(piece)), piece, b"\xce")
+        parts += (_BODY_HEADER.pack(_BODY_FRAME, channel, len(piece)), piece, _END)
     return b"".join(parts)
 
 
 def _properties(properties: Mapping[str, Any]) -> tuple[int, bytes] | None:
-    for name in properties:
-        if name not in _KNOWN and properties[name] is not None:
-            return None
-    flags = 0
-    parts: list[bytes] = []
-    for name, kind, flag in _PROPERTIES:
-        value = properties.get(name)
+    present = []
+    for name, value in properties.items():
         if value is None:
             continue
+        spec = _PROPERTY_SPEC.get(name)
+        if spec is None:
+            return None
+        present.append((spec, value))
+    present.sort(key=_position)
+    flags = 0
+    parts: list[bytes] = []
+    for (_, kind, flag), value in present:
         if kind == "s":
             encoded = _shortstr(value)
+        elif kind == "u":
+            encoded = _unique_shortstr(value)
         elif kind == "o":
-            encoded = bytes((value,)) if isinstance(value, int) else None
+            encoded = (
+                _OCTETS[value] if value.__class__ is int and 0 <= value < 256 else None
+            )
         else:
             encoded = _table(value)
         if encoded is None:
             return None
-        flags |= flag
         parts.append(encoded)
+        flags |= flag
     return flags, b"".join(parts)
+
+
+def _position(item: tuple[tuple[int, str, int], Any]) -> int:
+    return item[0][0]
+
+
+_OCTETS = [bytes((value,)) for value in range(256)]
+#: Encoded strings seen before: header names, methods, content types, reply queues.
+_SHORTSTRS: dict[str, bytes] = {}
+_LONGSTRS: dict[str, bytes] = {}
+#: Most strings worth keeping are few; a stream of unique ones stops being kept here.
+_KEPT = 4096
 
 
 def _shortstr(value: Any) -> bytes | None:
     if not isinstance(value, str):
         return None
+    encoded = _SHORTSTRS.get(value)
+    if encoded is not None:
+        return encoded
     raw = value.encode()
     if len(raw) > 255:
         return None
-    return bytes((len(raw),)) + raw
+    encoded = _OCTETS[len(raw)] + raw
+    if len(_SHORTSTRS) < _KEPT:
+        _SHORTSTRS[value] = encoded
+    return encoded
+
+
+def _unique_shortstr(value: Any) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    raw = value.encode()
+    return _OCTETS[len(raw)] + raw if len(raw) <= 255 else None
+
+
+def _longstr(value: str) -> bytes:
+    encoded = _LONGSTRS.get(value)
+    if encoded is None:
+        raw = value.encode("utf-8", "surrogatepass")
+        encoded = b"S" + _UINT32.pack(len(raw)) + raw
+        if len(_LONGSTRS) < _KEPT:
+            _LONGSTRS[value] = encoded
+    return encoded
 
 
 def _table(table: Any) -> bytes | None:
-    if not isinstance(table, Mapping):
+    if not isinstance(table, dict):
         return None
-    parts: list[bytes] = []
+    fields: list[bytes] = []
     for key, value in table.items():
         name = _shortstr(key)
-        item = _field(value)
-        if name is None or item is None:
+        if name is None:
             return None
-        parts += (name, item)
-    content = b"".join(parts)
+        fields.append(name)
+        # The types py-amqp reads back as the same Python values.
+        kind = value.__class__
+        if kind is str:
+            fields.append(_longstr(value))
+        elif kind is bool:
+            fields.append(b"t\x01" if value else b"t\x00")
+        elif kind is int and -(2**31) < value < 2**31:
+            fields += (b"I", _INT32.pack(value))
+        elif kind is float:
+            fields += (b"d", _DOUBLE.pack(value))
+        elif value is None:
+            fields.append(b"V")
+        else:
+            return None
+    content = b"".join(fields)
     return _UINT32.pack(len(content)) + content
 
 
-def _field(value: Any) -> bytes | None:
-    # The types py-amqp reads back as the same Python values.
-    if isinstance(value, str):
-        raw = value.encode("utf-8", "surrogatepass")
-        return b"S" + _UINT32.pack(len(raw)) + raw
-    if isinstance(value, bool):
-        return b"t\x01" if value else b"t\x00"
-    if isinstance(value, int):
-        if -(2**31) < value < 2**31:
-            return b"I" + _INT32.pack(value)
-        return None
-    if isinstance(value, float):
-        return b"d" + _DOUBLE.pack(value)
-    if value is None:
-        return b"V"
-    return None
+# -- reading -------------------------------------------------------------------------
+
+#: The first four octets of a basic.deliver method frame's payload.
+DELIVER = struct.pack(">HH", _BASIC, 60)
+_DELIVERY_TAG = struct.Struct(">QB")
+_HEADER_START = struct.Struct(">HHQH")
+_LONG = struct.Struct(">q")
+_WORD = _UINT32
+_TEXTS: dict[bytes, str] = {}
+
+
+def decode_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
+    """Consumer tag, delivery tag, redelivered, exchange, routing key of a delivery."""
+    offset = 4
+    consumer_tag, offset = _read_shortstr(payload, offset)
+    delivery_tag, bits = _DELIVERY_TAG.unpack_from(payload, offset)
+    offset += 9
+    exchange, offset = _read_shortstr(payload, offset)
+    routing_key, _ = _read_shortstr(payload, offset)
+    return consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key
+
+
+def decode_content_header(payload: bytes) -> tuple[int, dict[str, Any]]:
+    """A content header's body size and message properties, as py-amqp names them.
+
+    Header values of types not read here (arrays, nested tables, timestamps: what
+    the broker adds to dead letters) are left to py-amqp, which reads them all.
+    """
+    _, _, body_size, flags = _HEADER_START.unpack_from(payload, 0)
+    if flags & 0x0045:  # a timestamp, a cluster id, or a second flags word
+        return body_size, _properties_by_amqp(payload)
+    properties: dict[str, Any] = {}
+    offset = 14
+    for name, kind, flag in _PROPERTIES:
+        if not flags & flag:
+            continue
+        if kind == "s":
+            properties[name], offset = _read_shortstr(payload, offset)
+        elif kind == "u":
+            end = offset + 1 + payload[offset]
+            properties[name] = payload[offset + 1 : end].decode(
+                "utf-8", "surrogatepass"
+            )
+            offset = end
+        elif kind == "o":
+            properties[name] = payload[offset]
+            offset += 1
+        else:
+            headers, offset = _read_table(payload, offset)
+            if headers is None:
+                return body_size, _properties_by_amqp(payload)
+            properties[name] = headers
+    return body_size, properties
+
+
+def _properties_by_amqp(payload: bytes) -> dict[str, Any]:
+    properties: dict[str, Any] = decode_properties_basic(payload, 12)[0]
+    return properties
+
+
+def _read_shortstr(payload: bytes, offset: int) -> tuple[str, int]:
+    end = offset + 1 + payload[offset]
+    raw = payload[offset + 1 : end]
+    text = _TEXTS.get(raw)
+    if text is None:
+        text = raw.decode("utf-8", "surrogatepass")
+        if len(_TEXTS) < _KEPT:
+            _TEXTS[raw] = text
+    return text, end
+
+
+def _read_table(payload: bytes, offset: int) -> tuple[dict[str, Any] | None, int]:
+    (size,) = _WORD.unpack_from(payload, offset)
+    offset += 4
+    end = offset + size
+    table: dict[str, Any] = {}
+    while offset < end:
+        key, offset = _read_shortstr(payload, offset)
+        kind = payload[offset]
+        offset += 1
+        value: Any
+        if kind == 0x53:  # S
+            (length,) = _WORD.unpack_from(payload, offset)
+            offset += 4
+            raw = payload[offset : offset + length]
+            offset += length
+            try:
+                value = raw.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                value = raw  # as py-amqp gives it
+        elif kind == 0x74:  # t
+            value = payload[offset] != 0
+            offset += 1
+        elif kind == 0x49:  # I
+            (value,) = _INT32.unpack_from(payload, offset)
+            offset += 4
+        elif kind == 0x6C:  # l
+            (value,) = _LONG.unpack_from(payload, offset)
+            offset += 8
+        elif kind == 0x64:  # d
+            (value,) = _DOUBLE.unpack_from(payload, offset)
+            offset += 8
+        elif kind == 0x56:  # V
+            value = None
+        else:
+            return None, end
+        table[key] = value
+    return table, end
