@@ -90,3 +90,39 @@ def test_quick_benchmark_writes_json_markdown_and_plot(
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The table printed at the end is the one written to disk.
     assert markdown.strip() in completed.stdout
+
+
+@pytest.mark.timeout(300)
+def test_cpu_per_call_probe_prints_both_sides(base_broker_url: str) -> None:
+    paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.cpu",
+            "--broker",
+            base_broker_url,
+            "--calls",
+            "300",
+            "--repetitions",
+            "1",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in completed.stdout.splitlines()
+        if line.startswith(("| framework", "| baseline"))
+    }
+    assert set(rows) == {"framework", "baseline"}
+    for cells in rows.values():
+        client_us, worker_us, _, calls_per_s = cells
+        # Both processes did work for every call, and calls were served.
+        assert float(client_us) > 0 and float(worker_us) > 0
+        assert float(calls_per_s.replace(",", "")) > 0
