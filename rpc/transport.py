@@ -355,6 +355,13 @@ class BrokerConnection:
                 yield channel
             except self._errors() as exc:
                 raise self._failed(exc) from exc
+            finally:
+                # A synchronous method (a declare, basic.get) read its answer
+                # through the buffer: frames after it left the socket, and a reader
+                # waiting in select() would not see them until its timeout.
+                reader = self._reader
+                if reader is not None and reader.has_frame():
+                    self._wake()
 
     def _live_channel(self) -> Any:
         # Callers hold the lock.
@@ -1085,7 +1092,9 @@ class BrokerConnection:
             payload
         )
         consumer = self._consumers.get((channel_id, tag))
-        if consumer is None:
+        if consumer is None or not reader.has_content(channel_id):
+            # Not ours, or not all here yet: py-amqp reads it frame by frame
+            # rather than this thread waiting for the rest under the lock.
             return False
         raw.bytes_recv += 1  # heartbeats count reads
         header = self._content_frame(raw, reader, channel_id, 2)
@@ -1295,10 +1304,13 @@ def _readable(
     reader: wire.FrameReader | None = None,
 ) -> list[socket.socket]:
     sockets = [sock] if wake is None else [sock, wake]
-    buffered = _has_buffered(sock) or (reader is not None and reader.has_frame())
+    buffered = _has_buffered(sock)
     # select() cannot see what TLS already decrypted, nor the frames our reader
     # holds: a borrower that stopped after its own frame may have left them there.
-    ready, _, _ = select.select(sockets, [], [], 0 if buffered else timeout)
+    # The reader's frames only shorten the wait: looked at without the lock, they
+    # may be gone by the time it is taken, and _drain looks again under it.
+    held = reader is not None and reader.has_frame()
+    ready, _, _ = select.select(sockets, [], [], 0 if buffered or held else timeout)
     if buffered and sock not in ready:
         ready.append(sock)
     return ready

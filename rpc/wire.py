@@ -20,6 +20,9 @@ from amqp.serialization import decode_properties_basic
 
 #: Bytes asked of the socket per read: many small frames, or a good part of a big one.
 RECV_SIZE = 64 * 1024
+#: Most asked of one read, whatever size a frame's header claims (a corrupt one
+#: could claim 4 GiB): the rest of a big frame comes in several reads.
+MAX_RECV = 1024 * 1024
 FRAME_END = 0xCE
 #: A frame's header is type, channel and size; its end is one octet.
 FRAME_HEADER = struct.Struct(">BHI")
@@ -40,6 +43,7 @@ _INT32 = struct.Struct(">i")
 _UINT32 = struct.Struct(">I")
 _DOUBLE = struct.Struct(">d")
 _FRAME_SIZE = struct.Struct(">I")
+_BODY_SIZE = struct.Struct(">Q")
 _END = bytes((FRAME_END,))
 #: The publish method's last octet (mandatory and immediate bits), then its frame end.
 _MANDATORY = bytes((1, FRAME_END))
@@ -88,11 +92,37 @@ class FrameReader:
 
     def has_frame(self) -> bool:
         """Whether a whole frame is buffered: it can be read without the socket."""
-        available = len(self._buffer) - self._start
+        # Called without the lock (select()'s caller): look at one snapshot, so a
+        # lock holder reading meanwhile makes the answer stale, never an error.
+        buffer, start = self._buffer, self._start
+        available = len(buffer) - start
         if available < FRAME_OVERHEAD:
             return False
-        size: int = _FRAME_SIZE.unpack_from(self._buffer, self._start + 3)[0]
+        size: int = _FRAME_SIZE.unpack_from(buffer, start + 3)[0]
         return available >= size + FRAME_OVERHEAD
+
+    def has_content(self, channel: int) -> bool:
+        """Whether the content header and all body frames of the message now
+        arriving on ``channel`` are buffered, with nothing in between."""
+        buffer, start = self._buffer, self._start
+        end = len(buffer)
+        if end - start < FRAME_OVERHEAD:
+            return False
+        kind, chan, size = FRAME_HEADER.unpack_from(buffer, start)
+        if kind != _HEADER_FRAME or chan != channel or end - start < size + 8:
+            return False
+        (body_size,) = _BODY_SIZE.unpack_from(buffer, start + 11)
+        start += size + FRAME_OVERHEAD
+        received = 0
+        while received < body_size:
+            if end - start < FRAME_OVERHEAD:
+                return False
+            kind, chan, size = FRAME_HEADER.unpack_from(buffer, start)
+            if kind != _BODY_FRAME or chan != channel or end - start < size + 8:
+                return False
+            received += size
+            start += size + FRAME_OVERHEAD
+        return True
 
     def read_frame(self) -> tuple[int, int, bytes]:
         """The next frame as py-amqp's ``(type, channel, payload)``."""
@@ -114,9 +144,13 @@ class FrameReader:
         missing = RECV_SIZE
         if len(buffer) >= 7:
             (size,) = _FRAME_SIZE.unpack_from(buffer, 3)
-            missing = max(missing, size + FRAME_OVERHEAD - len(buffer))
+            missing = min(max(missing, size + FRAME_OVERHEAD - len(buffer)), MAX_RECV)
         try:
             data = self._recv(missing)
+        except TimeoutError:
+            # As py-amqp: a timeout is not a dead link by itself.
+            self._buffer, self._start = buffer, 0
+            raise
         except OSError:
             self._buffer, self._start = buffer, 0
             self._transport.connected = False
@@ -214,8 +248,17 @@ _OCTETS = [bytes((value,)) for value in range(256)]
 #: Encoded strings seen before: header names, methods, content types, reply queues.
 _SHORTSTRS: dict[str, bytes] = {}
 _LONGSTRS: dict[str, bytes] = {}
-#: Most strings worth keeping are few; a stream of unique ones stops being kept here.
+#: Strings kept at most; past it they are forgotten and the frequent ones come back
+#: (a long-lived worker meets many clients' reply queues over time).
 _KEPT = 4096
+#: Longest header value kept: names and methods, not shard keys or error details.
+_KEPT_SIZE = 128
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _KEPT:
+        cache.clear()
+    cache[key] = value
 
 
 def _shortstr(value: Any) -> bytes | None:
@@ -224,19 +267,18 @@ def _shortstr(value: Any) -> bytes | None:
     encoded = _SHORTSTRS.get(value)
     if encoded is not None:
         return encoded
-    raw = value.encode()
+    raw = value.encode("utf-8", "surrogatepass")
     if len(raw) > 255:
         return None
     encoded = _OCTETS[len(raw)] + raw
-    if len(_SHORTSTRS) < _KEPT:
-        _SHORTSTRS[value] = encoded
+    _keep(_SHORTSTRS, value, encoded)
     return encoded
 
 
 def _unique_shortstr(value: Any) -> bytes | None:
     if not isinstance(value, str):
         return None
-    raw = value.encode()
+    raw = value.encode("utf-8", "surrogatepass")
     return _OCTETS[len(raw)] + raw if len(raw) <= 255 else None
 
 
@@ -245,8 +287,8 @@ def _longstr(value: str) -> bytes:
     if encoded is None:
         raw = value.encode("utf-8", "surrogatepass")
         encoded = b"S" + _UINT32.pack(len(raw)) + raw
-        if len(_LONGSTRS) < _KEPT:
-            _LONGSTRS[value] = encoded
+        if len(raw) <= _KEPT_SIZE:
+            _keep(_LONGSTRS, value, encoded)
     return encoded
 
 
@@ -317,9 +359,7 @@ def decode_content_header(payload: bytes) -> tuple[int, dict[str, Any]]:
             properties[name], offset = _read_shortstr(payload, offset)
         elif kind == "u":
             end = offset + 1 + payload[offset]
-            properties[name] = payload[offset + 1 : end].decode(
-                "utf-8", "surrogatepass"
-            )
+            properties[name] = _text(payload[offset + 1 : end])
             offset = end
         elif kind == "o":
             properties[name] = payload[offset]
@@ -342,10 +382,25 @@ def _read_shortstr(payload: bytes, offset: int) -> tuple[str, int]:
     raw = payload[offset + 1 : end]
     text = _TEXTS.get(raw)
     if text is None:
-        text = raw.decode("utf-8", "surrogatepass")
-        if len(_TEXTS) < _KEPT:
-            _TEXTS[raw] = text
+        text = _utf8(raw)
+        if text is None:
+            return _text(raw), end
+        _keep(_TEXTS, raw, text)
     return text, end
+
+
+def _utf8(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+
+
+def _text(raw: bytes) -> str:
+    # Bytes that are not UTF-8 (another client's correlation id, say) still read:
+    # raising here would drop the link, and the redelivered message would again.
+    text = _utf8(raw)
+    return raw.decode("utf-8", "surrogateescape") if text is None else text
 
 
 def _read_table(payload: bytes, offset: int) -> tuple[dict[str, Any] | None, int]:
@@ -354,7 +409,15 @@ def _read_table(payload: bytes, offset: int) -> tuple[dict[str, Any] | None, int
     end = offset + size
     table: dict[str, Any] = {}
     while offset < end:
-        key, offset = _read_shortstr(payload, offset)
+        key_end = offset + 1 + payload[offset]
+        raw_key = payload[offset + 1 : key_end]
+        key = _TEXTS.get(raw_key)
+        if key is None:
+            key = _utf8(raw_key)
+            if key is None:
+                return None, end  # py-amqp keeps such a key as bytes
+            _keep(_TEXTS, raw_key, key)
+        offset = key_end
         kind = payload[offset]
         offset += 1
         value: Any

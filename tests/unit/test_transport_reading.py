@@ -8,13 +8,17 @@ import ssl
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import amqp
 import pytest
+from amqp.serialization import dumps
 
-from rpc import transport
+from rpc import transport, wire
 
 WAIT = 10.0
 
@@ -107,3 +111,114 @@ def test_a_tls_read_that_gets_no_bytes_gives_up(tls_pair, monkeypatch):
     amqp_transport = SimpleNamespace(sock=client, _quick_recv=client.read)
     transport._bound_reads(amqp_transport)
     assert isinstance(outcome_of(amqp_transport._quick_recv), TimeoutError)
+
+
+# -- the buffered reader beside other threads ------------------------------------------
+
+
+def frame(frame_type: int, channel: int, payload: bytes) -> bytes:
+    return struct.pack(">BHI", frame_type, channel, len(payload)) + payload + b"\xce"
+
+
+def delivery_frames(channel: int, consumer_tag: str, body: bytes) -> bytes:
+    method = struct.pack(">HH", 60, 60) + dumps("sLbss", (consumer_tag, 1, 0, "", "q"))
+    properties = amqp.Message(b"", content_type="application/json")
+    header = struct.pack(">HHQ", 60, 0, len(body)) + properties._serialize_properties()
+    data = frame(1, channel, method) + frame(2, channel, header)
+    return data + (frame(3, channel, body) if body else b"")
+
+
+class FakeTransport:
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
+        self._quick_recv = recv
+        self._read_buffer = b""
+        self.connected = True
+
+
+def connection_on(
+    sock: socket.socket, recv: Callable[[int], bytes]
+) -> tuple[transport.BrokerConnection, list[transport.Delivery], list[Any]]:
+    """A BrokerConnection reading ``sock`` as ``_connect`` leaves it, one consumer
+    on channel 1; what py-amqp would be handed goes to the third list."""
+    connection = transport.BrokerConnection(
+        "amqp://localhost", name="t", heartbeat=0, on_connect=lambda channel: None
+    )
+    connection._wake_reader, connection._wake_writer = socket.socketpair()
+    connection._wake_reader.setblocking(False)
+    to_py_amqp: list[Any] = []
+    raw = SimpleNamespace(on_inbound_frame=to_py_amqp.append, bytes_recv=0)
+    connection._connection = SimpleNamespace(  # type: ignore[assignment]
+        _connection=raw, connection_errors=(), channel_errors=()
+    )
+    connection._sock = sock
+    connection._reader = wire.FrameReader(FakeTransport(recv))
+    connection._channel = SimpleNamespace(channel_id=1)
+    connection._generation = 1
+    connection._connected.set()
+    seen: list[transport.Delivery] = []
+    connection._consumers[(1, "ctag")] = (seen.append, 1)
+    return connection, seen, to_py_amqp
+
+
+def test_frames_read_past_a_synchronous_answer_are_not_left_waiting():
+    # A queue declaration's recv() took its declare-ok and, in the same segment, a
+    # request for us: select() can no longer see those bytes. The thread waiting in
+    # select() must be woken, not left to its timeout.
+    waiting_side, broker = socket.socketpair()
+    declare_ok = frame(1, 1, struct.pack(">HH", 50, 11))
+    arrived = [declare_ok + delivery_frames(1, "ctag", b"{}")]
+    connection, seen, _ = connection_on(
+        waiting_side, lambda size: arrived.pop() if arrived else b""
+    )
+    with waiting_side, broker:
+        reading = threading.Thread(
+            target=connection.read_until, args=(lambda: bool(seen), WAIT), daemon=True
+        )
+        reading.start()
+        time.sleep(0.2)  # the borrower now waits in select()
+        started = time.monotonic()
+        with connection.channel():
+            assert connection._reader is not None
+            connection._reader.read_frame()  # py-amqp's wait() takes its answer
+        reading.join(WAIT)
+        waited = time.monotonic() - started
+        connection._close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"{}"]
+    assert waited < 0.5, f"the buffered request waited {waited:.2f} s"
+
+
+def test_a_message_still_on_its_way_is_left_to_py_amqp_frame_by_frame():
+    # Reading the rest of a message under the lock would hold up every publisher
+    # until it came, and past READ_TIMEOUT drop the link.
+    client, broker = socket.socketpair()
+    client.settimeout(0.5)
+    whole = delivery_frames(1, "ctag", b"x" * 1000)
+    connection, seen, to_py_amqp = connection_on(client, client.recv)
+    with client, broker:
+        broker.sendall(whole[:-500])  # method, header and half the body frame
+        connection._drain(client, [client])
+        assert [kind for kind, _, _ in to_py_amqp] == [1, 2]
+        broker.sendall(whole[-500:])
+        connection._drain(client, [client])
+        connection._close_wake_sockets()
+    assert [kind for kind, _, _ in to_py_amqp] == [1, 2, 3]
+    assert seen == []
+
+
+def test_a_whole_message_goes_straight_to_its_consumer():
+    client, broker = socket.socketpair()
+    client.settimeout(WAIT)
+    connection, seen, to_py_amqp = connection_on(client, client.recv)
+    with client, broker:
+        broker.sendall(
+            delivery_frames(1, "ctag", b"first")
+            + delivery_frames(1, "other-consumer", b"theirs")
+            + delivery_frames(1, "ctag", b"")
+        )
+        connection._drain(client, [client])
+        connection._close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"first", b""]
+    assert seen[0].content_type == "application/json"
+    assert seen[0].consumer_tag == "ctag" and seen[0].generation == 1
+    # Another consumer's delivery is py-amqp's to dispatch, frame by frame.
+    assert [kind for kind, _, _ in to_py_amqp] == [1, 2, 3]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import struct
+import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -104,6 +106,45 @@ def test_a_bad_frame_end_is_an_error():
     data = frame(1, 1, b"abc")[:-1] + b"\x00"
     with pytest.raises(UnexpectedFrame):
         wire.FrameReader(ChunkedTransport([data])).read_frame()
+
+
+def test_a_read_timeout_leaves_the_transport_connected_as_py_amqp_does():
+    source = ChunkedTransport([TimeoutError("timed out")])
+    with pytest.raises(TimeoutError):
+        wire.FrameReader(source).read_frame()
+    assert source.connected is True
+
+
+def test_a_corrupt_frame_size_asks_the_socket_for_a_bounded_read():
+    header = struct.pack(">BHI", 3, 1, 2**32 - 1)
+    source = ChunkedTransport([header, TimeoutError("no more")])
+    with pytest.raises(TimeoutError):
+        wire.FrameReader(source).read_frame()
+    assert max(source.asked) <= wire.MAX_RECV
+
+
+def test_has_frame_survives_a_read_by_another_thread_between_its_two_looks():
+    # has_frame() runs without the lock (before select()), while a lock holder
+    # (a queue declaration waiting for its answer) may read through the buffer.
+    reader = wire.FrameReader(ChunkedTransport([]))
+    reader._buffer = frame(1, 1, b"declare-ok")
+    source, first = inspect.getsourcelines(wire.FrameReader.has_frame)
+    size_line = first + next(i for i, t in enumerate(source) if "unpack_from" in t)
+
+    def tracer(frame_: Any, event: str, arg: Any) -> Any:
+        if frame_.f_code is wire.FrameReader.has_frame.__code__:
+            if event == "line" and frame_.f_lineno == size_line:
+                reader.read_frame()  # the other thread's read lands here
+            return tracer
+        return None
+
+    sys.settrace(tracer)
+    try:
+        answer = reader.has_frame()
+    finally:
+        sys.settrace(None)
+    assert answer in (True, False)
+    assert not reader.has_frame()
 
 
 def test_a_closed_socket_marks_the_transport_down():
@@ -209,6 +250,41 @@ def test_what_is_not_written_here_is_left_to_py_amqp(properties):
     assert wire.publish_frames(1, FRAME_MAX, "", "q", False, b"", properties) is None
 
 
+@pytest.mark.parametrize(
+    ("routing_key", "properties"),
+    [
+        # A reply queue name that was read with surrogatepass goes back the same.
+        ("amq.rabbitmq.reply-to.\udcff", {"reply_to": "r.\udcfe"}),
+        ("q", {"application_headers": {"x-\ud800": "v\udc80"}}),
+    ],
+)
+def test_strings_with_surrogates_are_written_as_py_amqp_writes_them(
+    routing_key, properties
+):
+    data = wire.publish_frames(1, FRAME_MAX, "", routing_key, False, b"", properties)
+    assert data is not None
+    arguments, decoded, _, _ = decode_publish(data)
+    assert arguments[2] == routing_key
+    assert decoded == properties
+
+
+def test_one_off_header_values_are_not_remembered():
+    wire._LONGSTRS.clear()
+    for number in range(200):
+        headers = {"x-rpc-shard-key": f"{number}:" + "k" * 50_000}
+        properties = {"application_headers": headers}
+        assert wire.publish_frames(1, FRAME_MAX, "", "q", False, b"", properties)
+    assert sum(len(value) for value in wire._LONGSTRS.values()) < 100_000
+
+
+def test_remembered_strings_are_bounded_and_come_back_after_a_flood():
+    for number in range(wire._KEPT * 2):
+        wire.publish_frames(1, FRAME_MAX, "", f"amq.reply.{number}", False, b"", {})
+        assert len(wire._SHORTSTRS) <= wire._KEPT
+    wire.publish_frames(1, FRAME_MAX, "", "bench.noop", False, b"", {})
+    assert "bench.noop" in wire._SHORTSTRS
+
+
 def test_an_ack_reads_back_as_one():
     ((frame_type, channel, payload),) = split_frames(wire.ack_frame(3, 2**40 + 5))
     assert (frame_type, channel) == (1, 3)
@@ -253,6 +329,24 @@ def test_a_content_header_decodes_as_py_amqp_does(properties):
     size, decoded = wire.decode_content_header(payload)
     assert size == 1234
     assert decoded == decode_properties_basic(payload, 12)[0]
+
+
+def test_a_header_name_that_is_not_utf8_reads_as_py_amqp_reads_it():
+    table = b"\x02\xff\xfe" + b"t\x01"
+    payload = (
+        struct.pack(">HHQH", 60, 0, 0, 0x2000) + struct.pack(">I", len(table)) + table
+    )
+    expected = decode_properties_basic(payload, 12)[0]
+    assert expected == {"application_headers": {b"\xff\xfe": True}}
+    assert wire.decode_content_header(payload)[1] == expected
+
+
+def test_a_property_that_is_not_utf8_still_reads():
+    # py-amqp raises here, which dropped the link for every redelivery.
+    raw = b"\xffid"
+    payload = struct.pack(">HHQH", 60, 0, 0, 0x0400) + bytes((len(raw),)) + raw
+    correlation_id = wire.decode_content_header(payload)[1]["correlation_id"]
+    assert correlation_id.encode("utf-8", "surrogateescape") == raw
 
 
 def test_header_values_that_are_not_text_stay_bytes_as_in_py_amqp():
