@@ -16,31 +16,36 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(600)
-def test_quick_benchmark_writes_json_markdown_and_plot(
-    base_broker_url: str, tmp_path: Path
-) -> None:
+def run_module(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m ...`` of this checkout; it must succeed."""
     paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--no-progress",
-            "--broker",
-            base_broker_url,
-            "--output",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", *arguments],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=timeout,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+@pytest.mark.timeout(600)
+def test_quick_benchmark_writes_json_markdown_and_plot(
+    base_broker_url: str, tmp_path: Path
+) -> None:
+    completed = run_module(
+        "benchmarks",
+        "--quick",
+        "--no-progress",
+        "--broker",
+        base_broker_url,
+        "--output",
+        str(tmp_path),
+        timeout=540,
+    )
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["plan"] == "quick"
@@ -94,27 +99,16 @@ def test_quick_benchmark_writes_json_markdown_and_plot(
 
 @pytest.mark.timeout(300)
 def test_cpu_per_call_probe_prints_both_sides(base_broker_url: str) -> None:
-    paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.cpu",
-            "--broker",
-            base_broker_url,
-            "--calls",
-            "300",
-            "--repetitions",
-            "1",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    completed = run_module(
+        "benchmarks.cpu",
+        "--broker",
+        base_broker_url,
+        "--calls",
+        "300",
+        "--repetitions",
+        "1",
         timeout=240,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     rows = {
         line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
         for line in completed.stdout.splitlines()
