@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from amqp.exceptions import UnexpectedFrame
 from kombu.connection import Connection as KombuConnection
 from kombu.transport import memory as kombu_memory
 from kombu.transport import virtual as kombu_virtual
@@ -1066,8 +1065,9 @@ class BrokerConnection:
             except BaseException as exc:
                 if not isinstance(exc, Exception):
                     # A borrower interrupted (KeyboardInterrupt in a main thread)
-                    # may leave a frame half read, which py-amqp does not put back:
-                    # the next reader would start inside it. Make the link again.
+                    # may stop between the frames of one message, which py-amqp
+                    # then half holds: the next reader would start inside it.
+                    # Make the link again.
                     self._connected.clear()
                     self._wake()
                 raise
@@ -1084,8 +1084,9 @@ class BrokerConnection:
         py-amqp would build a message, dispatch it by method and hand it to a Kombu
         callback that :func:`_to_delivery` then turns into ours: a third of a
         worker's reading time. The rest of the message (its content header and
-        body) is read here at once; frames of other channels in between, which
-        RabbitMQ does not send but AMQP allows, go to py-amqp.
+        body) is read here at once, when it is all buffered and nothing else lies in
+        between; otherwise (frames of other channels in between, which RabbitMQ
+        does not send but AMQP allows, or bytes still on their way) py-amqp reads it.
         """
         _, channel_id, payload = method
         tag, delivery_tag, redelivered, exchange, routing_key = wire.decode_deliver(
@@ -1097,12 +1098,12 @@ class BrokerConnection:
             # rather than this thread waiting for the rest under the lock.
             return False
         raw.bytes_recv += 1  # heartbeats count reads
-        header = self._content_frame(raw, reader, channel_id, 2)
-        body_size, properties = wire.decode_content_header(header)
+        # has_content() saw the header and body frames next, all on this channel.
+        body_size, properties = wire.decode_content_header(reader.read_frame()[2])
         chunks = []
         received = 0
         while received < body_size:
-            chunk = self._content_frame(raw, reader, channel_id, 3)
+            chunk = reader.read_frame()[2]
             chunks.append(chunk)
             received += len(chunk)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -1129,20 +1130,6 @@ class BrokerConnection:
             # A bad message must never take the connection down with it.
             log.exception("%s: consumer callback failed", self.name)
         return True
-
-    @staticmethod
-    def _content_frame(
-        raw: Any, reader: wire.FrameReader, channel_id: int, frame_type: int
-    ) -> bytes:
-        while True:
-            kind, channel, payload = reader.read_frame()
-            if channel == channel_id:
-                if kind != frame_type:
-                    raise UnexpectedFrame(
-                        f"frame {kind} on channel {channel} inside a message"
-                    )
-                return payload
-            raw.on_inbound_frame((kind, channel, payload))
 
     def _heartbeat_tick(self) -> None:
         # py-amqp wants its heartbeat tick about once a second, not every turn.

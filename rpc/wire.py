@@ -38,11 +38,9 @@ _BODY_FRAME = 3
 _ACK_FRAME = struct.Struct(">BHIHHQBB")
 _PUBLISH_START = struct.Struct(">BHIHHH")
 _CONTENT_HEADER = struct.Struct(">BHIHHQH")
-_BODY_HEADER = FRAME_HEADER
 _INT32 = struct.Struct(">i")
 _UINT32 = struct.Struct(">I")
 _DOUBLE = struct.Struct(">d")
-_FRAME_SIZE = struct.Struct(">I")
 _BODY_SIZE = struct.Struct(">Q")
 _END = bytes((FRAME_END,))
 #: The publish method's last octet (mandatory and immediate bits), then its frame end.
@@ -98,7 +96,7 @@ class FrameReader:
         available = len(buffer) - start
         if available < FRAME_OVERHEAD:
             return False
-        size: int = _FRAME_SIZE.unpack_from(buffer, start + 3)[0]
+        size: int = _UINT32.unpack_from(buffer, start + 3)[0]
         return available >= size + FRAME_OVERHEAD
 
     def has_content(self, channel: int) -> bool:
@@ -143,7 +141,7 @@ class FrameReader:
         buffer = self._buffer[self._start :]
         missing = RECV_SIZE
         if len(buffer) >= 7:
-            (size,) = _FRAME_SIZE.unpack_from(buffer, 3)
+            (size,) = _UINT32.unpack_from(buffer, 3)
             missing = min(max(missing, size + FRAME_OVERHEAD - len(buffer)), MAX_RECV)
         try:
             data = self._recv(missing)
@@ -206,7 +204,7 @@ def publish_frames(
     chunk = frame_max - FRAME_OVERHEAD
     for offset in range(0, len(body), chunk):
         piece = body[offset : offset + chunk]
-        parts += (_BODY_HEADER.pack(_BODY_FRAME, channel, len(piece)), piece, _END)
+        parts += (FRAME_HEADER.pack(_BODY_FRAME, channel, len(piece)), piece, _END)
     return b"".join(parts)
 
 
@@ -326,7 +324,6 @@ DELIVER = struct.pack(">HH", _BASIC, 60)
 _DELIVERY_TAG = struct.Struct(">QB")
 _HEADER_START = struct.Struct(">HHQH")
 _LONG = struct.Struct(">q")
-_WORD = _UINT32
 _TEXTS: dict[bytes, str] = {}
 
 
@@ -404,7 +401,7 @@ def _text(raw: bytes) -> str:
 
 
 def _read_table(payload: bytes, offset: int) -> tuple[dict[str, Any] | None, int]:
-    (size,) = _WORD.unpack_from(payload, offset)
+    (size,) = _UINT32.unpack_from(payload, offset)
     offset += 4
     end = offset + size
     table: dict[str, Any] = {}
@@ -422,7 +419,7 @@ def _read_table(payload: bytes, offset: int) -> tuple[dict[str, Any] | None, int
         offset += 1
         value: Any
         if kind == 0x53:  # S
-            (length,) = _WORD.unpack_from(payload, offset)
+            (length,) = _UINT32.unpack_from(payload, offset)
             offset += 4
             raw = payload[offset : offset + length]
             offset += length

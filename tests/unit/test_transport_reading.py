@@ -16,6 +16,8 @@ from typing import Any
 
 import amqp
 import pytest
+from amqp.exceptions import UnexpectedFrame
+from amqp.method_framing import frame_handler
 from amqp.serialization import dumps
 
 from rpc import transport, wire
@@ -222,3 +224,41 @@ def test_a_whole_message_goes_straight_to_its_consumer():
     assert seen[0].consumer_tag == "ctag" and seen[0].generation == 1
     # Another consumer's delivery is py-amqp's to dispatch, frame by frame.
     assert [kind for kind, _, _ in to_py_amqp] == [1, 2, 3]
+
+
+def test_frames_of_another_channel_inside_a_message_go_to_py_amqp():
+    client, broker = socket.socketpair()
+    client.settimeout(WAIT)
+    heartbeat, other = (8, 0, b""), (1, 9, b"other method")
+    message = delivery_frames(1, "ctag", b"body")
+    method_end = 8 + struct.unpack_from(">I", message, 3)[0]
+    connection, seen, to_py_amqp = connection_on(client, client.recv)
+    with client, broker:
+        broker.sendall(
+            message[:method_end]
+            + frame(*heartbeat)
+            + frame(*other)
+            + message[method_end:]
+        )
+        connection._drain(client, [client])
+        connection._close_wake_sockets()
+    assert seen == []
+    assert [kind for kind, _, _ in to_py_amqp] == [1, 8, 1, 2, 3]
+    assert to_py_amqp[1:3] == [heartbeat, other]
+
+
+def test_a_frame_of_the_wrong_type_inside_a_message_is_an_error():
+    client, broker = socket.socketpair()
+    client.settimeout(WAIT)
+    message = delivery_frames(1, "ctag", b"body")
+    method_end = 8 + struct.unpack_from(">I", message, 3)[0]
+    connection, seen, _ = connection_on(client, client.recv)
+    # py-amqp's own frame handler gets what ours leaves to it.
+    raw = connection._connection._connection  # type: ignore[union-attr]
+    raw.on_inbound_frame = frame_handler(raw, lambda *args: None)
+    with client, broker:
+        broker.sendall(message[:method_end] + frame(3, 1, b"body"))
+        with pytest.raises(UnexpectedFrame):
+            connection._drain(client, [client])
+        connection._close_wake_sockets()
+    assert seen == []

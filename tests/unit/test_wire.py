@@ -6,7 +6,6 @@ import inspect
 import struct
 import sys
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import amqp
@@ -362,17 +361,15 @@ def test_header_values_that_are_not_text_stay_bytes_as_in_py_amqp():
     }
 
 
-def test_content_frames_of_another_channel_go_to_py_amqp():
-    from rpc.transport import BrokerConnection
-
-    heartbeat, other = (8, 0, b""), (1, 9, b"other method")
-    stream = (
-        frame(*heartbeat) + frame(*other) + frame(2, 4, b"header") + frame(3, 4, b"b")
-    )
-    reader = wire.FrameReader(ChunkedTransport([stream]))
-    seen: list[tuple[int, int, bytes]] = []
-    raw = SimpleNamespace(on_inbound_frame=seen.append)
-    assert BrokerConnection._content_frame(raw, reader, 4, 2) == b"header"
-    assert seen == [heartbeat, other]
-    with pytest.raises(UnexpectedFrame):
-        BrokerConnection._content_frame(raw, reader, 4, 2)
+def test_content_counts_as_buffered_only_whole_and_uninterrupted():
+    header = struct.pack(">HHQ", 60, 0, 3) + b"\x00\x00"
+    whole = frame(2, 4, header) + frame(3, 4, b"ab") + frame(3, 4, b"c")
+    assert wire.FrameReader(ChunkedTransport([], leftover=whole)).has_content(4)
+    for stream in (
+        frame(8, 0, b"") + whole,  # a heartbeat in between
+        frame(1, 9, b"other method") + whole,  # another channel's frame
+        whole[:-3],  # the last body frame still on its way
+        frame(3, 4, b"abc"),  # a body where the header belongs
+    ):
+        reader = wire.FrameReader(ChunkedTransport([], leftover=stream))
+        assert not reader.has_content(4)
