@@ -664,20 +664,13 @@ class ServiceRunner:
         except TypeError:
             return False  # _answer answers with InvalidArgumentsError
         key = bound.arguments.get(entrypoint.shard_by)
-        properties: dict[str, Any] = {
-            name: delivery.properties[name]
-            for name in ("correlation_id", "reply_to", "expiration", "delivery_mode")
-            if delivery.properties.get(name) is not None
-        }
         # Publish, then ack the original: a crash in between runs it twice at worst.
-        self._connection.publish_and_ack(
+        self._copy_and_ack(
             delivery,
-            delivery.body,
             exchange=protocol.RPC_EXCHANGE,
             routing_key=protocol.shard_routing_key(service.name, request.method),
-            content_type=delivery.content_type or serialization.CONTENT_TYPE,
             headers={**delivery.headers, protocol.HEADER_SHARD_KEY: str(key)},
-            properties=properties,
+            properties=_copied_properties(delivery),
         )
         return True
 
@@ -829,13 +822,10 @@ class ServiceRunner:
         if after_failure and entrypoint.handler_type != protocol.BROADCAST:
             routing_key = self._retry_route(routing_key, count, properties)
         # One lock hold, no confirm in between: as for requests (_requeue_counted).
-        self._connection.publish_and_ack(
+        self._copy_and_ack(
             delivery,
-            delivery.body,
             exchange="",
             routing_key=routing_key,
-            content_type=delivery.content_type or serialization.CONTENT_TYPE,
-            content_encoding=_content_encoding(delivery),
             headers=headers,
             properties=properties,
         )
@@ -938,13 +928,10 @@ class ServiceRunner:
         # the copy, before the copy can reach a handler. Waiting for a publisher
         # confirm in between would let a handler that kills its process run the
         # copy first, and the original would come back and be copied again.
-        self._connection.publish_and_ack(
+        self._copy_and_ack(
             delivery,
-            delivery.body,
             exchange=exchange,
             routing_key=routing_key,
-            content_type=delivery.content_type or serialization.CONTENT_TYPE,
-            content_encoding=_content_encoding(delivery),
             headers=headers,
             properties=properties,
         )
@@ -974,12 +961,38 @@ class ServiceRunner:
         properties = _copied_properties(delivery)
         properties.pop("expiration", None)  # kept until an operator looks at it
         properties["delivery_mode"] = 2
+        self._copy_and_ack(
+            delivery,
+            exchange=protocol.DEAD_LETTER_EXCHANGE,
+            routing_key=protocol.service_queue(service.name),
+            headers=headers,
+            properties=properties,
+            # One that came without a content type is not claimed to be JSON.
+            content_type="application/octet-stream",
+        )
+
+    def _copy_and_ack(
+        self,
+        delivery: Delivery,
+        *,
+        exchange: str,
+        routing_key: str,
+        headers: Mapping[str, Any],
+        properties: dict[str, Any],
+        content_type: str = serialization.CONTENT_TYPE,
+    ) -> None:
+        """Publish ``delivery``'s body elsewhere, then ack it, in one lock hold.
+
+        The copy keeps the original's content type (``content_type`` when it had
+        none) and encoding; a crash between the two runs the message twice at worst,
+        never loses it.
+        """
         self._connection.publish_and_ack(
             delivery,
             delivery.body,
-            exchange=protocol.DEAD_LETTER_EXCHANGE,
-            routing_key=protocol.service_queue(service.name),
-            content_type=delivery.content_type or "application/octet-stream",
+            exchange=exchange,
+            routing_key=routing_key,
+            content_type=delivery.content_type or content_type,
             content_encoding=_content_encoding(delivery),
             headers=headers,
             properties=properties,
