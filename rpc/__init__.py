@@ -33,6 +33,7 @@ from rpc.errors import (
     ServiceDefinitionError,
     UnknownServiceError,
 )
+from rpc.middleware import ClientCall, Middleware, Outcome, ServerCall
 from rpc.protocol import BROADCAST, SERVICE_POOL, SINGLETON
 from rpc.proxy import USE_DEFAULT, ClusterProxy, MethodProxy, RpcFuture, ServiceProxy
 from rpc.worker import ServiceRunner
@@ -52,6 +53,7 @@ __all__ = [
     "CallContext",
     "CallError",
     "CallTimeoutError",
+    "ClientCall",
     "ClusterProxy",
     "Config",
     "ConfigError",
@@ -62,12 +64,15 @@ __all__ = [
     "MalformedRequestError",
     "MethodNotFoundError",
     "MethodProxy",
+    "Middleware",
+    "Outcome",
     "PayloadTooLargeError",
     "RemoteError",
     "RpcError",
     "RpcFuture",
     "RpcProxy",
     "SerializationError",
+    "ServerCall",
     "ServiceDefinitionError",
     "ServiceProxy",
     "ServiceRunner",

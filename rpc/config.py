@@ -47,6 +47,9 @@ class Config:
     retry_max_delay: float = 30.0
     #: Seconds a graceful stop waits for handlers in progress.
     shutdown_timeout: float = 60.0
+    #: Middlewares around every handler run and send, as ``module:Class`` paths;
+    #: a runner or a proxy puts them after the ones it is given in code.
+    middleware: tuple[str, ...] = ()
     #: Free-form settings for services, read through the ``Config`` dependency.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -69,6 +72,12 @@ class Config:
             raise ConfigError("retry_delay must not be negative")
         if self.retry_max_delay < 0:
             raise ConfigError("retry_max_delay must not be negative")
+        if isinstance(self.middleware, str):
+            # From the environment: RPC_MIDDLEWARE="a.b:One,c.d:Two".
+            paths = tuple(p.strip() for p in self.middleware.split(",") if p.strip())
+            object.__setattr__(self, "middleware", paths)
+        elif not isinstance(self.middleware, tuple):
+            object.__setattr__(self, "middleware", tuple(self.middleware))
         if "://" not in self.broker_url:
             raise ConfigError(f"broker_url is not a URL: {self.broker_url!r}")
 
