@@ -219,7 +219,14 @@ class ClusterProxy(BaseClusterProxy):
             observed=call.observed,
         )
         try:
-            self._connected_within(call.deadline - call.created)
+            if not self._started:
+                self.start()
+            connection = self._connection
+            if not connection.connected:
+                # Reconnecting after a blip: wait for it, within this call's deadline.
+                connection.wait_connected(
+                    min(call.deadline - call.created, self.config.connect_timeout)
+                )
             self._send(call, future, idempotent=idempotent)
         except Exception as exc:
             call.unsent(exc)
