@@ -35,8 +35,8 @@ class BaseClusterProxy:
     It owns the connection; a :class:`~rpc.calls.CallBuilder` builds its requests,
     casts and events, and :class:`~rpc.pending.PendingCalls` matches replies,
     returns and disconnections to the waiter of each call. A waiter is whatever the
-    twin waits on: an :class:`RpcFuture` here, an asyncio future in
-    :mod:`rpc.async_proxy`.
+    twin waits on: an :class:`~rpc.proxy.RpcFuture`, or an
+    :class:`~rpc.async_proxy.AsyncRpcFuture`.
 
     When the connection is lost, the replies of calls in flight are lost with it:
     those calls fail at once with :class:`BrokerError`, except idempotent ones, which
@@ -47,7 +47,8 @@ class BaseClusterProxy:
 
     ``middleware`` (then those ``Config.middleware`` names) see every call, cast and
     event sent: see :mod:`rpc.middleware`. A call sent again after a reconnection is
-    still the same call to them.
+    still the same call to them. ``after_send`` runs on the thread that learns the
+    outcome, for a call often the connection's I/O thread: it must be quick.
     """
 
     #: Workers that answered the last discovery: the next one waits for them.
