@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -14,6 +15,7 @@ from rpc.discovery import DiscoveryAnswers
 from rpc.transport import Delivery
 from services.compute import Compute
 from services.greeter import Greeter
+from tests.behaviour import RecordingSends
 
 
 def reply(correlation_id: str, body: object) -> Delivery:
@@ -43,6 +45,7 @@ def pending_call(cluster: AsyncClusterProxy, seconds: float = 30) -> AsyncRpcFut
         "method",
         call.correlation_id,
         call.deadline,
+        observed=call.observed,
     )
     cluster._pending.add(call, future, idempotent=False)
     assert len(cluster._pending) == 1
@@ -144,6 +147,41 @@ def test_a_reply_after_the_loop_closed_is_ignored(cluster):
         reply(future.correlation_id, {"result": 1, "error": None})
     )
     assert not future.done()
+
+
+def test_after_hooks_see_a_timeout_or_a_cancelled_wait_once():
+    sends = RecordingSends()
+    cluster = AsyncClusterProxy(
+        config=Config(broker_url="memory://"), middleware=[sends]
+    )
+
+    async def scenario():
+        late = pending_call(cluster, seconds=0.2)
+        with pytest.raises(CallTimeoutError):
+            await late
+        dropped = pending_call(cluster)
+        task = asyncio.ensure_future(dropped.result())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for future in (late, dropped):  # late replies find nobody
+            cluster._pending.on_reply(
+                reply(future.correlation_id, {"result": 1, "error": None})
+            )
+        answered = pending_call(cluster)
+        on_io_thread(
+            cluster._pending.on_reply,
+            reply(answered.correlation_id, {"result": 2, "error": None}),
+        )
+        return await answered
+
+    assert asyncio.run(scenario()) == 2
+    assert sends.outcomes(3) == [
+        ("call svc.method", CallTimeoutError),
+        ("call svc.method", concurrent.futures.CancelledError),
+        ("call svc.method", 2),
+    ]
 
 
 # -- discovery -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 
@@ -222,3 +223,24 @@ def test_a_call_sent_again_after_a_reconnection_runs_no_hook_again():
     pending.on_reply(reply(call.correlation_id, {"result": 3, "error": None}))
     assert future.result() == 3
     assert [outcome.result for _, outcome in tagging.after] == [3]
+
+
+def test_a_cancelled_future_is_its_outcome_and_a_late_reply_changes_nothing():
+    tagging = Tagging()
+    calls = builder(tagging)
+    cluster = ClusterProxy(config=CONFIG)  # never started
+    call = calls.request("svc", "method", (), None, 5)
+    future = RpcFuture(
+        cluster,
+        "svc",
+        "method",
+        call.correlation_id,
+        call.deadline,
+        observed=call.observed,
+    )
+    assert future.cancel()
+    future._deliver(reply(call.correlation_id, {"result": 1, "error": None}))
+    assert not future.cancel()
+    ((_, outcome),) = tagging.after
+    assert isinstance(outcome.error, concurrent.futures.CancelledError)
+    assert isinstance(future.exception(), concurrent.futures.CancelledError)
