@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from rpc import BrokerError, CallTimeoutError, Config, UnknownServiceError, protocol
+from rpc import BrokerError, CallTimeoutError, Config, UnknownServiceError
 from rpc.calls import CallBuilder, PreparedCall
 from rpc.middleware import ClientChain
 from rpc.pending import PendingCall, PendingCalls
@@ -196,9 +196,3 @@ def test_fail_all_fails_pending_calls_and_those_waiting_to_be_resent():
     pending.fail_all(closed)
     assert waiting.settled == resent.settled == [closed]
     assert len(pending) == 0 and not pending.has_resends
-
-
-def test_the_fallback_reply_queue_is_one_per_connection():
-    first = protocol.fallback_reply_queue("client")
-    assert first.startswith("rpc-reply-client-")
-    assert first != protocol.fallback_reply_queue("client")
