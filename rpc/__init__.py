@@ -8,6 +8,7 @@ from rpc.async_proxy import (
     AsyncRpcFuture,
     AsyncServiceProxy,
 )
+from rpc.calls import USE_DEFAULT
 from rpc.config import Config
 from rpc.context import CallContext, current_call
 from rpc.dependencies import (
@@ -35,7 +36,7 @@ from rpc.errors import (
 )
 from rpc.middleware import ClientCall, Middleware, Outcome, ServerCall
 from rpc.protocol import BROADCAST, SERVICE_POOL, SINGLETON
-from rpc.proxy import USE_DEFAULT, ClusterProxy, MethodProxy, RpcFuture, ServiceProxy
+from rpc.proxy import ClusterProxy, MethodProxy, RpcFuture, ServiceProxy
 from rpc.worker import ServiceRunner
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """asyncio callers: AsyncClusterProxy, AsyncServiceProxy and AsyncMethodProxy.
 
-They share :class:`~rpc.proxy.BaseClusterProxy` with the threaded proxies: the same
+They share :class:`~rpc.client.BaseClusterProxy` with the threaded proxies: the same
 connection with its I/O thread, the same request building and reply matching. Only
 waiting differs: a reply read on the I/O thread settles an asyncio future through
 ``loop.call_soon_threadsafe``, so any number of calls await at once on one
@@ -10,31 +10,35 @@ connection without a thread each.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
-from rpc import protocol, serialization
-from rpc.errors import BrokerError, CallTimeoutError, SerializationError
-from rpc.proxy import (
+from rpc.calls import (
     USE_DEFAULT,
-    BaseClusterProxy,
-    BaseMethodProxy,
-    BaseServiceProxy,
+    Observed,
+    PreparedMessage,
     _UseDefault,
-    not_routed,
+    cancelled,
+    outcome_result,
+    publish_message,
     reply_result,
 )
+from rpc.client import BaseClusterProxy, BaseMethodProxy, BaseServiceProxy
+from rpc.discovery import (
+    DISCOVERY_QUIET,
+    DISCOVERY_WAIT,
+    DiscoveryAnswers,
+    read_answer,
+)
+from rpc.errors import BrokerError
+from rpc.middleware import Outcome
+from rpc.pending import timed_out
 from rpc.serialization import JsonValue
-from rpc.transport import BrokerConnection, Delivery
+from rpc.transport import Delivery
 
-#: Longest time :meth:`AsyncClusterProxy.discover` collects answers, by default.
-DISCOVERY_WAIT = 0.5
-#: Seconds without a new answer after which discovery stops early, by default.
-DISCOVERY_QUIET = 0.1
 #: Seconds between two looks at a connection that is being re-established.
 RECONNECT_POLL = 0.05
 
@@ -51,6 +55,8 @@ class AsyncRpcFuture:
         "_cluster",
         "_future",
         "_loop",
+        "_observed",
+        "_outcome",
         "correlation_id",
         "deadline",
         "method",
@@ -65,6 +71,8 @@ class AsyncRpcFuture:
         method: str,
         correlation_id: str,
         deadline: float,
+        *,
+        observed: Observed | None = None,
     ) -> None:
         self._cluster = cluster
         self._loop = loop
@@ -73,6 +81,9 @@ class AsyncRpcFuture:
         self.method = method
         self.correlation_id = correlation_id
         self.deadline = deadline
+        self._observed = observed
+        #: The decoded reply, when middlewares had it decoded as it arrived.
+        self._outcome: Outcome | None = None
 
     @property
     def label(self) -> str:
@@ -83,18 +94,24 @@ class AsyncRpcFuture:
 
     async def result(self) -> JsonValue:
         """Wait for the reply and return its result, or raise what the call raised."""
+        gave_up: Exception | None = None
         try:
             remaining = max(self.deadline - time.time(), 0.0)
             delivery = await asyncio.wait_for(self._future, remaining)
         except asyncio.TimeoutError:
             # The reply may still come: a cancelled wait_for leaves no trace, and the
             # pending entry goes in ``finally``.
-            raise CallTimeoutError(
-                f"{self.label} got no reply before its deadline"
-            ) from None
+            gave_up = timed_out(self.label)
+            raise gave_up from None
         finally:
-            self._cluster._forget(self.correlation_id)
-        return reply_result(delivery, self.service)
+            forgot = self._cluster._forget(self.correlation_id)
+            if forgot and self._observed is not None:
+                # Timed out or cancelled here: nobody else will settle this call.
+                self._observed.failed(gave_up or cancelled(self.label))
+        outcome = self._outcome
+        if outcome is None:
+            return reply_result(delivery, self.service)
+        return outcome_result(outcome)
 
     def __await__(self) -> Generator[Any, None, JsonValue]:
         return self.result().__await__()
@@ -102,9 +119,18 @@ class AsyncRpcFuture:
     # -- called on the I/O thread --------------------------------------------------
 
     def _deliver(self, delivery: Delivery) -> None:
+        observed = self._observed
+        if observed is not None:
+            outcome = observed.replied(delivery, self.service)
+            if outcome is None:
+                return  # the caller gave up first: that was the outcome
+            self._outcome = outcome
         self._settle(delivery, None)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: Exception) -> None:
+        observed = self._observed
+        if observed is not None and not observed.failed(exc):
+            return
         self._settle(None, exc)
 
     def _settle(self, delivery: Delivery | None, exc: BaseException | None) -> None:
@@ -121,39 +147,6 @@ class AsyncRpcFuture:
             self._future.set_result(delivery)  # type: ignore[arg-type]
 
 
-class DiscoveryAnswers:
-    """The answers to one discovery request, and when to stop waiting for more.
-
-    I/O-free: times are whatever clock the caller reads, in seconds.
-    """
-
-    def __init__(
-        self, known: frozenset[str], *, started: float, wait: float, quiet: float
-    ) -> None:
-        self.known = known
-        self.give_up = started + max(wait, 0.0)
-        self.quiet = max(quiet, 0.0)
-        self.replies: list[JsonValue] = []
-        self.workers: set[str] = set()
-        self.last: float | None = None
-
-    def add(self, reply: JsonValue, at: float) -> None:
-        self.replies.append(reply)
-        if isinstance(reply, dict) and isinstance(reply.get("worker"), str):
-            self.workers.add(reply["worker"])
-        self.last = at
-
-    def done_at(self) -> float:
-        """When to stop waiting: ``quiet`` after the last answer, else the bound.
-
-        Only once every worker known from the previous discovery has answered: one
-        that is slow to answer is not left out just because the others were quick.
-        """
-        if self.last is None or not self.known <= self.workers:
-            return self.give_up
-        return min(self.give_up, self.last + self.quiet)
-
-
 class AsyncClusterProxy(BaseClusterProxy):
     """An asyncio client for every service on one broker.
 
@@ -163,9 +156,6 @@ class AsyncClusterProxy(BaseClusterProxy):
     Publishing takes the connection's lock for a moment, so a publish can delay the
     loop briefly while the I/O thread reads a batch of frames.
     """
-
-    #: Workers that answered the last discovery: the next one waits for them.
-    _known_workers: frozenset[str] = frozenset()
 
     async def start(self) -> AsyncClusterProxy:
         """Connect now (in a thread: connecting blocks); else the first call does."""
@@ -207,13 +197,23 @@ class AsyncClusterProxy(BaseClusterProxy):
         shard_key: str | None = None,
     ) -> AsyncRpcFuture:
         """Publish a request and return its future without waiting for the reply."""
-        call = self._prepare(service, method, args, kwargs, timeout, shard_key)
+        call = self._calls.request(service, method, args, kwargs, timeout, shard_key)
         loop = asyncio.get_running_loop()
         future = AsyncRpcFuture(
-            self, loop, service, method, call.correlation_id, call.deadline
+            self,
+            loop,
+            service,
+            method,
+            call.correlation_id,
+            call.deadline,
+            observed=call.observed,
         )
-        await self._ensure_connected(call.deadline - call.created)
-        self._send(call, future, idempotent=idempotent)
+        try:
+            await self._ensure_connected(call.deadline - call.created)
+            self._send(call, future, idempotent=idempotent)
+        except BaseException as exc:
+            call.unsent(exc if isinstance(exc, Exception) else cancelled(call.label))
+            raise
         return future
 
     async def call(
@@ -246,10 +246,7 @@ class AsyncClusterProxy(BaseClusterProxy):
         As :meth:`rpc.ClusterProxy.cast`: UnknownServiceError when no queue is
         bound, BrokerError when the broker does not confirm in time.
         """
-        label = f"cast {service}.{method}"
-        publish = self._cast_publisher(service, method, args, kwargs)
-        if not await self._confirmed(label, timeout, publish):
-            raise not_routed(service, label)
+        await self._confirmed(self._calls.cast(service, method, args, kwargs), timeout)
 
     async def dispatch(
         self,
@@ -260,27 +257,28 @@ class AsyncClusterProxy(BaseClusterProxy):
         timeout: float | _UseDefault | None = USE_DEFAULT,
     ) -> None:
         """Publish an event as ``source``; return once the broker confirms it."""
-        label = f"event {source}.{event_type}"
-        await self._confirmed(
-            label, timeout, self._event_publisher(source, event_type, payload)
-        )
+        await self._confirmed(self._calls.event(source, event_type, payload), timeout)
 
     async def _confirmed(
-        self,
-        label: str,
-        timeout: float | _UseDefault | None,
-        publish: Callable[[BrokerConnection], concurrent.futures.Future[bool]],
-    ) -> bool:
-        seconds = self._confirm_seconds(timeout)
-        await self._ensure_connected(seconds)
-        confirm = asyncio.wrap_future(publish(self._connection))
+        self, message: PreparedMessage, timeout: float | _UseDefault | None
+    ) -> None:
+        seconds = self._calls.seconds(timeout)
         try:
-            # shield: a caller giving up must not cancel the I/O thread's future.
-            return await asyncio.wait_for(asyncio.shield(confirm), seconds)
-        except asyncio.TimeoutError:
-            raise BrokerError(
-                f"{label}: the broker did not confirm it within {seconds}s"
-            ) from None
+            await self._ensure_connected(seconds)
+            confirm = asyncio.wrap_future(publish_message(self._connection, message))
+            try:
+                # shield: a caller giving up must not cancel the I/O thread's future.
+                routed = await asyncio.wait_for(asyncio.shield(confirm), seconds)
+            except asyncio.TimeoutError:
+                raise BrokerError(
+                    f"{message.label}: the broker did not confirm it within {seconds}s"
+                ) from None
+        except BaseException as exc:
+            message.unconfirmed(
+                exc if isinstance(exc, Exception) else cancelled(message.label)
+            )
+            raise
+        message.confirmed(routed)
 
     async def discover(
         self, *, wait: float = DISCOVERY_WAIT, quiet: float = DISCOVERY_QUIET
@@ -305,12 +303,10 @@ class AsyncClusterProxy(BaseClusterProxy):
             arrived.set()
 
         def collect(delivery: Delivery) -> None:  # on the I/O thread
-            try:
-                value = serialization.decode(delivery.body, delivery.content_type)
-            except SerializationError:
-                return
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(add, value)
+            value = read_answer(delivery)
+            if value is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(add, value)
 
         correlation_id = uuid.uuid4().hex
         self._send_discovery(correlation_id, collect)
@@ -321,8 +317,7 @@ class AsyncClusterProxy(BaseClusterProxy):
                     await asyncio.wait_for(arrived.wait(), remaining)
         finally:
             self._forget(correlation_id)
-        self._known_workers = frozenset(answers.workers)
-        return protocol.merge_discovery(answers.replies)
+        return self._discovered(answers)
 
     async def _ensure_connected(self, within: float) -> None:
         if not self._started:

@@ -15,9 +15,9 @@ import click
 import orjson
 
 from rpc import deadletter
-from rpc.async_proxy import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.broker import ensure_broker
 from rpc.config import Config
+from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
 from rpc.proxy import ClusterProxy
 from rpc.service import import_service

@@ -9,14 +9,13 @@ how the workers of the subscribing service share that queue.
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import Future
 from typing import Any
 
 from rpc import protocol, serialization
 from rpc.entrypoints import EventHandlerEntrypoint
 from rpc.errors import SerializationError
 from rpc.serialization import JsonValue
-from rpc.transport import BrokerConnection, Delivery
+from rpc.transport import Delivery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,30 +102,6 @@ def encode_event(
     protocol.check_event_type(event_type)
     body = serialization.encode(payload, limit=limit)
     return body, protocol.event_headers(source, event_type)
-
-
-def publish_event(
-    connection: BrokerConnection,
-    source: str,
-    event_type: str,
-    payload: JsonValue,
-    *,
-    limit: int | None = None,
-) -> Future[bool]:
-    """Publish one persistent event; the future resolves on the broker's confirm.
-
-    Not mandatory: an event nobody subscribes to is dropped, as a publisher with no
-    subscribers expects.
-    """
-    body, headers = encode_event(source, event_type, payload, limit=limit)
-    return connection.publish_confirmed(
-        body,
-        exchange=protocol.EVENTS_EXCHANGE,
-        routing_key=protocol.event_routing_key(source, event_type),
-        content_type=serialization.CONTENT_TYPE,
-        headers=headers,
-        delivery_mode=2,
-    )
 
 
 def decode_event(delivery: Delivery, *, limit: int | None = None) -> Event:

@@ -20,8 +20,9 @@ import orjson
 from aiohttp import web
 
 from rpc import protocol
-from rpc.async_proxy import DISCOVERY_QUIET, DISCOVERY_WAIT, AsyncClusterProxy
+from rpc.async_proxy import AsyncClusterProxy
 from rpc.config import Config
+from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import (
     BrokerError,
     CallTimeoutError,

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -410,3 +411,11 @@ class Request:
         if self.deadline is None:
             return None
         return self.deadline - (time.time() if now is None else now)
+
+
+def fallback_reply_queue(client: str) -> str:
+    """A caller's own reply queue, where the broker has no direct reply-to (memory).
+
+    Exclusive to one connection, so a new name each time: one per proxy connection.
+    """
+    return f"rpc-reply-{client}-{uuid.uuid4().hex}"

@@ -3,103 +3,46 @@
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import itertools
-import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any
 
-from rpc import events, protocol, scatter, serialization
-from rpc.config import Config
-from rpc.context import current_call
-from rpc.errors import (
-    BrokerError,
-    CallTimeoutError,
-    RpcError,
-    UnknownServiceError,
+from rpc import scatter
+from rpc.calls import (
+    USE_DEFAULT,
+    Observed,
+    PreparedMessage,
+    _UseDefault,
+    cancelled,
+    outcome_result,
+    publish_message,
+    reply_result,
 )
+from rpc.client import BaseClusterProxy as BaseClusterProxy
+from rpc.client import BaseMethodProxy, BaseServiceProxy
+from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT, DiscoveryAnswers, read_answer
+from rpc.errors import BrokerError
+from rpc.middleware import Outcome
+from rpc.pending import timed_out
 from rpc.serialization import JsonValue
 from rpc.transport import BrokerConnection, Delivery
-
-log = logging.getLogger(__name__)
-
-RESENT = "%s: sent again after a reconnection (attempt %d)"
-
-
-class _UseDefault:
-    def __repr__(self) -> str:
-        return "USE_DEFAULT"
-
-
-#: "Use the proxy's setting": the default of every per-call option.
-USE_DEFAULT: Final = _UseDefault()
-
-
-class Waiter(Protocol):
-    """What waits for one call's reply; the reading thread settles it exactly once."""
-
-    service: str
-    deadline: float
-
-    @property
-    def label(self) -> str: ...
-
-    def _deliver(self, delivery: Delivery) -> None: ...
-
-    def _fail(self, exc: BaseException) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedCall:
-    """A request ready to publish: encoded, addressed and given its deadline."""
-
-    service: str
-    method: str
-    correlation_id: str
-    deadline: float
-    created: float
-    body: bytes
-    headers: dict[str, Any]
-    routing_key: str
-
-
-@dataclasses.dataclass(eq=False)
-class _Pending:
-    """A call published and not yet answered, with what it takes to send it again."""
-
-    waiter: Waiter
-    call: PreparedCall
-    #: What the caller said; None means "as the service declares in its replies".
-    idempotent: bool | None
-    attempts: int = 1
-
-
-def reply_result(delivery: Delivery, service: str) -> JsonValue:
-    """The result a reply carries, or the remote error it carries raised."""
-    value = serialization.decode(delivery.body, delivery.content_type)
-    return protocol.parse_reply_body(value, service=service)
-
-
-def not_routed(service: str, label: str) -> UnknownServiceError:
-    """The error of a cast or call that the broker could not route to a queue."""
-    return UnknownServiceError(
-        f"no service {service!r} is listening: the broker could not route "
-        f"{label} to any queue"
-    )
 
 
 class RpcFuture:
     """The pending result of one call; :meth:`result` waits for it.
 
-    The reply is decoded in the thread that asks for it, not on the I/O thread.
+    The reply is decoded in the thread that asks for it, not on the I/O thread;
+    with client middlewares, on the thread that reads it, so that their
+    ``after_send`` hooks run even if nobody ever asks.
     """
 
     __slots__ = (
         "_cluster",
         "_future",
+        "_observed",
+        "_outcome",
         "correlation_id",
         "deadline",
         "method",
@@ -113,6 +56,8 @@ class RpcFuture:
         method: str,
         correlation_id: str,
         deadline: float,
+        *,
+        observed: Observed | None = None,
     ) -> None:
         self._cluster = cluster
         self._future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
@@ -120,6 +65,9 @@ class RpcFuture:
         self.method = method
         self.correlation_id = correlation_id
         self.deadline = deadline
+        self._observed = observed
+        #: The decoded reply, when middlewares had it decoded as it arrived.
+        self._outcome: Outcome | None = None
 
     def done(self) -> bool:
         return self._future.done()
@@ -143,11 +91,14 @@ class RpcFuture:
         except concurrent.futures.TimeoutError:
             if timeout is not None and timeout < remaining:
                 raise TimeoutError(f"{self.label} not done after {timeout}s") from None
-            self._cluster._forget(self.correlation_id)
-            raise CallTimeoutError(
-                f"{self.label} got no reply before its deadline"
-            ) from None
-        return reply_result(delivery, self.service)
+            error = timed_out(self.label)
+            if self._cluster._forget(self.correlation_id):
+                self._fail(error)
+            raise error from None
+        outcome = self._outcome
+        if outcome is None:
+            return reply_result(delivery, self.service)
+        return outcome_result(outcome)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception :meth:`result` would raise, or None."""
@@ -165,7 +116,7 @@ class RpcFuture:
         if self._future.done():
             return False
         self._cluster._forget(self.correlation_id)
-        self._fail(concurrent.futures.CancelledError(f"{self.label} was cancelled"))
+        self._fail(cancelled(self.label))
         return True
 
     def add_done_callback(self, callback: Callable[[RpcFuture], None]) -> None:
@@ -182,476 +133,21 @@ class RpcFuture:
         return f"call {self.service}.{self.method}"
 
     def _deliver(self, delivery: Delivery) -> None:
+        observed = self._observed
+        if observed is not None:
+            outcome = observed.replied(delivery, self.service)
+            if outcome is None:
+                return  # the caller gave up first: that was the outcome
+            self._outcome = outcome
         if not self._future.done():
             self._future.set_result(delivery)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: Exception) -> None:
+        observed = self._observed
+        if observed is not None and not observed.failed(exc):
+            return
         if not self._future.done():
             self._future.set_exception(exc)
-
-
-class BaseClusterProxy:
-    """What :class:`ClusterProxy` and its asyncio twin share: everything but waiting.
-
-    It owns the connection and the map of pending calls, builds requests (arguments,
-    deadline, headers) and matches replies, returns and disconnections to the waiter
-    of each call. A waiter is whatever the twin waits on: an :class:`RpcFuture` here,
-    an asyncio future in :mod:`rpc.async_proxy`. Every callback runs on the thread
-    reading the connection (its I/O thread, or a caller of :meth:`RpcFuture.result`
-    reading its own reply) and only hands results over.
-
-    When the connection is lost, the replies of calls in flight are lost with it:
-    those calls fail at once with :class:`BrokerError`, except idempotent ones, which
-    are published again once the proxy has reconnected (within their deadline). A
-    method is idempotent when the call says so (``with_options(idempotent=True)``)
-    or, failing that, when the service's replies say it is declared
-    ``@rpc(idempotent=True)``: the proxy remembers that per ``service.method``.
-    """
-
-    def __init__(
-        self,
-        broker_url: str | None = None,
-        *,
-        timeout: float | None = None,
-        config: Config | None = None,
-        name: str = "client",
-    ) -> None:
-        base = config if config is not None else Config.load()
-        self.config = base.replace(broker_url=broker_url, default_timeout=timeout)
-        self.name = name
-        self._pending: dict[str, _Pending] = {}
-        #: Idempotent calls that lost their connection and wait for the next one.
-        self._resend: dict[str, _Pending] = {}
-        self._calls_lock = threading.Lock()
-        #: ``(service, method)`` whose replies said they are idempotent.
-        self._idempotent_methods: set[tuple[str, str]] = set()
-        # Requests answered by many replies (discovery): correlation id -> callback.
-        self._listeners: dict[str, Callable[[Delivery], None]] = {}
-        # Correlation ids: a random prefix per proxy and a counter. uuid4() per call
-        # costs a getrandom() syscall; ids only need to be unique among our calls.
-        self._id_prefix = uuid.uuid4().hex[:16]
-        self._ids = itertools.count(1)
-        self._start_lock = threading.Lock()
-        self._started = False
-        self._connection = self._new_connection()
-        self._reply_to = protocol.DIRECT_REPLY_TO
-
-    @property
-    def started(self) -> bool:
-        """True once connected, until stopped; reconnection is then automatic."""
-        return self._started
-
-    @property
-    def connected(self) -> bool:
-        """True while the connection to the broker is up."""
-        return self._started and self._connection.connected
-
-    def _start_connection(self) -> None:
-        with self._start_lock:
-            if not self._started:
-                if self._connection.stopped:
-                    self._connection = self._new_connection()
-                self._connection.start()
-                self._started = True
-
-    def _stop_connection(self) -> None:
-        with self._start_lock:
-            started, self._started = self._started, False
-        if started:
-            self._connection.stop()
-        self._fail_all(BrokerError("the proxy was closed"))
-
-    def _new_connection(self) -> BrokerConnection:
-        return BrokerConnection(
-            self.config.broker_url,
-            name=f"{self.name}-proxy",
-            heartbeat=self.config.heartbeat,
-            connect_timeout=self.config.connect_timeout,
-            on_connect=self._set_up,
-            on_disconnect=self._connection_lost,
-            on_tick=self._expire,
-            confirms=True,
-        )
-
-    # -- building and sending requests (I/O-free but for the publish) ----------------
-
-    def _prepare(
-        self,
-        service: str,
-        method: str,
-        args: Sequence[JsonValue],
-        kwargs: Mapping[str, JsonValue] | None,
-        timeout: float | _UseDefault | None,
-        shard_key: str | None = None,
-    ) -> PreparedCall:
-        """Check names, fix the deadline and encode the body; raises before any I/O.
-
-        With ``shard_key``, the request goes to the worker of the service that owns
-        that key on the service's consistent-hash ring.
-        """
-        protocol.check_service_name(service)
-        protocol.check_method_name(method)
-        now = time.time()
-        deadline = self._deadline(now, timeout)
-        if deadline <= now:
-            raise CallTimeoutError(
-                f"call {service}.{method}: the caller's deadline has already passed"
-            )
-        body = serialization.encode(
-            protocol.request_body(args, kwargs or {}),
-            limit=self.config.max_message_bytes,
-        )
-        headers = protocol.request_headers(method, deadline, self._caller())
-        key = protocol.routing_key(service, method)
-        if shard_key is not None:
-            headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
-            key = protocol.shard_routing_key(service, method)
-        return PreparedCall(
-            service=service,
-            method=method,
-            correlation_id=f"{self._id_prefix}{next(self._ids):x}",
-            deadline=deadline,
-            created=now,
-            body=body,
-            headers=headers,
-            routing_key=key,
-        )
-
-    def _caller(self) -> str:
-        context = current_call()
-        return context.service if context is not None else self.name
-
-    def _cast_publisher(
-        self,
-        service: str,
-        method: str,
-        args: Sequence[JsonValue],
-        kwargs: Mapping[str, JsonValue] | None,
-    ) -> Callable[[BrokerConnection], concurrent.futures.Future[bool]]:
-        """Encode a cast now; the result publishes it with a confirm when called."""
-        protocol.check_service_name(service)
-        protocol.check_method_name(method)
-        body = serialization.encode(
-            protocol.request_body(args, kwargs or {}),
-            limit=self.config.max_message_bytes,
-        )
-        headers = protocol.cast_headers(method, self._caller())
-        return lambda connection: connection.publish_confirmed(
-            body,
-            exchange=protocol.RPC_EXCHANGE,
-            routing_key=protocol.routing_key(service, method),
-            content_type=serialization.CONTENT_TYPE,
-            headers=headers,
-            mandatory=True,
-            delivery_mode=2,
-        )
-
-    def _event_publisher(
-        self, source: str, event_type: str, payload: JsonValue
-    ) -> Callable[[BrokerConnection], concurrent.futures.Future[bool]]:
-        limit = self.config.max_message_bytes
-        return lambda connection: events.publish_event(
-            connection, source, event_type, payload, limit=limit
-        )
-
-    def _confirm_seconds(self, timeout: float | _UseDefault | None) -> float:
-        return (
-            self.config.default_timeout
-            if timeout is USE_DEFAULT or timeout is None
-            else float(timeout)  # type: ignore[arg-type]
-        )
-
-    def _send(
-        self, call: PreparedCall, waiter: Waiter, *, idempotent: bool | None
-    ) -> None:
-        """Register ``waiter`` for the reply, then publish the request.
-
-        ``idempotent`` (None: as the service declares) lets a call that cannot be
-        published now, or whose connection is lost later, be sent again on the next
-        connection instead of failing with BrokerError.
-        """
-        connection = self._connection
-        entry = _Pending(waiter, call, idempotent)
-        with self._calls_lock:
-            self._pending[call.correlation_id] = entry
-        try:
-            self._publish(entry, connection.publish)
-        except BrokerError:
-            with self._calls_lock:
-                self._pending.pop(call.correlation_id, None)
-                if call.correlation_id in self._resend:
-                    return  # the lost connection took it over: sent on reconnection
-                if not (self._retryable(entry) and self._started):
-                    raise
-                # Sent by the I/O thread once connected again (or failed at the
-                # deadline).
-                entry.attempts += 1
-                self._resend[call.correlation_id] = entry
-
-    def _publish(self, entry: _Pending, publish: Callable[..., None]) -> None:
-        call = entry.call
-        headers = call.headers
-        if entry.attempts > 1:
-            # The handler's context reports it as redelivered: it may have run.
-            headers = {**headers, protocol.HEADER_DELIVERY_COUNT: entry.attempts}
-        publish(
-            call.body,
-            exchange=protocol.RPC_EXCHANGE,
-            routing_key=call.routing_key,
-            content_type=serialization.CONTENT_TYPE,
-            headers=headers,
-            mandatory=True,
-            correlation_id=call.correlation_id,
-            reply_to=self._reply_to,
-            expiration=protocol.expiration_ms(call.deadline),
-            delivery_mode=1,
-        )
-
-    def _retryable(self, entry: _Pending) -> bool:
-        if entry.idempotent is not None:
-            return entry.idempotent
-        call = entry.call
-        return (call.service, call.method) in self._idempotent_methods
-
-    def _send_again(self, publish: Callable[..., None]) -> None:
-        """Publish the idempotent calls a lost connection took with it."""
-        with self._calls_lock:
-            waiting, self._resend = self._resend, {}
-        now = time.time()
-        for correlation_id, entry in list(waiting.items()):
-            waiter = entry.waiter
-            if entry.call.deadline <= now:
-                del waiting[correlation_id]
-                waiter._fail(
-                    CallTimeoutError(f"{waiter.label} got no reply before its deadline")
-                )
-                continue
-            with self._calls_lock:
-                self._pending[correlation_id] = entry
-            try:
-                self._publish(entry, publish)
-            except BaseException:
-                # This connection failed too: keep the rest for the next one.
-                with self._calls_lock:
-                    self._pending.pop(correlation_id, None)
-                    self._resend.update(waiting)
-                raise
-            del waiting[correlation_id]
-            log.info(RESENT, waiter.label, entry.attempts)
-
-    def _send_discovery(
-        self, correlation_id: str, listener: Callable[[Delivery], None]
-    ) -> None:
-        """Ask every running worker to describe itself; replies go to ``listener``."""
-        self._listeners[correlation_id] = listener
-        try:
-            self._connection.publish(
-                serialization.encode(protocol.discovery_request()),
-                exchange=protocol.DISCOVERY_EXCHANGE,
-                routing_key="",
-                content_type=serialization.CONTENT_TYPE,
-                correlation_id=correlation_id,
-                reply_to=self._reply_to,
-                delivery_mode=1,
-            )
-        except BrokerError:
-            self._listeners.pop(correlation_id, None)
-            raise
-
-    def _deadline(self, now: float, timeout: float | _UseDefault | None) -> float:
-        seconds = (
-            self.config.default_timeout
-            if timeout is USE_DEFAULT or timeout is None
-            else float(timeout)  # type: ignore[arg-type]
-        )
-        deadline = now + seconds
-        context = current_call()
-        if context is not None and context.deadline is not None:
-            # A nested call never outlives the call it serves.
-            deadline = min(deadline, context.deadline)
-        return deadline
-
-    def _forget(self, correlation_id: str) -> None:
-        with self._calls_lock:
-            self._pending.pop(correlation_id, None)
-            self._resend.pop(correlation_id, None)
-        self._listeners.pop(correlation_id, None)
-
-    # -- callbacks on the thread reading the connection --------------------------------
-
-    def _set_up(self, channel: Any) -> None:
-        connection = self._connection
-        channel.exchange_declare(
-            exchange=protocol.RPC_EXCHANGE,
-            type="topic",
-            durable=True,
-            auto_delete=False,
-        )
-        events.declare_exchange(channel)
-        # Publishing to a missing exchange would close the channel: declare it too.
-        channel.exchange_declare(
-            exchange=protocol.DISCOVERY_EXCHANGE,
-            type="fanout",
-            durable=True,
-            auto_delete=False,
-        )
-        if connection.supports_direct_reply_to:
-            self._reply_to = protocol.DIRECT_REPLY_TO
-        else:
-            self._reply_to = f"rpc-reply-{self.name}-{uuid.uuid4().hex}"
-            channel.queue_declare(
-                queue=self._reply_to, exclusive=True, auto_delete=True, durable=False
-            )
-        connection.consume(channel, self._reply_to, self._on_reply, no_ack=True)
-        connection.on_return(channel, self._on_return)
-        # Now that replies can arrive again: the idempotent calls the last
-        # connection lost.
-        self._send_again(
-            lambda body, **options: connection.publish_on(channel, body, **options)
-        )
-
-    def _on_reply(self, delivery: Delivery) -> None:
-        correlation_id = delivery.correlation_id or ""
-        with self._calls_lock:
-            entry = self._pending.pop(correlation_id, None)
-        if entry is None:
-            listener = self._listeners.get(correlation_id)
-            if listener is not None:
-                listener(delivery)
-                return
-            log.debug("dropping a reply nobody waits for: %s", correlation_id)
-            return
-        # Learn from every reply, so that a method redeployed without
-        # idempotent=True stops being retried.
-        key = (entry.call.service, entry.call.method)
-        if delivery.headers.get(protocol.HEADER_IDEMPOTENT) is True:
-            self._idempotent_methods.add(key)
-        else:
-            self._idempotent_methods.discard(key)
-        entry.waiter._deliver(delivery)
-
-    def _on_return(self, delivery: Delivery) -> None:
-        with self._calls_lock:
-            entry = self._pending.pop(delivery.correlation_id or "", None)
-        if entry is not None:
-            waiter = entry.waiter
-            waiter._fail(not_routed(waiter.service, waiter.label))
-
-    def _connection_lost(self, exc: BaseException) -> None:
-        # Direct reply-to replies for these calls die with the channel: fail them now
-        # rather than let the caller wait for its timeout, or keep the idempotent
-        # ones to publish again once reconnected.
-        error = BrokerError(
-            f"connection to the broker lost while the call was in flight: {exc}"
-        )
-        now = time.time()
-        failed: list[_Pending] = []
-        with self._calls_lock:
-            pending, self._pending = self._pending, {}
-            for correlation_id, entry in pending.items():
-                if self._retryable(entry) and entry.call.deadline > now:
-                    entry.attempts += 1
-                    self._resend[correlation_id] = entry
-                else:
-                    failed.append(entry)
-        for entry in failed:
-            entry.waiter._fail(error)
-
-    def _fail_all(self, exc: RpcError) -> None:
-        with self._calls_lock:
-            pending, self._pending = self._pending, {}
-            waiting, self._resend = self._resend, {}
-        for entry in [*pending.values(), *waiting.values()]:
-            entry.waiter._fail(exc)
-
-    def _expire(self) -> None:
-        now = time.time()
-        with self._calls_lock:
-            expired = [
-                self._pending.pop(correlation_id)
-                for correlation_id, entry in list(self._pending.items())
-                if entry.call.deadline < now
-            ]
-            leftover = bool(self._resend)
-        for entry in expired:
-            entry.waiter._fail(
-                CallTimeoutError(
-                    f"{entry.waiter.label} got no reply before its deadline"
-                )
-            )
-        if leftover:
-            # Calls that failed to publish just as the connection came back.
-            self._send_again(self._connection.publish)
-
-
-_Cluster = TypeVar("_Cluster", bound=BaseClusterProxy)
-_Service = TypeVar("_Service", bound="BaseServiceProxy[Any]")
-_Method = TypeVar("_Method", bound="BaseMethodProxy[Any]")
-
-
-class BaseServiceProxy(Generic[_Cluster]):
-    """What :class:`ServiceProxy` and its asyncio twin share: service and defaults."""
-
-    def __init__(
-        self,
-        cluster: _Cluster,
-        service: str,
-        *,
-        timeout: float | _UseDefault | None = USE_DEFAULT,
-    ) -> None:
-        self._cluster = cluster
-        self._service = protocol.check_service_name(service)
-        self._timeout = timeout
-
-    def with_options(
-        self: _Service, *, timeout: float | _UseDefault | None = USE_DEFAULT
-    ) -> _Service:
-        """The same service with other defaults: ``svc.with_options(timeout=5)``."""
-        return type(self)(self._cluster, self._service, timeout=timeout)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._service}>"
-
-
-class BaseMethodProxy(Generic[_Cluster]):
-    """What :class:`MethodProxy` and its asyncio twin share: a method, its options."""
-
-    def __init__(
-        self,
-        cluster: _Cluster,
-        service: str,
-        method: str,
-        *,
-        timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool | None = None,
-        shard_key: str | None = None,
-    ) -> None:
-        self._cluster = cluster
-        self.service = service
-        self.method = protocol.check_method_name(method)
-        self._timeout = timeout
-        self._idempotent = idempotent
-        self._shard_key = shard_key
-
-    def _replace(
-        self: _Method,
-        *,
-        timeout: float | _UseDefault | None = USE_DEFAULT,
-        idempotent: bool | None = None,
-        shard_key: str | None = None,
-    ) -> _Method:
-        """A copy with the options given; those left out stay as they are here."""
-        return type(self)(
-            self._cluster,
-            self.service,
-            self.method,
-            timeout=self._timeout if timeout is USE_DEFAULT else timeout,
-            idempotent=self._idempotent if idempotent is None else idempotent,
-            shard_key=self._shard_key if shard_key is None else shard_key,
-        )
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.service}.{self.method}>"
 
 
 class ClusterProxy(BaseClusterProxy):
@@ -713,17 +209,28 @@ class ClusterProxy(BaseClusterProxy):
             BrokerError: not connected (an idempotent call waits for the next
                 connection instead, within its deadline).
         """
-        call = self._prepare(service, method, args, kwargs, timeout, shard_key)
-        future = RpcFuture(self, service, method, call.correlation_id, call.deadline)
-        if not self._started:
-            self.start()
-        connection = self._connection
-        if not connection.connected:
-            # Reconnecting after a blip: wait for it, within this call's deadline.
-            connection.wait_connected(
-                min(call.deadline - call.created, self.config.connect_timeout)
-            )
-        self._send(call, future, idempotent=idempotent)
+        call = self._calls.request(service, method, args, kwargs, timeout, shard_key)
+        future = RpcFuture(
+            self,
+            service,
+            method,
+            call.correlation_id,
+            call.deadline,
+            observed=call.observed,
+        )
+        try:
+            if not self._started:
+                self.start()
+            connection = self._connection
+            if not connection.connected:
+                # Reconnecting after a blip: wait for it, within this call's deadline.
+                connection.wait_connected(
+                    min(call.deadline - call.created, self.config.connect_timeout)
+                )
+            self._send(call, future, idempotent=idempotent)
+        except Exception as exc:
+            call.unsent(exc)
+            raise
         return future
 
     def call(
@@ -765,10 +272,7 @@ class ClusterProxy(BaseClusterProxy):
                 time, or the connection was lost first (it may then have arrived:
                 cast again only what is safe to run twice).
         """
-        label = f"cast {service}.{method}"
-        publish = self._cast_publisher(service, method, args, kwargs)
-        if not self._confirmed(label, timeout, publish):
-            raise not_routed(service, label)
+        self._confirmed(self._calls.cast(service, method, args, kwargs), timeout)
 
     def dispatch(
         self,
@@ -786,36 +290,83 @@ class ClusterProxy(BaseClusterProxy):
             ValueError: ``source`` or ``event_type`` cannot be used on the wire.
             BrokerError: as for :meth:`cast`.
         """
-        label = f"event {source}.{event_type}"
-        self._confirmed(
-            label, timeout, self._event_publisher(source, event_type, payload)
+        self._confirmed(self._calls.event(source, event_type, payload), timeout)
+
+    def discover(
+        self, *, wait: float = DISCOVERY_WAIT, quiet: float = DISCOVERY_QUIET
+    ) -> dict[str, Any]:
+        """The services running now, with their methods, as their workers describe them.
+
+        As :meth:`rpc.AsyncClusterProxy.discover`: answers are collected until
+        ``quiet`` seconds pass without a new one, once every worker that answered the
+        previous discovery has answered again; and for ``wait`` seconds at most.
+        """
+        connection = self._connected_within(wait)
+        lock = threading.Lock()
+        arrived = threading.Event()
+        answers = DiscoveryAnswers(
+            self._known_workers, started=time.monotonic(), wait=wait, quiet=quiet
         )
 
-    def _confirmed(
-        self,
-        label: str,
-        timeout: float | _UseDefault | None,
-        publish: Callable[[BrokerConnection], concurrent.futures.Future[bool]],
-    ) -> bool:
-        # Publisher confirms: wait here, in the caller's thread, for the broker's
-        # ack for this message, reading it ourselves when nobody else reads.
-        seconds = self._confirm_seconds(timeout)
+        def collect(delivery: Delivery) -> None:  # on the thread reading
+            value = read_answer(delivery)
+            if value is not None:
+                with lock:
+                    answers.add(value, time.monotonic())
+                arrived.set()
+
+        correlation_id = uuid.uuid4().hex
+        self._send_discovery(correlation_id, collect)
+        try:
+            while True:
+                arrived.clear()
+                with lock:
+                    remaining = answers.done_at() - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Read the answers on this thread when nobody else is reading.
+                if not connection.read_until(arrived.is_set, remaining):
+                    arrived.wait(remaining)
+        finally:
+            self._forget(correlation_id)
+        with lock:
+            return self._discovered(answers)
+
+    def _connected_within(self, seconds: float) -> BrokerConnection:
+        """The connection, started if need be; after a blip, waited for a while."""
         if not self._started:
             self.start()
         connection = self._connection
         if not connection.connected:
+            # Reconnecting after a blip: wait for it, within the caller's time.
             connection.wait_connected(min(seconds, self.config.connect_timeout))
-        confirm = publish(connection)
-        began = time.monotonic()
-        left = seconds
-        if connection.read_until(confirm.done, seconds):
-            left = max(seconds - (time.monotonic() - began), 0)
+        # Still down: sending fails with BrokerError, or is queued for the next
+        # connection when the call is idempotent.
+        return connection
+
+    def _confirmed(
+        self, message: PreparedMessage, timeout: float | _UseDefault | None
+    ) -> None:
+        # Publisher confirms: wait here, in the caller's thread, for the broker's
+        # ack for this message, reading it ourselves when nobody else reads.
+        seconds = self._calls.seconds(timeout)
         try:
-            return confirm.result(timeout=left)
-        except concurrent.futures.TimeoutError:
-            raise BrokerError(
-                f"{label}: the broker did not confirm it within {seconds}s"
-            ) from None
+            connection = self._connected_within(seconds)
+            confirm = publish_message(connection, message)
+            began = time.monotonic()
+            left = seconds
+            if connection.read_until(confirm.done, seconds):
+                left = max(seconds - (time.monotonic() - began), 0)
+            try:
+                routed = confirm.result(timeout=left)
+            except concurrent.futures.TimeoutError:
+                raise BrokerError(
+                    f"{message.label}: the broker did not confirm it within {seconds}s"
+                ) from None
+        except Exception as exc:
+            message.unconfirmed(exc)
+            raise
+        message.confirmed(routed)
 
 
 class ServiceProxy(BaseServiceProxy[ClusterProxy]):

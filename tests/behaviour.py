@@ -8,13 +8,16 @@ carry no ``Test`` prefix, so pytest collects only the subclasses.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import random
 import threading
 import time
 import uuid
 from collections import defaultdict
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import Any, ClassVar, NamedTuple
 from unittest.mock import ANY
 
 import kombu
@@ -22,14 +25,21 @@ import orjson
 import pytest
 
 from rpc import (
+    AsyncClusterProxy,
+    CallTimeoutError,
+    ClientCall,
+    ClusterProxy,
     InvalidArgumentsError,
     MethodNotFoundError,
+    Middleware,
+    Outcome,
     RemoteError,
     ServiceRunner,
     UnknownServiceError,
     protocol,
     rpc,
 )
+from rpc.memory import transport_for
 from rpc.testing import (
     ServiceCluster,
     entrypoint_waiter,
@@ -528,3 +538,256 @@ class FailingCastBehaviour:
             workers |= {run.worker for run in seen}
         assert len(runs.wait(bad, self.LIMIT)) == self.LIMIT
         assert len(workers) == 2  # the keys were spread over both workers
+
+
+# -- client middleware ---------------------------------------------------------------
+
+
+class RecordingSends(Middleware):
+    """Tags every send with a header, as a tracer would, and records both hooks."""
+
+    #: Every instance made, for the ones ``Config.middleware`` makes by import path.
+    instances: ClassVar[list[RecordingSends]] = []
+
+    def __init__(self) -> None:
+        self.before: list[ClientCall] = []
+        self.after: list[tuple[ClientCall, Outcome]] = []
+        self._changed = threading.Condition()
+        RecordingSends.instances.append(self)
+
+    def before_send(self, call: ClientCall) -> None:
+        call.headers["x-trace"] = f"trace-{call.method}"
+        call.headers[protocol.HEADER_METHOD] = "not-the-method"  # ours must win
+        with self._changed:
+            self.before.append(call)
+
+    def after_send(self, call: ClientCall, outcome: Outcome) -> None:
+        with self._changed:
+            self.after.append((call, outcome))
+            self._changed.notify_all()
+
+    def outcomes(self, count: int, timeout: float = 30) -> list[tuple[str, object]]:
+        """``(kind service.method, result or error type)`` once ``count`` are in."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.after) >= count, timeout)
+            return [
+                (
+                    f"{call.kind} {call.service}.{call.method}",
+                    outcome.result if outcome.ok else type(outcome.error),
+                )
+                for call, outcome in self.after
+            ]
+
+
+class Refusing(Middleware):
+    def before_send(self, call: ClientCall) -> None:
+        raise PermissionError(f"{call.kind} {call.method} refused")
+
+
+class Probe:
+    """A queue bound as a service's would be, read with plain Kombu: the messages a
+    worker would get, headers and all."""
+
+    def __init__(self, channel: Any, service: str) -> None:
+        self.channel = channel
+        self.service = service
+        self.queue = f"probe-{service}"
+        channel.exchange_declare(
+            exchange=protocol.RPC_EXCHANGE,
+            type="topic",
+            durable=True,
+            auto_delete=False,
+        )
+        channel.exchange_declare(
+            exchange=protocol.EVENTS_EXCHANGE,
+            type="topic",
+            durable=True,
+            auto_delete=False,
+        )
+        channel.queue_declare(queue=self.queue, durable=False, auto_delete=False)
+        channel.queue_bind(
+            queue=self.queue,
+            exchange=protocol.RPC_EXCHANGE,
+            routing_key=protocol.service_binding(service),
+        )
+        channel.queue_bind(
+            queue=self.queue,
+            exchange=protocol.EVENTS_EXCHANGE,
+            routing_key=protocol.event_binding(service, "#"),
+        )
+
+    def take(self, timeout: float = 30) -> kombu.Message:
+        deadline = time.monotonic() + timeout
+        while (message := self.channel.basic_get(self.queue, no_ack=True)) is None:
+            assert time.monotonic() < deadline, "nothing arrived"
+            time.sleep(0.02)
+        return message
+
+    def empty(self) -> bool:
+        return self.channel.basic_get(self.queue, no_ack=True) is None
+
+    def reply(self, request: kombu.Message, result: object) -> None:
+        """Answer ``request`` as a worker would."""
+        message = self.channel.prepare_message(
+            orjson.dumps({"result": result, "error": None}),
+            content_type="application/json",
+            properties={"correlation_id": request.properties["correlation_id"]},
+        )
+        self.channel.basic_publish(
+            message, exchange="", routing_key=request.properties["reply_to"]
+        )
+
+
+@contextlib.contextmanager
+def probe(broker_url: str) -> Iterator[Probe]:
+    url = broker_url
+    with kombu.Connection(url, transport=transport_for(url)) as connection:
+        yield Probe(connection.default_channel, unique("probe"))
+
+
+class ClientMiddlewareBehaviour:
+    """Every call, cast and event goes through the proxies' middlewares."""
+
+    def test_headers_added_reach_the_request_under_the_frameworks_own(
+        self, cluster: ServiceCluster
+    ):
+        sends = RecordingSends()
+        with (
+            probe(cluster.broker_url) as target,
+            ClusterProxy(config=cluster.config, middleware=[sends]) as proxy,
+        ):
+            future = proxy[target.service].echo.call_async(7)
+            request = target.take()
+            (call,) = sends.before
+            assert request.headers["x-trace"] == "trace-echo"
+            assert request.headers[protocol.HEADER_METHOD] == "echo"
+            assert request.properties["correlation_id"] == call.correlation_id
+            assert future.correlation_id == call.correlation_id
+            assert sends.after == []  # nothing known yet
+            target.reply(request, 14)
+            assert future.result() == 14
+            proxy[target.service].echo.cast(1)
+            proxy.dispatch(target.service, "things.happened", {"n": 1})
+            cast, event = target.take(), target.take()
+        assert (call.kind, call.args) == ("call", (7,))
+        assert cast.headers["x-trace"] == "trace-echo"
+        assert cast.headers[protocol.HEADER_METHOD] == "echo"
+        assert event.headers["x-trace"] == "trace-things.happened"
+        assert event.headers[protocol.HEADER_EVENT_TYPE] == "things.happened"
+        assert sends.outcomes(3) == [
+            (f"call {target.service}.echo", 14),
+            (f"cast {target.service}.echo", None),
+            (f"event {target.service}.things.happened", None),
+        ]
+        assert [c.correlation_id is None for c in sends.before] == [False, True, True]
+
+    def test_after_hooks_see_each_outcome_once(self, cluster: ServiceCluster):
+        cluster.start(Greeter, Compute)
+        sends = RecordingSends()
+        with (
+            probe(cluster.broker_url) as silent,
+            ClusterProxy(config=cluster.config, middleware=[sends]) as proxy,
+        ):
+            assert proxy.greeter.hello("ada") == "Hello, ada!"
+            with pytest.raises(RemoteError):
+                proxy.compute.compute(count=-1)
+            with pytest.raises(CallTimeoutError):
+                proxy[silent.service].echo.with_options(timeout=0.3)(1)
+            with pytest.raises(UnknownServiceError):
+                proxy.nobody.echo(1)
+            with pytest.raises(UnknownServiceError):
+                proxy.nobody.echo.cast(1)
+            proxy.greeter.hello.cast("bob")
+            proxy.dispatch("greeter", "greeted", "ada")
+        assert sends.outcomes(7) == [
+            ("call greeter.hello", "Hello, ada!"),
+            ("call compute.compute", RemoteError),
+            (f"call {silent.service}.echo", CallTimeoutError),
+            ("call nobody.echo", UnknownServiceError),
+            ("cast nobody.echo", UnknownServiceError),
+            ("cast greeter.hello", None),
+            ("event greeter.greeted", None),
+        ]
+        assert len(sends.after) == len(sends.before) == 7
+
+    def test_a_refused_send_is_never_published(self, cluster: ServiceCluster):
+        sends = RecordingSends()
+        with (
+            probe(cluster.broker_url) as target,
+            ClusterProxy(
+                config=cluster.config, middleware=[sends, Refusing()]
+            ) as proxy,
+        ):
+            with pytest.raises(PermissionError, match="call echo refused"):
+                proxy[target.service].echo(1)
+            with pytest.raises(PermissionError, match="cast echo refused"):
+                proxy[target.service].echo.cast(1)
+            with pytest.raises(PermissionError, match="event told refused"):
+                proxy.dispatch(target.service, "told")
+            assert target.empty()
+        assert [outcome for _, outcome in sends.outcomes(3)] == [PermissionError] * 3
+
+    def test_the_after_hook_of_a_future_nobody_reads_runs_once(
+        self, cluster: ServiceCluster
+    ):
+        cluster.start(Greeter)
+        sends = RecordingSends()
+        with ClusterProxy(config=cluster.config, middleware=[sends]) as proxy:
+            futures = [proxy.greeter.hello.call_async(f"u{n}") for n in range(5)]
+            outcomes = sends.outcomes(5)  # nobody asked for a result
+            assert sorted(outcomes) == [
+                ("call greeter.hello", f"Hello, u{n}!") for n in range(5)
+            ]
+            assert [f.result() for f in futures] == [f"Hello, u{n}!" for n in range(5)]
+            assert [f.result() for f in futures] == [f"Hello, u{n}!" for n in range(5)]
+        assert len(sends.after) == 5
+
+    def test_map_and_the_asyncio_proxy_go_through_it(self, cluster: ServiceCluster):
+        cluster.start(Greeter)
+        sends = RecordingSends()
+        with ClusterProxy(config=cluster.config, middleware=[sends]) as proxy:
+            assert list(proxy.greeter.hello.map(["a", "b"])) == [
+                "Hello, a!",
+                "Hello, b!",
+            ]
+
+        async def asynchronous() -> object:
+            async with AsyncClusterProxy(
+                config=cluster.config, middleware=[sends]
+            ) as proxy:
+                future = await proxy.greeter.hello.call_async("c")
+                with pytest.raises(UnknownServiceError):
+                    await proxy.nobody.echo(1)
+                await proxy.greeter.hello.cast("d")
+                await proxy.dispatch("greeter", "greeted")
+                return await future
+
+        assert asyncio.run(asynchronous()) == "Hello, c!"
+        assert sorted(sends.outcomes(6), key=str) == sorted(
+            [
+                ("call greeter.hello", "Hello, a!"),
+                ("call greeter.hello", "Hello, b!"),
+                ("call greeter.hello", "Hello, c!"),
+                ("call nobody.echo", UnknownServiceError),
+                ("cast greeter.hello", None),
+                ("event greeter.greeted", None),
+            ],
+            key=str,
+        )
+
+    def test_dependencies_send_through_the_configured_middleware(
+        self, cluster: ServiceCluster
+    ):
+        RecordingSends.instances.clear()
+        configured = {"middleware": (f"{__name__}:RecordingSends",)}
+        cluster.start(Greeter, Frontend, **configured)
+        cluster.start(Shop, Stock, **configured)
+        assert cluster.proxy.frontend.welcome("ada") == "HELLO, ADA!"
+        cluster.proxy.shop.order(unique("item"))
+        seen = [
+            outcome
+            for sends in RecordingSends.instances
+            for outcome in sends.outcomes(0)
+        ]
+        assert ("call greeter.hello", "Hello, ada!") in seen
+        assert ("event shop.orders.created", None) in seen

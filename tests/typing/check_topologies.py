@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from typing_extensions import assert_type
 
 from rpc import (
     BROADCAST,
+    AsyncClusterProxy,
+    ClientCall,
     ClusterProxy,
     MethodProxy,
+    Middleware,
     ServiceProxy,
     event_handler,
     rpc,
@@ -40,3 +44,13 @@ def check(cluster: ClusterProxy) -> None:
     assert_type(method.cast(1), None)
     assert_type(method.map([1, 2]), Iterator[JsonValue])
     cluster.dispatch("shop", "orders.created", {"id": 1})
+    assert_type(cluster.discover(wait=1, quiet=0.1), dict[str, Any])
+
+
+def check_middleware(url: str) -> None:
+    class Tracing(Middleware):
+        def before_send(self, call: ClientCall) -> None:
+            call.headers["x-trace"] = "1"
+
+    assert_type(ClusterProxy(url, middleware=[Tracing()]), ClusterProxy)
+    assert_type(AsyncClusterProxy(url, middleware=(Tracing(),)), AsyncClusterProxy)

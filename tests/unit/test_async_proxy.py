@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -10,10 +11,11 @@ import orjson
 import pytest
 
 from rpc import AsyncClusterProxy, AsyncRpcFuture, CallTimeoutError, Config, RemoteError
-from rpc.async_proxy import DiscoveryAnswers
+from rpc.discovery import DiscoveryAnswers
 from rpc.transport import Delivery
 from services.compute import Compute
 from services.greeter import Greeter
+from tests.behaviour import RecordingSends
 
 
 def reply(correlation_id: str, body: object) -> Delivery:
@@ -34,8 +36,8 @@ def reply(correlation_id: str, body: object) -> Delivery:
 
 
 def pending_call(cluster: AsyncClusterProxy, seconds: float = 30) -> AsyncRpcFuture:
-    """A call made as ``call_async`` makes it; the fixture's publish goes nowhere."""
-    call = cluster._prepare("svc", "method", (), None, seconds)
+    """A call built and registered as ``call_async`` does, and never published."""
+    call = cluster._calls.request("svc", "method", (), None, seconds)
     future = AsyncRpcFuture(
         cluster,
         asyncio.get_running_loop(),
@@ -43,9 +45,10 @@ def pending_call(cluster: AsyncClusterProxy, seconds: float = 30) -> AsyncRpcFut
         "method",
         call.correlation_id,
         call.deadline,
+        observed=call.observed,
     )
-    cluster._send(call, future, idempotent=False)
-    assert cluster._pending
+    cluster._pending.add(call, future, idempotent=False)
+    assert len(cluster._pending) == 1
     return future
 
 
@@ -57,22 +60,21 @@ def on_io_thread(function, *args) -> None:
 
 @pytest.fixture
 def cluster() -> AsyncClusterProxy:
-    proxy = AsyncClusterProxy(config=Config(broker_url="memory://"))
-    proxy._connection.publish = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    return proxy
+    # Never started: replies are handed to its pending calls by the test.
+    return AsyncClusterProxy(config=Config(broker_url="memory://"))
 
 
 def test_a_reply_from_the_io_thread_resolves_the_awaiting_task(cluster):
     async def scenario():
         future = pending_call(cluster)
         on_io_thread(
-            cluster._on_reply,
+            cluster._pending.on_reply,
             reply(future.correlation_id, {"result": [1, 2], "error": None}),
         )
         return await future
 
     assert asyncio.run(scenario()) == [1, 2]
-    assert cluster._pending == {}
+    assert len(cluster._pending) == 0
 
 
 def test_an_error_reply_raises_the_remote_error(cluster):
@@ -80,7 +82,7 @@ def test_an_error_reply_raises_the_remote_error(cluster):
         future = pending_call(cluster)
         error = {"type": "KeyError", "message": "'k'", "traceback": "tb"}
         on_io_thread(
-            cluster._on_reply,
+            cluster._pending.on_reply,
             reply(future.correlation_id, {"result": None, "error": error}),
         )
         with pytest.raises(RemoteError) as caught:
@@ -99,17 +101,17 @@ def test_cancelling_the_awaiting_task_forgets_the_call(cluster):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        pending = dict(cluster._pending)
+        pending = len(cluster._pending)
         # The late reply finds nobody and is dropped without a failure.
         on_io_thread(
-            cluster._on_reply,
+            cluster._pending.on_reply,
             reply(future.correlation_id, {"result": 1, "error": None}),
         )
         await asyncio.sleep(0)
         return pending
 
-    assert asyncio.run(scenario()) == {}
-    assert cluster._pending == {}
+    assert asyncio.run(scenario()) == 0
+    assert len(cluster._pending) == 0
 
 
 def test_the_deadline_raises_call_timeout_and_forgets_the_call(cluster):
@@ -119,21 +121,21 @@ def test_the_deadline_raises_call_timeout_and_forgets_the_call(cluster):
             await future
 
     asyncio.run(scenario())
-    assert cluster._pending == {}
+    assert len(cluster._pending) == 0
 
 
 def test_expiry_on_the_io_thread_fails_the_call_at_once(cluster):
     async def scenario():
         future = pending_call(cluster, seconds=0.3)
         time.sleep(0.4)  # blocks the loop: only the I/O thread's expiry can fail it
-        on_io_thread(cluster._expire)
+        on_io_thread(cluster._pending.expire)
         await asyncio.sleep(0)  # run the callback the I/O thread scheduled
         assert future.done()
         with pytest.raises(CallTimeoutError):
             await future
 
     asyncio.run(scenario())
-    assert cluster._pending == {}
+    assert len(cluster._pending) == 0
 
 
 def test_a_reply_after_the_loop_closed_is_ignored(cluster):
@@ -141,8 +143,45 @@ def test_a_reply_after_the_loop_closed_is_ignored(cluster):
         return pending_call(cluster)
 
     future = asyncio.run(scenario())  # the loop is closed when run() returns
-    cluster._on_reply(reply(future.correlation_id, {"result": 1, "error": None}))
+    cluster._pending.on_reply(
+        reply(future.correlation_id, {"result": 1, "error": None})
+    )
     assert not future.done()
+
+
+def test_after_hooks_see_a_timeout_or_a_cancelled_wait_once():
+    sends = RecordingSends()
+    cluster = AsyncClusterProxy(
+        config=Config(broker_url="memory://"), middleware=[sends]
+    )
+
+    async def scenario():
+        late = pending_call(cluster, seconds=0.2)
+        with pytest.raises(CallTimeoutError):
+            await late
+        dropped = pending_call(cluster)
+        task = asyncio.ensure_future(dropped.result())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for future in (late, dropped):  # late replies find nobody
+            cluster._pending.on_reply(
+                reply(future.correlation_id, {"result": 1, "error": None})
+            )
+        answered = pending_call(cluster)
+        on_io_thread(
+            cluster._pending.on_reply,
+            reply(answered.correlation_id, {"result": 2, "error": None}),
+        )
+        return await answered
+
+    assert asyncio.run(scenario()) == 2
+    assert sends.outcomes(3) == [
+        ("call svc.method", CallTimeoutError),
+        ("call svc.method", concurrent.futures.CancelledError),
+        ("call svc.method", 2),
+    ]
 
 
 # -- discovery -----------------------------------------------------------------------

@@ -149,3 +149,9 @@ def test_a_retry_queue_sends_its_messages_back_to_their_queue_after_its_ttl():
     assert arguments["x-queue-type"] == "classic"
     # Unused, it goes away, but never while a copy may still wait in it.
     assert arguments["x-expires"] > 2000 + 60_000
+
+
+def test_the_fallback_reply_queue_is_one_per_connection():
+    first = protocol.fallback_reply_queue("client")
+    assert first.startswith("rpc-reply-client-")
+    assert first != protocol.fallback_reply_queue("client")

@@ -13,6 +13,8 @@ from rpc import (
     MethodProxy,
     ServiceProxy,
 )
+from services.compute import Compute
+from services.greeter import Greeter
 
 TWINS = [
     pytest.param((ClusterProxy, ServiceProxy, MethodProxy), id="threaded"),
@@ -67,3 +69,29 @@ def test_derived_methods_keep_the_options_not_given(twin):
     kept = again.with_options()
     assert (kept._timeout, kept._idempotent, kept._shard_key) == (5, True, "42")
     assert method._shard_key is None
+
+
+def test_discover_returns_once_every_worker_answered(rpc_cluster):
+    for _ in range(3):
+        rpc_cluster.start(Greeter)
+    rpc_cluster.start(Compute)
+    with ClusterProxy(config=rpc_cluster.config) as cluster:
+        # An upper bound far beyond the test's timeout: only answers end these.
+        first = cluster.discover(wait=600)
+        second = cluster.discover(wait=600)
+        rpc_cluster.runners[0].stop()
+        # A worker known from before is missing: this one waits the bound...
+        after_stop = cluster.discover(wait=0.5)
+        # ...and the next one no longer waits for it.
+        last = cluster.discover(wait=600)
+    assert first == second
+    assert first["greeter"]["workers"] == 3
+    assert first["compute"]["workers"] == 1
+    assert "hello" in first["greeter"]["methods"]
+    assert after_stop["greeter"]["workers"] == last["greeter"]["workers"] == 2
+
+
+def test_discover_waits_the_bound_when_no_worker_runs(rpc_cluster):
+    with ClusterProxy(config=rpc_cluster.config) as cluster:
+        assert cluster.discover(wait=0.2) == {}
+        assert len(cluster._pending) == 0 and cluster._pending.listening == 0

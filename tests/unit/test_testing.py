@@ -277,7 +277,7 @@ def test_cluster_stops_everything_it_started():
         proxy = cluster.proxy
     assert cluster.runners == []
     assert not first._connection.connected
-    assert not proxy._started
+    assert not proxy.started
 
 
 def test_reset_forgets_every_queue(memory_broker_url):
