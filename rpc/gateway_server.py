@@ -21,6 +21,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import _ErrInfo
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class GatewayConnection(web.RequestHandler):
         )
         self._census = census
         self._counted = False
-        self._in_request = False
+        self._request: web.BaseRequest | None = None
         self._request_begun = False
         self._headers_deadline: asyncio.TimerHandle | None = None
 
@@ -200,20 +201,28 @@ class GatewayConnection(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if data and not self._in_request:
+        request = self._request
+        if data and request is None:
             if self._headers_deadline is None:
                 self._await_headers()
             self._request_begun = True
         super().data_received(data)
+        if request is not None and not request.content.is_eof() and self._failed():
+            # aiohttp's C parser, failing inside a chunked body that arrives after
+            # the headers, queues a 400 for after this request and leaves its body
+            # unfinished: the handler would wait for the rest for ever.
+            request.content.set_exception(
+                web.RequestPayloadError("the chunked body is broken")
+            )
 
-    def request_started(self) -> None:
+    def request_started(self, request: web.BaseRequest) -> None:
         """The application has the request: its headers are all in."""
-        self._in_request = True
+        self._request = request
         self._headers_in()
 
     def request_finished(self) -> None:
         """The application answered: what arrives next starts a new request."""
-        self._in_request = False
+        self._request = None
         self._request_begun = False
 
     def handle_error(
@@ -241,6 +250,11 @@ class GatewayConnection(web.RequestHandler):
         response.force_close()
         return response
 
+    def _failed(self) -> bool:
+        """Whether the parser gave up on this connection: aiohttp queued its error."""
+        messages = getattr(self, "_messages", ())
+        return any(isinstance(message, _ErrInfo) for message, _ in messages)
+
     def _await_headers(self) -> None:
         loop = asyncio.get_running_loop()
         self._headers_deadline = loop.call_later(
@@ -255,7 +269,7 @@ class GatewayConnection(web.RequestHandler):
     def _headers_late(self) -> None:
         self._headers_deadline = None
         transport = self.transport
-        if transport is None or self._in_request:
+        if transport is None or self._request is not None:
             return
         if self._request_begun:
             transport.write(
@@ -309,7 +323,7 @@ async def request_phase(request: web.Request, handler: Handler) -> web.StreamRes
     connection = request.protocol
     if not isinstance(connection, GatewayConnection):
         return await handler(request)
-    connection.request_started()
+    connection.request_started(request)
     try:
         return await handler(request)
     finally:

@@ -149,3 +149,13 @@ def test_a_retry_queue_sends_its_messages_back_to_their_queue_after_its_ttl():
     assert arguments["x-queue-type"] == "classic"
     # Unused, it goes away, but never while a copy may still wait in it.
     assert arguments["x-expires"] > 2000 + 60_000
+
+
+def test_routing_keys_longer_than_a_short_string_are_refused():
+    assert (
+        protocol.check_routing_key("s" * 100, "m" * 154) == f"{'s' * 100}.{'m' * 154}"
+    )
+    with pytest.raises(ValueError, match="routing key of 256 bytes"):
+        protocol.check_routing_key("s" * 100, "m" * 155)
+    with pytest.raises(ValueError, match="over the 255 bytes"):
+        protocol.check_routing_key("s" * 300, "hello")
