@@ -4,7 +4,8 @@
 for positional ones) calls the method and answers its JSON result. ``GET /services``
 (and ``GET /``) lists what the running workers serve; ``GET /health`` says whether
 the broker is reachable. The gateway keeps no state of its own, so any number of them
-can run behind a load balancer.
+can run behind a load balancer. Its connections (timeouts, a cap, errors before
+routing) are :mod:`rpc.gateway_server`'s.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ or slow connection open for an hour. The gateway serves its application through
 :class:`GatewayConnection` instead, an aiohttp ``RequestHandler`` that answers
 those in the gateway's JSON, reads each request's headers within a deadline, closes
 idle keep-alive connections, and answers 503 past a number of open connections.
+This is the only module that leans on aiohttp's private parts (how its request
+handler queues a parser error): see :meth:`GatewayConnection.data_received`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
-from aiohttp.web_protocol import _ErrInfo
+from aiohttp.web_protocol import _ErrInfo  # private: see data_received
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,15 @@ def parser_error(status: int, exc: BaseException | None) -> tuple[int, str, str]
     """Status, error type and message for what aiohttp's parser or runner refused."""
     if status >= 500:
         return status, "InternalError", "the gateway failed; see its log"
-    detail = exc.message if isinstance(exc, HttpProcessingError) else ""
-    first_line = str(detail).strip().splitlines()[0] if str(detail).strip() else ""
-    first_line = first_line.rstrip(":")[:_MESSAGE_LIMIT]
+    # aiohttp's message quotes the request and points at the fault on more lines:
+    # its first line says what broke.
+    detail = str(exc.message).strip() if isinstance(exc, HttpProcessingError) else ""
+    reason = detail.splitlines()[0].rstrip(":")[:_MESSAGE_LIMIT] if detail else ""
     message = "the request is not valid HTTP"
     return (
         status,
         "MalformedRequestError",
-        f"{message}: {first_line}" if first_line else message,
+        f"{message}: {reason}" if reason else message,
     )
 
 
