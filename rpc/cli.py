@@ -266,6 +266,28 @@ def _call_when_served(
     show_default=True,
     help="GET /services answers once no worker answered for this long, in seconds.",
 )
+# The defaults are rpc.gateway_server's, repeated: aiohttp is imported only to serve.
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's headers.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=75.0,
+    show_default=True,
+    help="Seconds an idle keep-alive connection is kept open.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Connections served at once; past it, new ones are answered 503.",
+)
 def gateway(
     host: str,
     port: int,
@@ -275,6 +297,9 @@ def gateway(
     max_body: int,
     discovery_wait: float,
     discovery_quiet: float,
+    header_timeout: float,
+    idle_timeout: float,
+    max_connections: int,
 ) -> None:
     """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service."""
     from rpc.gateway import serve  # aiohttp is only needed here
@@ -288,6 +313,9 @@ def gateway(
         max_body=max_body,
         discovery_wait=discovery_wait,
         discovery_quiet=discovery_quiet,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
     )
 
 

@@ -4,7 +4,8 @@
 for positional ones) calls the method and answers its JSON result. ``GET /services``
 (and ``GET /``) lists what the running workers serve; ``GET /health`` says whether
 the broker is reachable. The gateway keeps no state of its own, so any number of them
-can run behind a load balancer.
+can run behind a load balancer. Its connections (timeouts, a cap, errors before
+routing) are :mod:`rpc.gateway_server`'s.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import asyncio
 import dataclasses
 import logging
 import math
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from rpc import protocol
+from rpc import protocol, serialization
 from rpc.async_proxy import AsyncClusterProxy
 from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
@@ -33,6 +35,18 @@ from rpc.errors import (
     RemoteError,
     SerializationError,
     UnknownServiceError,
+)
+from rpc.gateway_server import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    LIMITS,
+    ConnectionLimits,
+    content_encoding_accepted,
+    json_error,
+    request_phase,
+    serving,
+    unsupported_encoding,
 )
 from rpc.serialization import JsonValue
 
@@ -48,6 +62,9 @@ DEFAULT_MAX_BODY = 1024 * 1024
 MAX_TIMEOUT = 300.0
 #: Seconds a client is told to wait (``Retry-After``) while the broker is away.
 RETRY_AFTER = 1
+#: Below this many opening brackets, a body cannot nest deeper than the JSON encoder
+#: goes (orjson: 254 levels, the request envelope included), so it is not checked.
+_SHALLOW_BRACKETS = 200
 
 
 @dataclasses.dataclass
@@ -86,13 +103,25 @@ def parse_call_body(body: bytes) -> tuple[list[JsonValue], dict[str, JsonValue]]
     if value is None:
         return [], {}
     if isinstance(value, dict):
-        return [], value
-    if isinstance(value, list):
-        return value, {}
-    raise SerializationError(
-        "request body must be a JSON object (keyword arguments) "
-        "or a JSON list (positional arguments)"
-    )
+        args, kwargs = [], value
+    elif isinstance(value, list):
+        args, kwargs = value, {}
+    else:
+        raise SerializationError(
+            "request body must be a JSON object (keyword arguments) "
+            "or a JSON list (positional arguments)"
+        )
+    if body.count(b"[") + body.count(b"{") >= _SHALLOW_BRACKETS:
+        # Parsing goes deeper than encoding: a body nested too deep would only
+        # fail once sent, and look like the gateway's fault. Encode it as the call
+        # will, to refuse it here.
+        try:
+            serialization.encode(protocol.request_body(args, kwargs))
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the arguments cannot be sent (nested too deep?): {exc}"
+            ) from exc
+    return args, kwargs
 
 
 def parse_timeout(
@@ -149,7 +178,7 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
 
 
 def _error(status: int, exc_type: str, message: str) -> web.Response:
-    return _json(status, {"error": {"type": exc_type, "message": message}})
+    return json_error(status, exc_type, message)
 
 
 def _json(status: int, value: JsonValue) -> web.Response:
@@ -168,16 +197,25 @@ def create_app(
     max_timeout: float = MAX_TIMEOUT,
     discovery_wait: float = DISCOVERY_WAIT,
     discovery_quiet: float = DISCOVERY_QUIET,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> web.Application:
-    """The gateway as an aiohttp application, for ``web.run_app`` or any runner.
+    """The gateway as an aiohttp application, for :func:`serve` or any runner.
 
     ``GET /services`` collects the workers' answers until ``discovery_quiet``
     seconds pass without a new one (see :meth:`AsyncClusterProxy.discover`), and
-    for ``discovery_wait`` seconds at most.
+    for ``discovery_wait`` seconds at most. The connection limits (``header_timeout``,
+    ``idle_timeout``, ``max_connections``) hold when the app is served by
+    :func:`serve` or :func:`rpc.gateway_server.serving`; another runner serves it
+    with aiohttp's own.
     """
-    app = web.Application(client_max_size=max_body, middlewares=[_json_errors])
+    app = web.Application(
+        client_max_size=max_body, middlewares=[_json_errors, request_phase]
+    )
     app[CLUSTER] = AsyncClusterProxy(config=config, name="gateway")
     app[STATE] = _State(max_body, max_timeout, discovery_wait, discovery_quiet)
+    app[LIMITS] = ConnectionLimits(header_timeout, idle_timeout, max_connections)
     app.cleanup_ctx.append(_cluster_lifecycle)
     app.router.add_get("/", _services)
     app.router.add_get("/services", _services)
@@ -195,6 +233,9 @@ def serve(
     max_timeout: float = MAX_TIMEOUT,
     discovery_wait: float = DISCOVERY_WAIT,
     discovery_quiet: float = DISCOVERY_QUIET,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
     app = create_app(
@@ -203,8 +244,20 @@ def serve(
         max_timeout=max_timeout,
         discovery_wait=discovery_wait,
         discovery_quiet=discovery_quiet,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
     )
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    asyncio.run(_serve_until_signalled(app, host=host, port=port))
+
+
+async def _serve_until_signalled(app: web.Application, *, host: str, port: int) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    async with serving(app, host=host, port=port):
+        await stopping.wait()
 
 
 async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -262,6 +315,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         if exc.status < 400:
             raise
         return _error(exc.status, type(exc).__name__, exc.reason)
+    except Exception:
+        log.exception("%s %s failed in the gateway", request.method, request.path)
+        return _error(500, "InternalError", "the gateway failed; see its log")
 
 
 async def _call(request: web.Request) -> web.Response:
@@ -270,6 +326,9 @@ async def _call(request: web.Request) -> web.Response:
     try:
         protocol.check_service_name(service)
         protocol.check_method_name(method)
+        # Checked here, before the call: a key AMQP cannot carry fails in the
+        # middle of the publish, which is no answer for the client.
+        protocol.check_routing_key(service, method)
     except ValueError as exc:
         return _error(404, "UnknownServiceError", str(exc))
     state = request.app[STATE]
@@ -281,6 +340,8 @@ async def _call(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         return _error(400, "InvalidTimeout", str(exc))
+    if not content_encoding_accepted(request.headers.getall("Content-Encoding", [])):
+        return unsupported_encoding()
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -419,3 +419,23 @@ def fallback_reply_queue(client: str) -> str:
     Exclusive to one connection, so a new name each time: one per proxy connection.
     """
     return f"rpc-reply-{client}-{uuid.uuid4().hex}"
+
+
+#: Longest routing key AMQP carries: it is a short string.
+MAX_ROUTING_KEY_BYTES = 255
+
+
+def check_routing_key(service: str, method: str) -> str:
+    """The routing key of ``service.method``, or ValueError if AMQP cannot carry it.
+
+    Service and method names are checked first (see :func:`check_service_name` and
+    :func:`check_method_name`); this checks only their length together.
+    """
+    key = routing_key(service, method)
+    size = len(key.encode())
+    if size > MAX_ROUTING_KEY_BYTES:
+        raise ValueError(
+            f"service and method names make a routing key of {size} bytes, over "
+            f"the {MAX_ROUTING_KEY_BYTES} bytes AMQP allows"
+        )
+    return key

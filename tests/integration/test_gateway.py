@@ -5,13 +5,17 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import json
+import select
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from typing import IO
 
 import pytest
 
@@ -87,21 +91,28 @@ def post(base: str, path: str, value: object, **kwargs):
 
 
 @contextmanager
-def gateway(broker_url: str, *args: str, **env: str) -> Iterator[str]:
-    """Run `rpc gateway` on a free loopback port; yield its base URL once it answers."""
+def gateway(
+    broker_url: str, *args: str, log: IO[bytes] | None = None, **env: str
+) -> Iterator[str]:
+    """Run `rpc gateway` on a free loopback port; yield its base URL once it answers.
+
+    Its standard error goes to ``log`` if given.
+    """
     port = free_port()
     process = subprocess.Popen(
         rpc_command("gateway", "--port", str(port), *args),
         cwd=PROJECT_ROOT,
         env=project_env(broker_url, **env),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE if log is None else log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+            assert process.poll() is None, (
+                process.stderr.read().decode() if process.stderr else "exited"
+            )
             try:
                 http(base, "GET", "/health", timeout=5)
                 break
@@ -412,3 +423,262 @@ def test_the_gateway_serves_again_after_the_broker_restarts(private_broker):
                 200,
                 {"status": "ok", "broker": "connected"},
             )
+
+
+# -- hardening: what a hostile or broken client gets ----------------------------------
+
+
+def connect(base: str, timeout: float = 10) -> socket.socket:
+    host, _, port = base.removeprefix("http://").rpartition(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One response off ``sock``: status, headers (names lower-cased), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk or len(data) > 1 << 20:
+            raise ConnectionError(f"no whole response, got {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(status_line.split()[1]), headers, body[:length]
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """All the gateway sends until it closes; a reset counts as a close."""
+    data = b""
+    try:
+        while len(data) < 1 << 20:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def json_error_of(status: int, headers: dict[str, str], body: bytes) -> str:
+    """The error type of a response of the documented shape; fails on any other."""
+    assert headers["content-type"].startswith("application/json"), (status, body)
+    error = json.loads(body)["error"]
+    assert set(error) == {"type", "message"}, error
+    assert error["message"], error
+    return str(error["type"])
+
+
+def raw(base: str, request: bytes) -> tuple[int, str, dict[str, str]]:
+    """(status, error type, headers) of ``request`` sent as raw bytes."""
+    with connect(base) as sock:
+        sock.sendall(request)
+        status, headers, body = read_response(sock)
+    return status, json_error_of(status, headers, body), headers
+
+
+def test_names_too_long_to_route_are_404_and_nothing_leaks(base, module_broker_url):
+    # Each name alone is valid: the routing key, service.method, is over the 255
+    # bytes of an AMQP short string.
+    with tempfile.TemporaryFile() as log:
+        with gateway(module_broker_url, log=log) as own:
+            for path in (
+                "/" + "s" * 300 + "/hello",
+                "/greeter/" + "m" * 300,
+                "/" + "s" * 200 + "/" + "m" * 60,
+            ):
+                status, body = post(own, path, {})
+                assert status == 404, (path, body)
+                assert body["error"]["type"] == "UnknownServiceError"
+                assert "routing key" in body["error"]["message"]
+            # Just under the limit, the call is made, and the worker answers.
+            status, body = post(own, "/greeter/" + "m" * 240, {})
+            assert (status, body["error"]["type"]) == (404, "MethodNotFoundError")
+            assert post(own, "/greeter/hello", ["after"]) == (200, "Hello, after!")
+        log.seek(0)
+        printed = log.read().decode()
+    assert "never retrieved" not in printed
+    assert "Traceback" not in printed
+
+
+def test_arguments_nested_too_deep_are_400(base):
+    def nested(depth: int) -> bytes:
+        return b"[" * depth + b'"x"' + b"]" * depth
+
+    status, body = http(base, "POST", "/greeter/hello", nested(300))
+    assert (status, body["error"]["type"]) == (400, "MalformedRequestError")
+    assert "nested too deep" in body["error"]["message"]
+    # As deep as a request can carry: the call is made.
+    status, greeting = http(base, "POST", "/greeter/hello", nested(250))
+    assert status == 200
+    assert greeting.startswith("Hello, " + "[" * 249)
+
+
+def test_content_encodings_other_than_gzip_deflate_identity_are_415(base):
+    for coding in ("zstd9", "compress", "br", "zstd", "x-gzip", "gzip, gzip"):
+        status, body, headers = exchange(
+            base,
+            "POST",
+            "/greeter/hello",
+            b'["x"]',
+            {"Content-Encoding": coding},
+        )
+        assert status == 415, (coding, body)
+        assert body["error"]["type"] == "UnsupportedContentEncodingError"
+        assert headers["Accept-Encoding"] == "deflate, gzip, identity"
+    encoded = {
+        "identity": b'["plain"]',
+        "deflate": zlib.compress(b'["deflated"]'),
+        "gzip": gzip.compress(b'["zipped"]'),
+    }
+    answers = {
+        coding: http(base, "POST", "/greeter/hello", body, {"Content-Encoding": coding})
+        for coding, body in encoded.items()
+    }
+    assert answers == {
+        "identity": (200, "Hello, plain!"),
+        "deflate": (200, "Hello, deflated!"),
+        "gzip": (200, "Hello, zipped!"),
+    }
+
+
+def test_what_aiohttp_cannot_parse_is_answered_in_json(base):
+    post_head = b"POST /greeter/hello HTTP/1.1\r\nHost: gw\r\n"
+    cases = {
+        "bad request line": b"GARBAGE\r\n\r\n",
+        "bad method": b"G@T / HTTP/1.1\r\nHost: gw\r\n\r\n",
+        "bad version": b"GET / HTTP/9.9\r\nHost: gw\r\n\r\n",
+        "non-ASCII path": "GET /gré HTTP/1.1\r\nHost: gw\r\n\r\n".encode(),
+        "raw byte in path": b"GET /gr\xffeter/hello HTTP/1.1\r\nHost: gw\r\n\r\n",
+        "oversized header": b"GET / HTTP/1.1\r\nHost: gw\r\nX-Big: "
+        + b"a" * 10_000
+        + b"\r\n\r\n",
+        "oversized request line": b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n",
+        "too many headers": b"GET / HTTP/1.1\r\n"
+        + b"".join(b"X-%d: 1\r\n" % n for n in range(200))
+        + b"\r\n",
+        "bad chunk size": post_head
+        + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        "chunk longer than said": post_head
+        + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+        "bad Content-Length": post_head + b"Content-Length: abc\r\n\r\n",
+    }
+    for name, request in cases.items():
+        status, error_type, _ = raw(base, request)
+        assert (status, error_type) == (400, "MalformedRequestError"), name
+    # A chunked body broken after its headers were taken: the handler is reading
+    # the body (it answered the Expect header) when the broken chunk comes.
+    with connect(base) as sock:
+        sock.sendall(
+            post_head + b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+        )
+        status, _, _ = read_response(sock)
+        assert status == 100
+        sock.sendall(b'5\r\n["x"]\r\nzz\r\n')
+        status, headers, body = read_response(sock)
+    assert (status, json_error_of(status, headers, body)) == (
+        400,
+        "MalformedRequestError",
+    )
+    # Percent-encoded, the same path reaches routing: no such service.
+    assert post(base, "/gr%C3%A9eter/hello", {})[0] == 404
+    assert post(base, "/greeter/hello", ["still here"]) == (200, "Hello, still here!")
+
+
+def test_slow_or_silent_clients_are_closed(base, module_broker_url):
+    with gateway(
+        module_broker_url, "--header-timeout", "0.5", "--idle-timeout", "1"
+    ) as slow:
+        # Slowloris: part of a request line, then nothing. A 408, then closed.
+        with connect(slow) as sock:
+            sock.sendall(b"GET /hea")
+            status, headers, body = read_response(sock)
+            assert (status, json_error_of(status, headers, body)) == (
+                408,
+                "RequestTimeoutError",
+            )
+            assert read_to_end(sock) == b""
+        # A client that trickles a byte at a time is closed all the same: the
+        # timeout is for the whole header, not between bytes.
+        with connect(slow) as sock:
+            request = b"GET /health HTTP/1.1\r\nHost: gw\r\nX-Pad: " + b"a" * 500
+            answer = b""
+            for byte in request:
+                readable, _, _ = select.select([sock], [], [], 0.05)
+                if readable:
+                    answer = read_to_end(sock)
+                    break
+                try:
+                    sock.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            else:
+                pytest.fail("the gateway kept reading headers for 25 s")
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
+        # A connection that never sends anything is closed without a word.
+        with connect(slow) as sock:
+            assert read_to_end(sock) == b""
+        # Keep-alive: served, then closed once idle.
+        with connect(slow) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+            status, headers, body = read_response(sock)
+            assert (status, json.loads(body)["status"]) == (200, "ok")
+            assert headers.get("connection", "").lower() != "close"
+            assert read_to_end(sock) == b""
+        assert http(slow, "GET", "/health")[0] == 200
+
+
+def health_on_new_connection(base: str) -> int:
+    with connect(base) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+        return read_response(sock)[0]
+
+
+def test_connections_past_the_cap_get_503_and_are_closed(base, module_broker_url):
+    with (
+        gateway(module_broker_url, "--max-connections", "3") as capped,
+        ExitStack() as held,
+    ):
+        wait_for(
+            lambda: health_on_new_connection(capped) == 200,
+            30,
+            "the start-up check's connection to be gone",
+        )
+        # Three keep-alive connections, each answered once and kept open.
+        idle = [held.enter_context(connect(capped)) for _ in range(3)]
+        for sock in idle:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert read_response(sock)[0] == 200
+        # The fourth is answered 503 before it says anything, then closed.
+        with connect(capped) as sock:
+            status, headers, body = read_response(sock)
+            assert (status, json_error_of(status, headers, body)) == (
+                503,
+                "TooManyConnectionsError",
+            )
+            assert headers["retry-after"] == "1"
+            assert read_to_end(sock) == b""
+        # A client that sends its request first reads the same answer.
+        assert health_on_new_connection(capped) == 503
+        status, body = http(capped, "GET", "/health")
+        assert (status, body["error"]["type"]) == (503, "TooManyConnectionsError")
+        # The connections held are still served.
+        idle[0].sendall(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert read_response(idle[0])[0] == 200
+        # Once one of them closes, a new connection is served again.
+        idle.pop().close()
+        wait_for(
+            lambda: health_on_new_connection(capped) == 200,
+            30,
+            "a connection to be served once below the cap",
+        )

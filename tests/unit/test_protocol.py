@@ -155,3 +155,13 @@ def test_the_fallback_reply_queue_is_one_per_connection():
     first = protocol.fallback_reply_queue("client")
     assert first.startswith("rpc-reply-client-")
     assert first != protocol.fallback_reply_queue("client")
+
+
+def test_routing_keys_longer_than_a_short_string_are_refused():
+    assert (
+        protocol.check_routing_key("s" * 100, "m" * 154) == f"{'s' * 100}.{'m' * 154}"
+    )
+    with pytest.raises(ValueError, match="routing key of 256 bytes"):
+        protocol.check_routing_key("s" * 100, "m" * 155)
+    with pytest.raises(ValueError, match="over the 255 bytes"):
+        protocol.check_routing_key("s" * 300, "hello")
