@@ -1,0 +1,437 @@
+"""Who reads the socket now: the I/O thread, a thread borrowing it, or an event loop.
+
+Reading is a role rather than a thread: a thread that is about to block until
+something arrives (a caller waiting for its reply, an idle handler thread waiting for
+work) may borrow it with :meth:`ReadingRole.read_until`, and an event loop with calls
+in flight with a :class:`LoopReader`. The I/O thread then steps aside and the
+borrower reads the frames itself, so the answer it waits for reaches it without
+crossing to another thread: on a busy machine each such hand-off (a wake-up and a
+switch of the GIL) costs more than the Python work of a whole call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+from rpc import wire
+from rpc.errors import BrokerError
+from rpc.transport import _pyamqp
+from rpc.transport.dispatching import Dispatcher
+from rpc.transport.drivers import FRAMES_PER_LOCK
+from rpc.transport.link import Link
+
+#: Seconds the I/O thread leaves the socket to a thread that just stopped reading
+#: it: longest delay of a frame nobody waits for (a reply to a call nobody asks the
+#: result of yet) right after a borrowed read.
+READ_GRACE = 0.002
+#: A borrowed read that lasts longer than this (seconds) is a thread waiting for
+#: work rather than for a reply: the I/O thread sleeps through it instead of polling.
+LONG_BORROW = 0.05
+
+
+class ReadingRole:
+    """The read token of one connection, and who holds it.
+
+    The token is held by whichever thread reads the socket; the lock of the link is
+    taken inside it, frames are read a bounded batch per lock hold so publishers are
+    never starved.
+    """
+
+    def __init__(self, link: Link, dispatcher: Dispatcher) -> None:
+        self._link = link
+        self._dispatcher = dispatcher
+        self.lock = link.lock
+        #: Held by whichever thread reads the socket (the I/O thread or a borrower).
+        self.token = threading.Lock()
+        #: Set while a thread other than the I/O thread has borrowed the reading.
+        self._borrowed = False
+        #: When the last borrower gave the reading back (monotonic seconds).
+        self._borrow_ended = 0.0
+        self._borrow_started = 0.0
+        #: Set while the I/O thread waits in select(): a borrower must wake it.
+        self._io_reading = False
+        #: Set while the I/O thread sleeps through a long borrow: its end must wake it.
+        self._io_sleeping = False
+        self._borrow_changed = threading.Condition()
+        #: The event loop that has borrowed the reading, if one has.
+        self._lender: LoopReader | None = None
+
+    # -- the I/O thread ------------------------------------------------------------
+
+    def pump(self, sock: socket.socket, reader: wire.FrameReader) -> None:
+        """One turn of the I/O thread: read what arrives, unless a borrower reads."""
+        link = self._link
+        interval = link.tick_interval()
+        with self._borrow_changed:
+            now = time.monotonic()
+            if self._borrowed and now - self._borrow_started > LONG_BORROW:
+                # A long wait (an idle worker's handler thread waiting for work, a
+                # loop with calls in flight): sleep until it ends, and have the
+                # borrower say when.
+                self._io_sleeping = True
+                self._borrow_changed.wait(interval)
+                self._io_sleeping = False
+                parked = True
+            elif self._borrowed or now - self._borrow_ended < READ_GRACE:
+                # Short borrows, one after the other (a caller making call after
+                # call): look again in a moment rather than be told each time, and
+                # stay out of select() so that the next borrower need not wake us.
+                self._borrow_changed.wait(READ_GRACE)
+                parked = True
+            else:
+                self._io_reading = True
+                parked = False
+        if parked:
+            lender = self._lender
+            if lender is not None and not lender.alive():
+                # A loop that stopped or closed with calls in flight reads nothing.
+                self.revoke(lender)
+            with self.lock:
+                link.heartbeat_tick()
+            return
+        wake = link.wake_reader
+        assert wake is not None
+        try:
+            if not self.token.acquire(timeout=READ_GRACE):
+                # A borrower took the socket between our look and here: it reads.
+                # Waiting for the token would hold up the periodic work until its
+                # read ends, which may be a caller's whole deadline.
+                return
+            try:
+                ready = readable(sock, wake, interval, reader)
+                if wake in ready:
+                    with contextlib.suppress(OSError):
+                        wake.recv(4096)
+                self.drain(sock, ready)
+            finally:
+                self.token.release()
+        finally:
+            with self._borrow_changed:
+                self._io_reading = False
+
+    def drain(
+        self,
+        sock: socket.socket,
+        ready: list[socket.socket],
+        enough: Callable[[], bool] | None = None,
+    ) -> None:
+        """Read the frames waiting on ``sock``; the caller holds the read token.
+
+        With ``enough``, stop as soon as it is true: a borrower whose wait is over
+        leaves the rest to the next reader rather than look for more.
+        """
+        link = self._link
+        lock = self.lock
+        driver = link.driver
+        reader = driver.reader if driver is not None else None
+        if not lock.acquire(blocking=False):
+            lock.acquire()
+            # Whoever held the lock may have read what select() saw: a synchronous
+            # AMQP method (a declare, basic.get) reads its answer itself. Look again
+            # rather than block in recv() on bytes that are gone.
+            ready = readable(sock, None, 0, reader)
+        try:
+            driver = link.driver
+            raw = link.raw()
+            if driver is None or driver.sock is not sock or raw is None:
+                raise BrokerError("connection closed")
+            reader = driver.reader
+            assert reader is not None
+            hand = _pyamqp.frame_handler(raw)
+            deliver = self._dispatcher.deliver
+            deliver_method = wire.DELIVER
+            try:
+                # Read a bounded batch per lock hold so publishers are never starved.
+                for _ in range(FRAMES_PER_LOCK):
+                    if sock not in ready and not reader.has_frame():
+                        break
+                    # One frame at a time, with no timeout: py-amqp's drain_events()
+                    # would wait for a whole message, and after a heartbeat frame for
+                    # the next frame, holding the lock; a timeout costs two system
+                    # calls per frame to set and clear. select() said bytes are
+                    # there (or the buffer has a frame); SO_RCVTIMEO bounds the wait
+                    # for the rest of a frame.
+                    frame = reader.read_frame()
+                    if not (
+                        frame[0] == 1
+                        and frame[2][:4] == deliver_method
+                        and deliver(raw, reader, frame)
+                    ):
+                        hand(frame)
+                    if enough is not None and enough():
+                        break
+                    if not reader.has_frame():
+                        ready = readable(sock, None, 0)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # A borrower interrupted (KeyboardInterrupt in a main thread)
+                    # may stop between the frames of one message, which py-amqp
+                    # then half holds: the next reader would start inside it.
+                    # Make the link again.
+                    link.connected.clear()
+                    link.wake()
+                raise
+            link.heartbeat_tick()
+        finally:
+            lock.release()
+
+    # -- a thread borrowing the reading --------------------------------------------
+
+    def read_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Read frames on this thread until ``done()`` or ``timeout`` seconds pass.
+
+        Returns False at once, having read nothing, when it cannot borrow the
+        reading (another thread has it, the transport has no socket, this is the
+        I/O thread): the caller then waits as it would have anyway. A broken link
+        is handed to the I/O thread, which reconnects; this thread just returns.
+        """
+        link = self._link
+        if timeout <= 0 or threading.current_thread() is link.thread:
+            return False
+        driver = link.driver
+        sock = driver.sock if driver is not None else None
+        if sock is None or not link.connected.is_set():
+            return False
+        with self._borrow_changed:
+            if self._borrowed:
+                return False
+            self._borrowed = True
+            self._borrow_started = time.monotonic()
+            in_select = self._io_reading
+        try:
+            deadline = time.monotonic() + timeout
+            if in_select:
+                link.wake()  # the I/O thread leaves select() and steps aside
+            if not self.token.acquire(timeout=timeout):
+                return True
+            try:
+                self._read_while(sock, done, deadline)
+            finally:
+                self.token.release()
+        finally:
+            self._end_borrow()
+        return True
+
+    def _end_borrow(self) -> None:
+        with self._borrow_changed:
+            self._borrowed = False
+            self._borrow_ended = time.monotonic()
+            if self._io_sleeping:
+                self._borrow_changed.notify()
+
+    def _read_while(
+        self, sock: socket.socket, done: Callable[[], bool], deadline: float
+    ) -> None:
+        # The caller holds the read token.
+        link = self._link
+        interval = link.tick_interval()
+        wake = link.wake_reader
+        while not done() and link.connected.is_set() and not link.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            driver = link.driver
+            if driver is None or driver.sock is not sock or wake is None:
+                return  # reconnected meanwhile: the I/O thread owns the new link
+            try:
+                # The wake socket is free while the I/O thread stands aside: a
+                # failure noticed elsewhere, or stop(), interrupts this wait.
+                ready = readable(sock, wake, min(remaining, interval), driver.reader)
+                if wake in ready:
+                    with contextlib.suppress(OSError):
+                        wake.recv(4096)
+                self.drain(sock, ready, done)
+            except Exception as exc:
+                link.failed(exc)  # the I/O thread notices and reconnects
+                return
+
+    # -- an event loop borrowing the reading ---------------------------------------
+
+    def lend(self, lender: LoopReader) -> bool:
+        """Have ``lender``'s loop read the socket, if nobody else does; on that loop."""
+        link = self._link
+        driver = link.driver
+        sock = driver.sock if driver is not None else None
+        if sock is None or driver is None or not link.connected.is_set():
+            return False
+        with self._borrow_changed:
+            if self._borrowed:
+                return False
+            self._borrowed = True
+            self._borrow_started = time.monotonic()
+            self._lender = lender
+            in_select = self._io_reading
+        if in_select:
+            link.wake()  # the I/O thread leaves select() and steps aside
+        try:
+            lender.watch(sock)
+        except (OSError, RuntimeError, ValueError):
+            self.revoke(lender, on_loop=True)
+            return False
+        reader = driver.reader
+        if (reader is not None and reader.has_frame()) or has_buffered(sock):
+            # Frames a reader before us left buffered: select() cannot see them.
+            lender.read_soon()
+        return True
+
+    def revoke(self, lender: LoopReader, *, on_loop: bool = False) -> None:
+        """End ``lender``'s borrow now; its loop lets go of the socket.
+
+        From any thread; ``on_loop`` when called on the lender's loop, which then
+        lets go at once rather than on its next turn.
+        """
+        with self._borrow_changed:
+            if self._lender is not lender:
+                return
+            self._lender = None
+            self._borrowed = False
+            self._borrow_ended = time.monotonic()
+            if self._io_sleeping:
+                self._borrow_changed.notify()
+        if on_loop:
+            lender.unwatch()
+        else:
+            lender.unwatch_soon()
+
+    def link_closed(self) -> None:
+        """The socket is going: a loop reading it lets go (callers hold the lock)."""
+        lender = self._lender
+        if lender is not None:
+            self.revoke(lender)
+
+    def read_on_loop(self, lender: LoopReader, sock: socket.socket) -> None:
+        """Read what waits on ``sock`` on ``lender``'s loop; never wait for more."""
+        link = self._link
+        driver = link.driver
+        if self._lender is not lender or driver is None or driver.sock is not sock:
+            lender.unwatch()
+            return
+        if not self.token.acquire(blocking=False):
+            # The I/O thread is ending a read it began before the loop borrowed:
+            # it leaves at once, and what it leaves buffered is ours.
+            lender.read_soon()
+            return
+        try:
+            self.drain(sock, [sock])
+        except Exception as exc:
+            link.failed(exc)  # the I/O thread notices and reconnects
+            self.revoke(lender, on_loop=True)
+            return
+        finally:
+            self.token.release()
+        reader = driver.reader
+        if (reader is not None and reader.has_frame()) or has_buffered(sock):
+            lender.read_soon()
+
+
+class LoopReader:
+    """An event loop's share of the reading: borrowed while it has calls in flight.
+
+    Its callbacks run on the loop's thread, so the reply a coroutine awaits settles
+    its future there, without ``call_soon_threadsafe`` and a thread switch. Used from
+    the loop's thread only, but :meth:`ReadingRole.revoke` may come from any.
+    """
+
+    def __init__(self, reading: ReadingRole, loop: asyncio.AbstractEventLoop) -> None:
+        self._reading = reading
+        self.loop = loop
+        self._waiting = 0
+        #: A duplicate of the socket's descriptor, registered with the loop: ours to
+        #: close, so the loop never watches a number the link closed and reused.
+        self._fd: int | None = None
+        self._sock: socket.socket | None = None
+        self._scheduled = False
+
+    def enter(self) -> None:
+        """A call of this loop starts waiting for its reply."""
+        self._waiting += 1
+        if self._fd is None:
+            self._reading.lend(self)
+
+    def leave(self) -> None:
+        """A call of this loop stopped waiting; the last one gives the reading back."""
+        self._waiting -= 1
+        if self._waiting <= 0:
+            self._waiting = 0
+            if self._fd is not None:
+                self._reading.revoke(self, on_loop=True)
+
+    def alive(self) -> bool:
+        return self.loop.is_running() and not self.loop.is_closed()
+
+    def watch(self, sock: socket.socket) -> None:
+        fd = os.dup(sock.fileno())
+        try:
+            self.loop.add_reader(fd, self._readable)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._sock = fd, sock
+
+    def unwatch(self) -> None:
+        """Let go of the socket; on the loop's thread, or once the loop closed."""
+        fd, self._fd, self._sock = self._fd, None, None
+        if fd is None:
+            return
+        if not self.loop.is_closed():
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(fd)
+        os.close(fd)
+
+    def unwatch_soon(self) -> None:
+        if self.loop.is_closed():
+            self.unwatch()
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            self.loop.call_soon_threadsafe(self._unwatch_if_revoked)
+
+    def _unwatch_if_revoked(self) -> None:
+        if self._reading._lender is not self:
+            self.unwatch()
+
+    def read_soon(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._read_scheduled)
+
+    def _read_scheduled(self) -> None:
+        self._scheduled = False
+        self._readable()
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._reading.read_on_loop(self, sock)
+
+
+def readable(
+    sock: socket.socket,
+    wake: socket.socket | None,
+    timeout: float,
+    reader: wire.FrameReader | None = None,
+) -> list[socket.socket]:
+    """The sockets select() finds ready, counting bytes it cannot see as ready."""
+    sockets = [sock] if wake is None else [sock, wake]
+    buffered = has_buffered(sock)
+    # select() cannot see what TLS already decrypted, nor the frames our reader
+    # holds: a borrower that stopped after its own frame may have left them there.
+    # The reader's frames only shorten the wait: looked at without the lock, they
+    # may be gone by the time it is taken, and drain() looks again under it.
+    held = reader is not None and reader.has_frame()
+    ready, _, _ = select.select(sockets, [], [], 0 if buffered or held else timeout)
+    if buffered and sock not in ready:
+        ready.append(sock)
+    return ready
+
+
+def has_buffered(sock: socket.socket) -> bool:
+    """Whether TLS holds decrypted bytes, which select() cannot see."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
