@@ -4,7 +4,9 @@ They share :class:`~rpc.proxy.BaseClusterProxy` with the threaded proxies: the s
 connection with its I/O thread, the same request building and reply matching. Only
 waiting differs: a reply read on the I/O thread settles an asyncio future through
 ``loop.call_soon_threadsafe``, so any number of calls await at once on one
-connection without a thread each.
+connection without a thread each. While calls of a loop await, that loop reads the
+replies itself (:meth:`rpc.transport.BrokerConnection.loop_reader`) and settles
+them directly.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class AsyncRpcFuture:
 
     async def result(self) -> JsonValue:
         """Wait for the reply and return its result, or raise what the call raised."""
+        # While calls of this loop wait, the loop reads their replies itself.
+        reading = self._cluster._connection.loop_reader(self._loop)
+        reading.enter()
         try:
             remaining = max(self.deadline - time.time(), 0.0)
             delivery = await asyncio.wait_for(self._future, remaining)
@@ -93,13 +98,14 @@ class AsyncRpcFuture:
                 f"{self.label} got no reply before its deadline"
             ) from None
         finally:
+            reading.leave()
             self._cluster._forget(self.correlation_id)
         return reply_result(delivery, self.service)
 
     def __await__(self) -> Generator[Any, None, JsonValue]:
         return self.result().__await__()
 
-    # -- called on the I/O thread --------------------------------------------------
+    # -- called on the thread that read the reply: the I/O thread, or the loop's ---
 
     def _deliver(self, delivery: Delivery) -> None:
         self._settle(delivery, None)
@@ -108,6 +114,9 @@ class AsyncRpcFuture:
         self._settle(None, exc)
 
     def _settle(self, delivery: Delivery | None, exc: BaseException | None) -> None:
+        if asyncio._get_running_loop() is self._loop:  # read on the loop itself
+            self._set(delivery, exc)
+            return
         # A closed loop raises RuntimeError: nobody is left to wait.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._set, delivery, exc)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -68,9 +67,7 @@ class BrokerConnection:
         self._dispatcher = link._dispatcher
         self._reading = link.reading = ReadingRole(link, self._dispatcher)
         self._lock = link.lock
-        self._loop_readers: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, LoopReader
-        ] = weakref.WeakKeyDictionary()
+        self._loop_readers: dict[asyncio.AbstractEventLoop, LoopReader] = {}
 
     def _down(self) -> bool:
         return self._link.stopping.is_set() or not self._link.connected.is_set()
@@ -323,9 +320,12 @@ class BrokerConnection:
         (when nobody else has borrowed it and there is a socket) and callbacks run
         on the loop's thread. Use from ``loop``'s thread only.
         """
-        reader = self._loop_readers.get(loop)
+        readers = self._loop_readers
+        reader = readers.get(loop)
         if reader is None:
-            reader = self._loop_readers[loop] = LoopReader(self._reading, loop)
+            for closed in [each for each in readers if each.is_closed()]:
+                del readers[closed]
+            reader = readers[loop] = LoopReader(self._reading, loop)
         return reader
 
     def cancel(self, consumer_tag: str) -> None:

@@ -35,6 +35,9 @@ READ_GRACE = 0.002
 #: A borrowed read that lasts longer than this (seconds) is a thread waiting for
 #: work rather than for a reply: the I/O thread sleeps through it instead of polling.
 LONG_BORROW = 0.05
+#: Seconds an event loop keeps the reading after its last call got its reply: the
+#: next call of a caller making call after call finds the socket still watched.
+LOOP_GRACE = 0.05
 
 
 class ReadingRole:
@@ -349,20 +352,31 @@ class LoopReader:
         self._fd: int | None = None
         self._sock: socket.socket | None = None
         self._scheduled = False
+        self._idle: asyncio.TimerHandle | None = None
 
     def enter(self) -> None:
         """A call of this loop starts waiting for its reply."""
         self._waiting += 1
+        idle = self._idle
+        if idle is not None:
+            idle.cancel()
+            self._idle = None
         if self._fd is None:
             self._reading.lend(self)
 
     def leave(self) -> None:
-        """A call of this loop stopped waiting; the last one gives the reading back."""
+        """A call of this loop stopped waiting; soon after the last one, the loop
+        gives the reading back."""
         self._waiting -= 1
         if self._waiting <= 0:
             self._waiting = 0
-            if self._fd is not None:
-                self._reading.revoke(self, on_loop=True)
+            if self._fd is not None and self._idle is None:
+                self._idle = self.loop.call_later(LOOP_GRACE, self._give_back)
+
+    def _give_back(self) -> None:
+        self._idle = None
+        if self._waiting == 0 and self._fd is not None:
+            self._reading.revoke(self, on_loop=True)
 
     def alive(self) -> bool:
         return self.loop.is_running() and not self.loop.is_closed()
@@ -387,7 +401,7 @@ class LoopReader:
         os.close(fd)
 
     def unwatch_soon(self) -> None:
-        if self.loop.is_closed():
+        if not self.loop.is_running():  # closed, or stopped: nobody polls it now
             self.unwatch()
             return
         with contextlib.suppress(RuntimeError):  # closed meanwhile
