@@ -52,6 +52,7 @@ class BrokerConnection:
         self.url = url
         self.name = name
         self._confirms = Confirms() if confirms else None
+        self._dispatcher = Dispatcher(name, self._down)
         self._link = link = Link(
             url,
             name=name,
@@ -62,9 +63,8 @@ class BrokerConnection:
             on_tick=on_tick,
             reconnect=reconnect,
             confirms=self._confirms,
-            dispatcher=Dispatcher(name, self._down),
+            dispatcher=self._dispatcher,
         )
-        self._dispatcher = link._dispatcher
         self._reading = link.reading = ReadingRole(link, self._dispatcher)
         self._lock = link.lock
         self._loop_readers: dict[asyncio.AbstractEventLoop, LoopReader] = {}

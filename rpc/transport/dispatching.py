@@ -9,7 +9,6 @@ from typing import Any
 
 from rpc import wire
 from rpc.errors import BrokerError
-from rpc.transport import _pyamqp
 from rpc.transport.delivery import Delivery, DeliveryCallback, from_message
 
 log = logging.getLogger("rpc.transport")
@@ -94,7 +93,6 @@ class Dispatcher:
             # Not ours, or not all here yet: py-amqp reads it frame by frame
             # rather than this thread waiting for the rest under the lock.
             return False
-        _pyamqp.count_read(raw)  # heartbeats count reads
         # has_content() saw the header and body frames next, all on this channel.
         body_size, properties = wire.decode_content_header(reader.read_frame()[2])
         chunks = []

@@ -151,6 +151,7 @@ class ReadingRole:
             hand = _pyamqp.frame_handler(raw)
             deliver = self._dispatcher.deliver
             deliver_method = wire.DELIVER
+            delivered = False
             try:
                 # Read a bounded batch per lock hold so publishers are never starved.
                 for _ in range(FRAMES_PER_LOCK):
@@ -163,11 +164,13 @@ class ReadingRole:
                     # there (or the buffer has a frame); SO_RCVTIMEO bounds the wait
                     # for the rest of a frame.
                     frame = reader.read_frame()
-                    if not (
+                    if (
                         frame[0] == 1
                         and frame[2][:4] == deliver_method
                         and deliver(raw, reader, frame)
                     ):
+                        delivered = True
+                    else:
                         hand(frame)
                     if enough is not None and enough():
                         break
@@ -182,6 +185,11 @@ class ReadingRole:
                     link.connected.clear()
                     link.wake()
                 raise
+            finally:
+                if delivered:
+                    # py-amqp's heartbeats count the frames it reads; these it
+                    # did not, and one count says the link is alive.
+                    _pyamqp.count_read(raw)
             link.heartbeat_tick()
         finally:
             lock.release()
