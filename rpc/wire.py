@@ -141,6 +141,11 @@ class FrameReader:
         self._start = end + 1
         return frame_type, channel, payload
 
+    def fill(self) -> None:
+        """Read once from the socket: for a caller that was told bytes are there and
+        must not wait for the rest of a frame."""
+        self._fill()
+
     def _fill(self) -> None:
         buffer = self._buffer[self._start :]
         missing = RECV_SIZE

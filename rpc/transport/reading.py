@@ -125,11 +125,15 @@ class ReadingRole:
         sock: socket.socket,
         ready: list[socket.socket],
         enough: Callable[[], bool] | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
         """Read the frames waiting on ``sock``; the caller holds the read token.
 
         With ``enough``, stop as soon as it is true: a borrower whose wait is over
-        leaves the rest to the next reader rather than look for more.
+        leaves the rest to the next reader rather than look for more. Without
+        ``wait`` (an event loop), read the socket once and only the whole frames
+        that gives: the rest of a frame cut off midway is left for the next turn.
         """
         link = self._link
         lock = self.lock
@@ -152,6 +156,10 @@ class ReadingRole:
             deliver = self._dispatcher.deliver
             deliver_method = wire.DELIVER
             delivered = False
+            if not wait:
+                if sock in ready:
+                    reader.fill()
+                ready = []
             try:
                 # Read a bounded batch per lock hold so publishers are never starved.
                 for _ in range(FRAMES_PER_LOCK):
@@ -174,7 +182,7 @@ class ReadingRole:
                         hand(frame)
                     if enough is not None and enough():
                         break
-                    if not reader.has_frame():
+                    if wait and not reader.has_frame():
                         ready = readable(sock, None, 0)
             except BaseException as exc:
                 if not isinstance(exc, Exception):
@@ -331,7 +339,10 @@ class ReadingRole:
             lender.read_soon()
             return
         try:
-            self.drain(sock, [sock])
+            # Looked at again, never assumed: a synchronous method under the lock,
+            # or the I/O thread before it stepped aside, may have read what the
+            # loop was told of, and a read on bytes that are gone blocks the loop.
+            self.drain(sock, readable(sock, None, 0), wait=False)
         except Exception as exc:
             link.failed(exc)  # the I/O thread notices and reconnects
             self.revoke(lender, on_loop=True)

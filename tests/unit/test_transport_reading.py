@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import ssl
@@ -255,3 +256,106 @@ def test_a_frame_of_the_wrong_type_inside_a_message_is_an_error():
             connection._reading.drain(client, [client])
         connection._link.close_wake_sockets()
     assert seen == []
+
+
+# -- an event loop reading its own replies ------------------------------------------
+
+
+def on_a_loop(test: Callable[[asyncio.AbstractEventLoop], Any]) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(test(loop), WAIT))
+    finally:
+        loop.close()
+
+
+async def until(predicate: Callable[[], object]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+def test_a_loop_with_a_call_waiting_reads_deliveries_on_its_own_thread():
+    client, broker = socket.socketpair()
+    client.settimeout(WAIT)
+    connection, seen, _ = connection_on(client, client.recv)
+    threads: list[threading.Thread] = []
+
+    def record(delivery: Delivery) -> None:
+        seen.append(delivery)
+        threads.append(threading.current_thread())
+
+    connection._dispatcher.add(1, "ctag", record, 1)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        assert connection._reading._lender is reader
+        broker.sendall(delivery_frames(1, "ctag", b"reply"))
+        await until(lambda: seen)
+        reader.leave()
+        await until(lambda: connection._reading._lender is None)
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"reply"]
+    assert threads == [threading.current_thread()]
+
+
+def test_a_message_cut_off_midway_never_blocks_the_loop():
+    client, broker = socket.socketpair()
+    client.settimeout(0.5)  # a loop blocked in recv() would fail the link
+    whole = delivery_frames(1, "ctag", b"x" * 1000)
+    connection, seen, to_py_amqp = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        broker.sendall(whole[:-500])
+        await until(lambda: len(to_py_amqp) == 2)
+        await asyncio.sleep(1)  # the loop keeps running meanwhile
+        assert connection.connected
+        broker.sendall(whole[-500:])
+        await until(lambda: len(to_py_amqp) == 3)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [kind for kind, _, _ in to_py_amqp] == [1, 2, 3]
+    assert seen == []
+
+
+def test_frames_left_in_the_buffer_are_read_when_the_loop_takes_the_socket():
+    client, broker = socket.socketpair()
+    connection, seen, _ = connection_on(client, client.recv)
+    connection._link.driver.reader._buffer = delivery_frames(1, "ctag", b"kept")  # type: ignore[union-attr]
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        await until(lambda: seen)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"kept"]
+
+
+def test_a_closing_link_takes_the_socket_back_from_the_loop():
+    client, broker = socket.socketpair()
+    connection, _, _ = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        assert connection._reading._lender is reader
+        connection._reading.link_closed()
+        assert connection._reading._lender is None
+        await until(lambda: reader._fd is None)  # the loop let go of its descriptor
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
