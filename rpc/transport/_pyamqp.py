@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import amqp
@@ -146,20 +146,19 @@ def count_read(raw: Any) -> None:
     raw.bytes_recv += 1
 
 
-def frame_handler(raw: Any) -> Callable[[tuple[int, int, bytes]], None]:
-    """py-amqp's own dispatch, for the frames read here that are not ours."""
-    handler: Callable[[tuple[int, int, bytes]], None] = raw.on_inbound_frame
-    return handler
+def hand_frame(raw: Any, frame: tuple[int, int, bytes]) -> None:
+    """Give py-amqp a frame read here that is not ours, for its own dispatch."""
+    raw.on_inbound_frame(frame)
 
 
 @contextlib.contextmanager
-def one_write(connection: Any) -> Iterator[None]:
+def one_write(raw: Any) -> Iterator[None]:
     """Send the frames written inside as one socket write; callers hold the lock.
 
     py-amqp writes every frame through its transport's ``_write``; where that is not
-    there, frames go out one by one.
+    there, frames go out one by one. ``raw`` is the py-amqp connection.
     """
-    transport = getattr(raw_connection(connection), "transport", None)
+    transport = getattr(raw, "transport", None)
     send = getattr(transport, "_write", None)
     if transport is None or send is None:
         yield

@@ -51,6 +51,8 @@ class Driver(Protocol):
     #: The socket to wait on; None for in-process transports, which are polled.
     sock: socket.socket | None
     reader: wire.FrameReader | None
+    #: The py-amqp connection the reader's frames belong to, when there is one.
+    raw: Any
     #: Whether RabbitMQ's direct reply-to pseudo-queue is there.
     direct_reply_to: bool
     #: Whether deliveries to our consumers may be decoded straight off the socket.
@@ -115,7 +117,8 @@ class AmqpDriver:
     def __init__(self, connection: KombuConnection) -> None:
         self._connection = connection
         _pyamqp.skip_poll_before_publish(connection)
-        transport = getattr(_pyamqp.raw_connection(connection), "transport", None)
+        self.raw: Any = _pyamqp.raw_connection(connection)
+        transport = getattr(self.raw, "transport", None)
         _pyamqp.bound_reads(transport, READ_TIMEOUT)
         sock = _pyamqp.socket_of(connection)
         reader = _pyamqp.buffer_reads(transport)
@@ -168,7 +171,7 @@ class AmqpDriver:
         channel.basic_reject(delivery_tag, requeue=requeue)
 
     def one_write(self) -> AbstractContextManager[None]:
-        return _pyamqp.one_write(self._connection)
+        return _pyamqp.one_write(self.raw)
 
     def cancel(self, channel: Any, consumer_tag: str) -> None:
         # The broker may be gone without a word (a dead link not yet found by
@@ -262,6 +265,7 @@ class MemoryDriver:
 
     sock: socket.socket | None = None
     reader: wire.FrameReader | None = None
+    raw: Any = None
     direct_reply_to = False
     direct_delivery = False
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kombu.connection import Connection as KombuConnection
 
 from rpc.errors import BrokerError
-from rpc.transport import _pyamqp, drivers
+from rpc.transport import drivers
 from rpc.transport.confirms import Confirms
 from rpc.transport.dispatching import Dispatcher
 
@@ -186,10 +186,6 @@ class Link:
         if now >= self._next_heartbeat_check:
             self._next_heartbeat_check = now + self.tick_interval()
             self.connection.heartbeat_check(rate=2)
-
-    def raw(self) -> Any:
-        """The py-amqp connection of the live link, or None."""
-        return _pyamqp.raw_connection(self.connection)
 
     def _connect(self) -> None:
         connection = KombuConnection(

@@ -147,12 +147,11 @@ class ReadingRole:
             ready = readable(sock, None, 0, reader)
         try:
             driver = link.driver
-            raw = link.raw()
-            if driver is None or driver.sock is not sock or raw is None:
+            if driver is None or driver.sock is not sock or driver.raw is None:
                 raise BrokerError("connection closed")
+            raw = driver.raw
             reader = driver.reader
             assert reader is not None
-            hand = _pyamqp.frame_handler(raw)
             deliver = self._dispatcher.deliver
             deliver_method = wire.DELIVER
             delivered = False
@@ -179,7 +178,7 @@ class ReadingRole:
                     ):
                         delivered = True
                     else:
-                        hand(frame)
+                        _pyamqp.hand_frame(raw, frame)
                     if enough is not None and enough():
                         break
                     if wait and not reader.has_frame():
@@ -236,15 +235,12 @@ class ReadingRole:
             finally:
                 self.token.release()
         finally:
-            self._end_borrow()
+            with self._borrow_changed:
+                self._borrowed = False
+                self._borrow_ended = time.monotonic()
+                if self._io_sleeping:
+                    self._borrow_changed.notify()
         return True
-
-    def _end_borrow(self) -> None:
-        with self._borrow_changed:
-            self._borrowed = False
-            self._borrow_ended = time.monotonic()
-            if self._io_sleeping:
-                self._borrow_changed.notify()
 
     def _read_while(
         self, sock: socket.socket, done: Callable[[], bool], deadline: float

@@ -130,8 +130,7 @@ def test_one_write_gathers_what_write_sends(transport):
     sent: list[bytes] = []
     transport._write = sent.append
     raw = type("Raw", (), {"transport": transport})()
-    holder = type("Kombu", (), {"_connection": raw})()
-    with _pyamqp.one_write(holder):
+    with _pyamqp.one_write(raw):
         transport.write(b"first")
         transport.write(b"second")
     assert sent == [b"firstsecond"]

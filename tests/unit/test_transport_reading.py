@@ -146,7 +146,7 @@ def connection_on(
     link.connection = SimpleNamespace(  # type: ignore[assignment]
         _connection=raw, connection_errors=(), channel_errors=()
     )
-    link.driver = SimpleNamespace(sock=sock, reader=wire.FrameReader(recv))  # type: ignore[assignment]
+    link.driver = SimpleNamespace(sock=sock, reader=wire.FrameReader(recv), raw=raw)  # type: ignore[assignment]
     link.channel = SimpleNamespace(channel_id=1)
     link.generation = 1
     link.connected.set()
@@ -248,7 +248,7 @@ def test_a_frame_of_the_wrong_type_inside_a_message_is_an_error():
     method_end = 8 + struct.unpack_from(">I", message, 3)[0]
     connection, seen, _ = connection_on(client, client.recv)
     # py-amqp's own frame handler gets what ours leaves to it.
-    raw = connection._link.connection._connection  # type: ignore[union-attr]
+    raw = connection._link.driver.raw  # type: ignore[union-attr]
     raw.on_inbound_frame = frame_handler(raw, lambda *args: None)
     with client, broker:
         broker.sendall(message[:method_end] + frame(3, 1, b"body"))
