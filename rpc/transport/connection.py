@@ -24,7 +24,8 @@ from rpc.transport.delivery import Delivery, DeliveryCallback
 from rpc.transport.dispatching import Dispatcher
 from rpc.transport.drivers import ONE_WRITE_MAX
 from rpc.transport.link import Link
-from rpc.transport.reading import LoopReader, ReadingRole
+from rpc.transport.loop_reading import LoopReader
+from rpc.transport.reading import ReadingRole
 
 
 class BrokerConnection:
@@ -158,12 +159,7 @@ class BrokerConnection:
                     exchange,
                     routing_key,
                     mandatory,
-                    {
-                        "content_type": content_type,
-                        "content_encoding": content_encoding,
-                        "application_headers": headers or None,
-                        **properties,
-                    },
+                    _message(content_type, content_encoding, headers, properties),
                 )
             except link.errors() as exc:
                 raise link.failed(exc) from exc
@@ -194,12 +190,7 @@ class BrokerConnection:
             exchange,
             routing_key,
             mandatory,
-            {
-                "content_type": content_type,
-                "content_encoding": "utf-8",
-                "application_headers": headers or None,
-                **properties,
-            },
+            _message(content_type, "utf-8", headers, properties),
         )
 
     def publish_and_ack(
@@ -233,14 +224,12 @@ class BrokerConnection:
                         publish["exchange"],
                         publish["routing_key"],
                         publish.get("mandatory", False),
-                        {
-                            "content_type": publish["content_type"],
-                            "content_encoding": publish.get(
-                                "content_encoding", "utf-8"
-                            ),
-                            "application_headers": publish.get("headers") or None,
-                            **publish.get("properties", {}),
-                        },
+                        _message(
+                            publish["content_type"],
+                            publish.get("content_encoding", "utf-8"),
+                            publish.get("headers"),
+                            publish.get("properties", {}),
+                        ),
                     )
                     if delivery.generation == link.generation:
                         driver.ack(channel, delivery.delivery_tag)
@@ -270,12 +259,7 @@ class BrokerConnection:
         """
         future: Future[bool] = Future()
         message_id = properties.setdefault("message_id", uuid.uuid4().hex)
-        message = {
-            "content_type": content_type,
-            "content_encoding": content_encoding,
-            "application_headers": headers or None,
-            **properties,
-        }
+        message = _message(content_type, content_encoding, headers, properties)
         link = self._link
         with self.channel() as channel:
             driver = link.driver
@@ -379,3 +363,18 @@ class BrokerConnection:
         driver = self._link.driver
         if driver is not None:
             driver.on_return(channel, callback, self._link.generation)
+
+
+def _message(
+    content_type: str,
+    content_encoding: str,
+    headers: Mapping[str, Any] | None,
+    properties: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A message's AMQP properties, as the drivers take them."""
+    return {
+        "content_type": content_type,
+        "content_encoding": content_encoding,
+        "application_headers": headers or None,
+        **properties,
+    }

@@ -3,23 +3,23 @@
 Reading is a role rather than a thread: a thread that is about to block until
 something arrives (a caller waiting for its reply, an idle handler thread waiting for
 work) may borrow it with :meth:`ReadingRole.read_until`, and an event loop with calls
-in flight with a :class:`LoopReader`. The I/O thread then steps aside and the
-borrower reads the frames itself, so the answer it waits for reaches it without
-crossing to another thread: on a busy machine each such hand-off (a wake-up and a
-switch of the GIL) costs more than the Python work of a whole call.
+in flight with a :class:`~rpc.transport.loop_reading.LoopReader`. The I/O thread
+then steps aside and the borrower reads the frames itself, so the answer it waits
+for reaches it without crossing to another thread: on a busy machine each such
+hand-off (a wake-up and a switch of the GIL) costs more than the Python work of a
+whole call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import select
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rpc import wire
 from rpc.errors import BrokerError
@@ -28,6 +28,9 @@ from rpc.transport.dispatching import Dispatcher
 from rpc.transport.drivers import FRAMES_PER_LOCK
 from rpc.transport.link import Link
 
+if TYPE_CHECKING:
+    from rpc.transport.loop_reading import LoopReader
+
 #: Seconds the I/O thread leaves the socket to a thread that just stopped reading
 #: it: longest delay of a frame nobody waits for (a reply to a call nobody asks the
 #: result of yet) right after a borrowed read.
@@ -35,9 +38,6 @@ READ_GRACE = 0.002
 #: A borrowed read that lasts longer than this (seconds) is a thread waiting for
 #: work rather than for a reply: the I/O thread sleeps through it instead of polling.
 LONG_BORROW = 0.05
-#: Seconds an event loop keeps the reading after its last call got its reply: the
-#: next call of a caller making call after call finds the socket still watched.
-LOOP_GRACE = 0.05
 
 
 class ReadingRole:
@@ -49,7 +49,7 @@ class ReadingRole:
     """
 
     def __init__(self, link: Link, dispatcher: Dispatcher) -> None:
-        self._link = link
+        self.link = link
         self._dispatcher = dispatcher
         self.lock = link.lock
         #: Held by whichever thread reads the socket (the I/O thread or a borrower).
@@ -64,14 +64,14 @@ class ReadingRole:
         #: Set while the I/O thread sleeps through a long borrow: its end must wake it.
         self._io_sleeping = False
         self._borrow_changed = threading.Condition()
-        #: The event loop that has borrowed the reading, if one has.
-        self._lender: LoopReader | None = None
+        #: The event loop's reader that has borrowed the reading, if one has.
+        self.lender: LoopReader | None = None
 
     # -- the I/O thread ------------------------------------------------------------
 
     def pump(self, sock: socket.socket, reader: wire.FrameReader) -> None:
         """One turn of the I/O thread: read what arrives, unless a borrower reads."""
-        link = self._link
+        link = self.link
         interval = link.tick_interval()
         with self._borrow_changed:
             now = time.monotonic()
@@ -93,10 +93,10 @@ class ReadingRole:
                 self._io_reading = True
                 parked = False
         if parked:
-            lender = self._lender
+            lender = self.lender
             if lender is not None and not lender.alive():
                 # A loop that stopped or closed with calls in flight reads nothing.
-                self.revoke(lender)
+                lender.revoke()
             with self.lock:
                 link.heartbeat_tick()
             return
@@ -135,7 +135,7 @@ class ReadingRole:
         ``wait`` (an event loop), read the socket once and only the whole frames
         that gives: the rest of a frame cut off midway is left for the next turn.
         """
-        link = self._link
+        link = self.link
         lock = self.lock
         driver = link.driver
         reader = driver.reader if driver is not None else None
@@ -211,23 +211,17 @@ class ReadingRole:
         I/O thread): the caller then waits as it would have anyway. A broken link
         is handed to the I/O thread, which reconnects; this thread just returns.
         """
-        link = self._link
+        link = self.link
         if timeout <= 0 or threading.current_thread() is link.thread:
             return False
         driver = link.driver
         sock = driver.sock if driver is not None else None
         if sock is None or not link.connected.is_set():
             return False
-        with self._borrow_changed:
-            if self._borrowed:
-                return False
-            self._borrowed = True
-            self._borrow_started = time.monotonic()
-            in_select = self._io_reading
+        deadline = time.monotonic() + timeout
+        if not self.borrow():
+            return False
         try:
-            deadline = time.monotonic() + timeout
-            if in_select:
-                link.wake()  # the I/O thread leaves select() and steps aside
             if not self.token.acquire(timeout=timeout):
                 return True
             try:
@@ -235,18 +229,14 @@ class ReadingRole:
             finally:
                 self.token.release()
         finally:
-            with self._borrow_changed:
-                self._borrowed = False
-                self._borrow_ended = time.monotonic()
-                if self._io_sleeping:
-                    self._borrow_changed.notify()
+            self.give_back()
         return True
 
     def _read_while(
         self, sock: socket.socket, done: Callable[[], bool], deadline: float
     ) -> None:
         # The caller holds the read token.
-        link = self._link
+        link = self.link
         interval = link.tick_interval()
         wake = link.wake_reader
         while not done() and link.connected.is_set() and not link.stopping.is_set():
@@ -268,177 +258,41 @@ class ReadingRole:
                 link.failed(exc)  # the I/O thread notices and reconnects
                 return
 
-    # -- an event loop borrowing the reading ---------------------------------------
+    # -- borrowing ------------------------------------------------------------------
 
-    def lend(self, lender: LoopReader) -> bool:
-        """Have ``lender``'s loop read the socket, if nobody else does; on that loop."""
-        link = self._link
-        driver = link.driver
-        sock = driver.sock if driver is not None else None
-        if sock is None or driver is None or not link.connected.is_set():
-            return False
+    def borrow(self, lender: LoopReader | None = None) -> bool:
+        """Take the reading from the I/O thread; False if another borrower has it.
+
+        ``lender`` is the event loop's reader borrowing, None for a thread.
+        """
         with self._borrow_changed:
             if self._borrowed:
                 return False
             self._borrowed = True
             self._borrow_started = time.monotonic()
-            self._lender = lender
+            self.lender = lender
             in_select = self._io_reading
         if in_select:
-            link.wake()  # the I/O thread leaves select() and steps aside
-        try:
-            lender.watch(sock)
-        except (OSError, RuntimeError, ValueError):
-            self.revoke(lender, on_loop=True)
-            return False
-        reader = driver.reader
-        if (reader is not None and reader.has_frame()) or has_buffered(sock):
-            # Frames a reader before us left buffered: select() cannot see them.
-            lender.read_soon()
+            self.link.wake()  # the I/O thread leaves select() and steps aside
         return True
 
-    def revoke(self, lender: LoopReader, *, on_loop: bool = False) -> None:
-        """End ``lender``'s borrow now; its loop lets go of the socket.
-
-        From any thread; ``on_loop`` when called on the lender's loop, which then
-        lets go at once rather than on its next turn.
-        """
+    def give_back(self, lender: LoopReader | None = None) -> bool:
+        """End the borrow of ``lender`` (None: of a thread); False if it had ended."""
         with self._borrow_changed:
-            if self._lender is not lender:
-                return
-            self._lender = None
+            if self.lender is not lender:
+                return False
+            self.lender = None
             self._borrowed = False
             self._borrow_ended = time.monotonic()
             if self._io_sleeping:
                 self._borrow_changed.notify()
-        if on_loop:
-            lender.unwatch()
-        else:
-            lender.unwatch_soon()
+        return True
 
     def link_closed(self) -> None:
         """The socket is going: a loop reading it lets go (callers hold the lock)."""
-        lender = self._lender
+        lender = self.lender
         if lender is not None:
-            self.revoke(lender)
-
-    def read_on_loop(self, lender: LoopReader, sock: socket.socket) -> None:
-        """Read what waits on ``sock`` on ``lender``'s loop; never wait for more."""
-        link = self._link
-        driver = link.driver
-        if self._lender is not lender or driver is None or driver.sock is not sock:
-            lender.unwatch()
-            return
-        if not self.token.acquire(blocking=False):
-            # The I/O thread is ending a read it began before the loop borrowed:
-            # it leaves at once, and what it leaves buffered is ours.
-            lender.read_soon()
-            return
-        try:
-            # Looked at again, never assumed: a synchronous method under the lock,
-            # or the I/O thread before it stepped aside, may have read what the
-            # loop was told of, and a read on bytes that are gone blocks the loop.
-            self.drain(sock, readable(sock, None, 0), wait=False)
-        except Exception as exc:
-            link.failed(exc)  # the I/O thread notices and reconnects
-            self.revoke(lender, on_loop=True)
-            return
-        finally:
-            self.token.release()
-        reader = driver.reader
-        if (reader is not None and reader.has_frame()) or has_buffered(sock):
-            lender.read_soon()
-
-
-class LoopReader:
-    """An event loop's share of the reading: borrowed while it has calls in flight.
-
-    Its callbacks run on the loop's thread, so the reply a coroutine awaits settles
-    its future there, without ``call_soon_threadsafe`` and a thread switch. Used from
-    the loop's thread only, but :meth:`ReadingRole.revoke` may come from any.
-    """
-
-    def __init__(self, reading: ReadingRole, loop: asyncio.AbstractEventLoop) -> None:
-        self._reading = reading
-        self.loop = loop
-        self._waiting = 0
-        #: A duplicate of the socket's descriptor, registered with the loop: ours to
-        #: close, so the loop never watches a number the link closed and reused.
-        self._fd: int | None = None
-        self._sock: socket.socket | None = None
-        self._scheduled = False
-        self._idle: asyncio.TimerHandle | None = None
-
-    def enter(self) -> None:
-        """A call of this loop starts waiting for its reply."""
-        self._waiting += 1
-        idle = self._idle
-        if idle is not None:
-            idle.cancel()
-            self._idle = None
-        if self._fd is None:
-            self._reading.lend(self)
-
-    def leave(self) -> None:
-        """A call of this loop stopped waiting; soon after the last one, the loop
-        gives the reading back."""
-        self._waiting -= 1
-        if self._waiting <= 0:
-            self._waiting = 0
-            if self._fd is not None and self._idle is None:
-                self._idle = self.loop.call_later(LOOP_GRACE, self._give_back)
-
-    def _give_back(self) -> None:
-        self._idle = None
-        if self._waiting == 0 and self._fd is not None:
-            self._reading.revoke(self, on_loop=True)
-
-    def alive(self) -> bool:
-        return self.loop.is_running() and not self.loop.is_closed()
-
-    def watch(self, sock: socket.socket) -> None:
-        fd = os.dup(sock.fileno())
-        try:
-            self.loop.add_reader(fd, self._readable)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd, self._sock = fd, sock
-
-    def unwatch(self) -> None:
-        """Let go of the socket; on the loop's thread, or once the loop closed."""
-        fd, self._fd, self._sock = self._fd, None, None
-        if fd is None:
-            return
-        if not self.loop.is_closed():
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(fd)
-        os.close(fd)
-
-    def unwatch_soon(self) -> None:
-        if not self.loop.is_running():  # closed, or stopped: nobody polls it now
-            self.unwatch()
-            return
-        with contextlib.suppress(RuntimeError):  # closed meanwhile
-            self.loop.call_soon_threadsafe(self._unwatch_if_revoked)
-
-    def _unwatch_if_revoked(self) -> None:
-        if self._reading._lender is not self:
-            self.unwatch()
-
-    def read_soon(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self._read_scheduled)
-
-    def _read_scheduled(self) -> None:
-        self._scheduled = False
-        self._readable()
-
-    def _readable(self) -> None:
-        sock = self._sock
-        if sock is not None:
-            self._reading.read_on_loop(self, sock)
+            lender.revoke()
 
 
 def readable(

@@ -68,7 +68,7 @@ def test_an_idle_loop_gives_the_reading_back(services, config):
             assert await cluster.echo.echo(1) == 1
             reading = cluster._connection._reading
             wait = asyncio.get_running_loop().time() + 20
-            while reading._lender is not None:
+            while reading.lender is not None:
                 assert asyncio.get_running_loop().time() < wait, "still borrowed"
                 await asyncio.sleep(0.01)
             # The I/O thread reads again: a cast's confirm comes back.
@@ -88,7 +88,7 @@ def test_a_cut_while_the_loop_reads_fails_the_call_and_reconnects(
             assert await cluster.echo.echo("warm-up") == "warm-up"
             slow = asyncio.ensure_future(cluster.echo.sleep(3))
             await asyncio.sleep(0.5)  # awaiting: the loop reads now
-            assert cluster._connection._reading._lender is not None
+            assert cluster._connection._reading.lender is not None
             tcp_proxy.cut()
             with pytest.raises(BrokerError):
                 await asyncio.wait_for(slow, 20)
@@ -107,11 +107,11 @@ def test_stop_while_the_loop_reads_fails_what_awaits(services, config):
         assert await cluster.echo.echo("warm-up") == "warm-up"
         slow = asyncio.ensure_future(cluster.echo.sleep(3))
         await asyncio.sleep(0.5)
-        assert cluster._connection._reading._lender is not None
+        assert cluster._connection._reading.lender is not None
         await cluster.stop()
         with pytest.raises(BrokerError):
             await asyncio.wait_for(slow, 20)
-        assert cluster._connection._reading._lender is None
+        assert cluster._connection._reading.lender is None
 
     run(calls())
 
@@ -149,7 +149,7 @@ def test_a_loop_that_closed_while_reading_hands_the_socket_back(services, config
 
         run(abandon())
         reading = cluster._connection._reading
-        wait_for(lambda: reading._lender is None, 20, "the reading handed back")
+        wait_for(lambda: reading.lender is None, 20, "the reading handed back")
         assert run(cluster.echo.echo("after")) == "after"
     finally:
         run(cluster.stop())

@@ -289,11 +289,11 @@ def test_a_loop_with_a_call_waiting_reads_deliveries_on_its_own_thread():
     async def test(loop: asyncio.AbstractEventLoop) -> None:
         reader = connection.loop_reader(loop)
         reader.enter()
-        assert connection._reading._lender is reader
+        assert connection._reading.lender is reader
         broker.sendall(delivery_frames(1, "ctag", b"reply"))
         await until(lambda: seen)
         reader.leave()
-        await until(lambda: connection._reading._lender is None)
+        await until(lambda: connection._reading.lender is None)
 
     with client, broker:
         on_a_loop(test)
@@ -350,9 +350,9 @@ def test_a_closing_link_takes_the_socket_back_from_the_loop():
     async def test(loop: asyncio.AbstractEventLoop) -> None:
         reader = connection.loop_reader(loop)
         reader.enter()
-        assert connection._reading._lender is reader
+        assert connection._reading.lender is reader
         connection._reading.link_closed()
-        assert connection._reading._lender is None
+        assert connection._reading.lender is None
         await until(lambda: reader._fd is None)  # the loop let go of its descriptor
         reader.leave()
 
