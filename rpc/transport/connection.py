@@ -307,8 +307,9 @@ class BrokerConnection:
         readers = self._loop_readers
         reader = readers.get(loop)
         if reader is None:
-            for closed in [each for each in readers if each.is_closed()]:
-                del readers[closed]
+            # Loops of other threads may add theirs meanwhile: iterate a copy.
+            for closed in [each for each in list(readers) if each.is_closed()]:
+                readers.pop(closed, None)
             reader = readers[loop] = LoopReader(self._reading, loop)
         return reader
 
