@@ -130,7 +130,7 @@ class BrokerConnection:
                 driver = link.driver
                 reader = driver.reader if driver is not None else None
                 if reader is not None and reader.has_frame():
-                    link.wake()
+                    link.interrupt()
 
     def publish(
         self,
@@ -296,7 +296,7 @@ class BrokerConnection:
 
     def interrupt_reader(self) -> None:
         """Have a thread in :meth:`read_until` look at its ``done()`` again now."""
-        self._link.wake()
+        self._link.interrupt()
 
     def loop_reader(self, loop: asyncio.AbstractEventLoop) -> LoopReader:
         """``loop``'s share of the reading: ``enter()`` while a call of it awaits its

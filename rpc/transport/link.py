@@ -119,7 +119,7 @@ class Link:
     def stop(self) -> None:
         """Close the connection and end the I/O thread; safe to call twice."""
         self.stopping.set()
-        self.wake()
+        self.interrupt()
         driver = self.driver
         if driver is not None:
             driver.interrupt()
@@ -142,6 +142,13 @@ class Link:
             with contextlib.suppress(OSError):
                 self._wake_writer.send(b"\0")
 
+    def interrupt(self) -> None:
+        """Have whoever reads look at the link again now, wherever it waits: in
+        select(), parked beside a borrower, or on an event loop."""
+        self.wake()
+        if self.reading is not None:
+            self.reading.interrupt()
+
     # -- the live connection -------------------------------------------------------
 
     def live_channel(self) -> Any:
@@ -153,7 +160,7 @@ class Link:
     def failed(self, exc: BaseException) -> BrokerError:
         """Mark the link broken: the I/O thread notices and reconnects."""
         self.connected.clear()
-        self.wake()
+        self.interrupt()
         return BrokerError(f"broker connection failed: {exc}")
 
     def errors(self) -> tuple[type[BaseException], ...]:
@@ -281,7 +288,7 @@ class Link:
 
     def _lost(self, exc: BaseException) -> None:
         self.connected.clear()
-        self.wake()  # a thread that borrowed the reading stops and gives it back
+        self.interrupt()  # a borrower of the reading stops and gives it back
         assert self.reading is not None
         with self.reading.token, self.lock:
             self.close_connection()

@@ -77,6 +77,12 @@ class LoopReader:
         with contextlib.suppress(RuntimeError):  # closed meanwhile
             self.loop.call_soon_threadsafe(self._unwatch_if_revoked)
 
+    def look_again(self) -> None:
+        """From any thread: have the loop look at the link and the socket now
+        (frames left buffered, a link marked broken, a stop)."""
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            self.loop.call_soon_threadsafe(self._readable)
+
     def _lend(self) -> None:
         link = self._reading.link
         driver = link.driver
@@ -141,6 +147,10 @@ class LoopReader:
         driver = link.driver
         if reading.lender is not self or driver is None or driver.sock is not sock:
             self._unwatch()
+            return
+        if not link.connected.is_set() or link.stopping.is_set():
+            # Broken or stopping: the I/O thread takes over, and makes it again.
+            self.revoke(on_loop=True)
             return
         if not reading.token.acquire(blocking=False):
             # The I/O thread is ending a read it began before the loop borrowed:

@@ -190,7 +190,7 @@ class ReadingRole:
                     # then half holds: the next reader would start inside it.
                     # Make the link again.
                     link.connected.clear()
-                    link.wake()
+                    link.interrupt()
                 raise
             finally:
                 if delivered:
@@ -287,6 +287,14 @@ class ReadingRole:
             if self._io_sleeping:
                 self._borrow_changed.notify()
         return True
+
+    def interrupt(self) -> None:
+        """Wake the I/O thread parked beside a borrower, and a loop that reads."""
+        with self._borrow_changed:
+            self._borrow_changed.notify_all()
+        lender = self.lender
+        if lender is not None:
+            lender.look_again()
 
     def link_closed(self) -> None:
         """The socket is going: a loop reading it lets go (callers hold the lock)."""

@@ -359,3 +359,42 @@ def test_a_closing_link_takes_the_socket_back_from_the_loop():
     with client, broker:
         on_a_loop(test)
         connection._link.close_wake_sockets()
+
+
+def test_frames_a_synchronous_method_left_buffered_reach_a_loop_that_reads():
+    # A declaration under channel() read its answer and, in the same recv(), a
+    # delivery: the socket shows nothing more, the loop must be told.
+    client, broker = socket.socketpair()
+    connection, seen, _ = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        with connection.channel():
+            frames = connection._link.driver.reader  # type: ignore[union-attr]
+            frames._buffer += delivery_frames(1, "ctag", b"after")
+        await until(lambda: seen)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"after"]
+
+
+def test_a_link_marked_broken_while_a_loop_reads_goes_back_to_the_io_thread():
+    client, broker = socket.socketpair()
+    connection, _, _ = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        assert connection._reading.lender is reader
+        connection._link.failed(OSError("reset by peer"))
+        await until(lambda: connection._reading.lender is None)
+        await until(lambda: reader._fd is None)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
