@@ -15,16 +15,29 @@ TARGETS = (
         0.8,
         True,
     ),
+    (
+        "asyncio client latency p50, asyncio/threaded",
+        ("latency", "asyncio_ratio", "p50_us"),
+        1.15,
+        False,
+    ),
+    (
+        "asyncio client throughput at 32 in flight, asyncio/threaded",
+        ("throughput_asyncio", 1, 32),
+        1.0,
+        True,
+    ),
     ("CPU scaling with 2 processes (speedup)", ("cpu_scaling", "speedup"), 1.8, True),
     ("idle worker resident memory (MiB)", ("cost", "worker_rss_mb"), 40.0, False),
 )
 
 
 def _lookup(results: dict[str, Any], path: tuple[Any, ...]) -> float | None:
-    if path[0] == "throughput":
+    if path[0] in ("throughput", "throughput_asyncio"):
+        key = "ratio" if path[0] == "throughput" else "asyncio_ratio"
         for row in results.get("throughput", []):
             if row["processes"] == path[1] and row["in_flight"] == path[2]:
-                return float(row["ratio"])
+                return float(row[key]) if key in row else None
         return None
     value: Any = results
     for key in path:
@@ -75,7 +88,10 @@ def markdown(results: dict[str, Any]) -> str:
             "| | p50 µs | p90 µs | p99 µs | calls/s |",
             "|---|---:|---:|---:|---:|",
         ]
-        for label, key in (("framework", "framework"), ("Kombu baseline", "baseline")):
+        sides = [("framework", "framework"), ("Kombu baseline", "baseline")]
+        if "asyncio" in lat:
+            sides.insert(1, ("asyncio client", "asyncio"))
+        for label, key in sides:
             row = lat[key]
             lines.append(
                 f"| {label} | {_n(row['p50_us'])} | {_n(row['p90_us'])} | "
@@ -86,22 +102,33 @@ def markdown(results: dict[str, Any]) -> str:
             f"| ratio | {ratio['p50_us']:.2f} | {ratio['p90_us']:.2f} | "
             f"{ratio['p99_us']:.2f} | {ratio['calls_per_s']:.2f} |"
         )
+        if "asyncio_ratio" in lat:
+            ratio = lat["asyncio_ratio"]
+            lines.append(
+                f"| asyncio/threaded | {ratio['p50_us']:.2f} | "
+                f"{ratio['p90_us']:.2f} | {ratio['p99_us']:.2f} | "
+                f"{ratio['calls_per_s']:.2f} |"
+            )
         lines.append("")
     if results.get("throughput"):
         calls = results["throughput"][0]["calls"]
         lines += [
             f"**Throughput** ({_n(calls)} no-op calls from one client process)",
             "",
-            "| worker processes | in flight | framework calls/s | baseline calls/s "
-            "| ratio |",
-            "|---:|---:|---:|---:|---:|",
+            "| worker processes | in flight | framework calls/s | asyncio calls/s "
+            "| baseline calls/s | ratio | asyncio/threaded |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in results["throughput"]:
+            awaited = row.get("asyncio_calls_per_s")
+            awaited_ratio = row.get("asyncio_ratio")
             lines.append(
                 f"| {row['processes']} | {row['in_flight']} | "
                 f"{_n(row['framework_calls_per_s'])} | "
+                f"{'n/a' if awaited is None else _n(awaited)} | "
                 f"{_n(row['baseline_calls_per_s'])} | "
-                f"{row['ratio']:.2f} |"
+                f"{row['ratio']:.2f} | "
+                f"{'n/a' if awaited_ratio is None else f'{awaited_ratio:.2f}'} |"
             )
         lines.append("")
     if results.get("payload"):
@@ -202,6 +229,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             color="tab:blue",
             label=f"rpc, {label}",
         )
+        if all("asyncio_calls_per_s" in r for r in mine):
+            axes.plot(
+                x,
+                [r["asyncio_calls_per_s"] for r in mine],
+                "^" + style,
+                color="tab:green",
+                label=f"rpc asyncio client, {label}",
+            )
         axes.plot(
             x,
             [r["baseline_calls_per_s"] for r in mine],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import json
@@ -16,7 +17,7 @@ from typing import Any
 from benchmarks import harness
 from benchmarks.baseline import BaselineClient
 from benchmarks.services import EVENT_SOURCE, EVENT_TYPE
-from rpc import ClusterProxy, UnknownServiceError
+from rpc import AsyncClusterProxy, ClusterProxy, UnknownServiceError
 
 BASELINE_QUEUE = "baseline-bench"
 BENCH_QUEUE = "rpc-bench"
@@ -142,6 +143,53 @@ def framework_pipelined(
     return time.perf_counter() - start
 
 
+class AsyncClient:
+    """The asyncio client on an event loop of this thread, run for each measurement."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.cluster = AsyncClusterProxy(broker_url, timeout=120, name="bench-async")
+        self.loop.run_until_complete(self.cluster.start())
+
+    def sequential(self, calls: int, latencies: list[int]) -> float:
+        """As :func:`framework_sequential`, awaiting each call."""
+
+        async def run() -> float:
+            noop = self.cluster.bench.noop
+            start = time.perf_counter()
+            for _ in range(calls):
+                began = time.perf_counter_ns()
+                await noop()
+                latencies.append(time.perf_counter_ns() - began)
+            return time.perf_counter() - start
+
+        return self.loop.run_until_complete(run())
+
+    def pipelined(self, calls: int, in_flight: int) -> float:
+        """As :func:`framework_pipelined`: ``in_flight`` calls outstanding."""
+
+        async def run() -> float:
+            method = self.cluster.bench.noop
+            window: collections.deque[Any] = collections.deque()
+            start = time.perf_counter()
+            sent = 0
+            while sent < min(in_flight, calls):
+                window.append(await method.call_async())
+                sent += 1
+            while window:
+                await window.popleft()
+                if sent < calls:
+                    window.append(await method.call_async())
+                    sent += 1
+            return time.perf_counter() - start
+
+        return self.loop.run_until_complete(run())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.cluster.stop())
+        self.loop.close()
+
+
 # -- the workloads ---------------------------------------------------------------------
 
 
@@ -149,21 +197,28 @@ def framework_pipelined(
 class Clients:
     cluster: ClusterProxy
     baseline: BaselineClient
+    asyncio: AsyncClient
 
 
 def warm_up(clients: Clients, calls: int) -> None:
     framework_pipelined(clients.cluster, calls, 1)
+    clients.asyncio.pipelined(calls, 1)
     clients.baseline.run(BASELINE_QUEUE, calls)
 
 
 def latency(clients: Clients, plan: Plan, progress: Progress) -> dict[str, Any]:
     """Sequential no-op calls: percentiles of the round trip, and calls/s."""
-    framework, baseline, ratios = [], [], []
+    framework, baseline, ratios, asyncio_runs, asyncio_ratios = [], [], [], [], []
     for _ in range(plan.repetitions):
         warm_up(clients, plan.warmup)
         latencies: list[int] = []
         seconds = framework_sequential(clients.cluster, plan.latency_calls, latencies)
         ours = _latency_stats(latencies, seconds)
+        latencies = []
+        seconds = clients.asyncio.sequential(plan.latency_calls, latencies)
+        awaited = _latency_stats(latencies, seconds)
+        asyncio_runs.append(awaited)
+        asyncio_ratios.append({key: awaited[key] / ours[key] for key in ours})
         latencies = []
         seconds = clients.baseline.run(
             BASELINE_QUEUE, plan.latency_calls, latencies=latencies
@@ -178,6 +233,9 @@ def latency(clients: Clients, plan: Plan, progress: Progress) -> dict[str, Any]:
         "framework": _median_dicts(framework),
         "baseline": _median_dicts(baseline),
         "ratio": _median_dicts(ratios),
+        "asyncio": _median_dicts(asyncio_runs),
+        #: The asyncio client against the threaded one, in the same repetition.
+        "asyncio_ratio": _median_dicts(asyncio_ratios),
     }
 
 
@@ -187,17 +245,20 @@ def throughput(
     """No-op calls with 1..128 in flight, as fast as the workers answer."""
     rows = []
     for in_flight in plan.in_flight:
-        ours, theirs, ratios = [], [], []
+        ours, theirs, ratios, awaited, awaited_ratios = [], [], [], [], []
         for _ in range(plan.throughput_repetitions):
             warm_up(clients, plan.warmup)
             calls = plan.throughput_calls
             fw = calls / framework_pipelined(clients.cluster, calls, in_flight)
+            aio = calls / clients.asyncio.pipelined(calls, in_flight)
             bl = calls / clients.baseline.run(
                 BASELINE_QUEUE, calls, in_flight=in_flight
             )
             ours.append(fw)
             theirs.append(bl)
             ratios.append(fw / bl)
+            awaited.append(aio)
+            awaited_ratios.append(aio / fw)
             progress(f"throughput {processes}p x{in_flight}")
         rows.append(
             {
@@ -207,6 +268,9 @@ def throughput(
                 "framework_calls_per_s": statistics.median(ours),
                 "baseline_calls_per_s": statistics.median(theirs),
                 "ratio": statistics.median(ratios),
+                "asyncio_calls_per_s": statistics.median(awaited),
+                #: The asyncio client against the threaded one.
+                "asyncio_ratio": statistics.median(awaited_ratios),
             }
         )
     return rows
@@ -395,7 +459,7 @@ def run_all(broker_url: str, plan: Plan, progress: Progress) -> dict[str, Any]:
     server = harness.baseline_command(broker_url, BASELINE_QUEUE)
     with ClusterProxy(broker_url, timeout=120, name="bench-client") as cluster:
         baseline = BaselineClient(broker_url)
-        clients = Clients(cluster, baseline)
+        clients = Clients(cluster, baseline, AsyncClient(broker_url))
         try:
             rows: list[dict[str, Any]] = []
             for processes in plan.processes:
@@ -420,5 +484,6 @@ def run_all(broker_url: str, plan: Plan, progress: Progress) -> dict[str, Any]:
             results["cpu_scaling"] = cpu_scaling(cluster, broker_url, plan, progress)
             results["cost"] = cost(clients, broker_url, plan, progress)
         finally:
+            clients.asyncio.close()
             baseline.close()
     return results

@@ -4,7 +4,9 @@ They share :class:`~rpc.client.BaseClusterProxy` with the threaded proxies: the 
 connection with its I/O thread, the same request building and reply matching. Only
 waiting differs: a reply read on the I/O thread settles an asyncio future through
 ``loop.call_soon_threadsafe``, so any number of calls await at once on one
-connection without a thread each.
+connection without a thread each. While calls of a loop await, that loop reads the
+replies itself (:meth:`rpc.transport.BrokerConnection.loop_reader`) and settles
+them directly.
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ class AsyncRpcFuture:
     async def result(self) -> JsonValue:
         """Wait for the reply and return its result, or raise what the call raised."""
         gave_up: Exception | None = None
+        # While calls of this loop wait, the loop reads their replies itself.
+        reading = self._cluster._connection.loop_reader(self._loop)
+        reading.enter()
         try:
             remaining = max(self.deadline - time.time(), 0.0)
             delivery = await asyncio.wait_for(self._future, remaining)
@@ -104,6 +109,7 @@ class AsyncRpcFuture:
             gave_up = timed_out(self.label)
             raise gave_up from None
         finally:
+            reading.leave()
             forgot = self._cluster._forget(self.correlation_id)
             if forgot and self._observed is not None:
                 # Timed out or cancelled here: nobody else will settle this call.
@@ -116,7 +122,7 @@ class AsyncRpcFuture:
     def __await__(self) -> Generator[Any, None, JsonValue]:
         return self.result().__await__()
 
-    # -- called on the I/O thread --------------------------------------------------
+    # -- called on the thread that read the reply: the I/O thread, or the loop's ---
 
     def _deliver(self, delivery: Delivery) -> None:
         observed = self._observed
@@ -134,6 +140,9 @@ class AsyncRpcFuture:
         self._settle(None, exc)
 
     def _settle(self, delivery: Delivery | None, exc: BaseException | None) -> None:
+        if asyncio._get_running_loop() is self._loop:  # read on the loop itself
+            self._set(delivery, exc)
+            return
         # A closed loop raises RuntimeError: nobody is left to wait.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._set, delivery, exc)

@@ -12,7 +12,7 @@ types written here) returns None, and the caller goes through py-amqp as before.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from amqp.exceptions import UnexpectedFrame
@@ -73,19 +73,23 @@ _PROPERTY_SPEC = {
 class FrameReader:
     """Reads frames from one socket through a buffer: one ``recv()`` for many frames.
 
-    Installed as the transport's ``read_frame``, so py-amqp's own waits (a queue
-    declaration's answer) read through the same buffer and never miss a frame.
-    Bytes of a frame cut off midway stay in the buffer until the rest arrives.
+    ``recv(size)`` is the socket's read; ``leftover`` the bytes already read past the
+    handshake; ``on_lost()`` runs when the socket fails or closes. Bytes of a frame
+    cut off midway stay in the buffer until the rest arrives.
     """
 
-    __slots__ = ("_buffer", "_recv", "_start", "_transport")
+    __slots__ = ("_buffer", "_lost", "_recv", "_start")
 
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self._recv = transport._quick_recv
-        # Whatever py-amqp read past the handshake is the start of our stream.
-        self._buffer: bytes = bytes(getattr(transport, "_read_buffer", b""))
-        transport._read_buffer = b""
+    def __init__(
+        self,
+        recv: Callable[[int], bytes],
+        *,
+        leftover: bytes = b"",
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self._recv = recv
+        self._lost = on_lost
+        self._buffer: bytes = leftover
         self._start = 0
 
     def has_frame(self) -> bool:
@@ -137,6 +141,11 @@ class FrameReader:
         self._start = end + 1
         return frame_type, channel, payload
 
+    def fill(self) -> None:
+        """Read once from the socket: for a caller that was told bytes are there and
+        must not wait for the rest of a frame."""
+        self._fill()
+
     def _fill(self) -> None:
         buffer = self._buffer[self._start :]
         missing = RECV_SIZE
@@ -151,11 +160,13 @@ class FrameReader:
             raise
         except OSError:
             self._buffer, self._start = buffer, 0
-            self._transport.connected = False
+            if self._lost is not None:
+                self._lost()
             raise
         if not data:
             self._buffer, self._start = buffer, 0
-            self._transport.connected = False
+            if self._lost is not None:
+                self._lost()
             raise OSError("Server unexpectedly closed connection")
         self._buffer, self._start = buffer + data if buffer else data, 0
 

@@ -107,7 +107,7 @@ def test_an_idle_handler_thread_runs_the_request_it_read(runner, cluster):
 def test_a_reply_leaves_with_its_ack_in_one_write(runner, cluster):
     assert cluster.echo.echo("warm-up") == "warm-up"
     writes: list[bytes] = []
-    transport: Any = runner._connection._connection.connection.transport  # type: ignore[union-attr]
+    transport: Any = runner._connection._link.connection.connection.transport  # type: ignore[union-attr]
     send = transport._write
 
     def recording(data: bytes) -> None:
@@ -134,7 +134,7 @@ def test_a_reader_interrupted_inside_a_read_leaves_no_half_read_frame(runner, cl
     # stop it inside a read. The next reader must not start in the middle of a
     # frame: what was read stays buffered, and the link is made again anyway.
     assert cluster.echo.echo("warm-up") == "warm-up"
-    reader: Any = cluster._connection._reader  # type: ignore[union-attr]
+    reader: Any = cluster._connection._link.driver.reader  # type: ignore[union-attr]
     recv: Callable[[int], bytes] = reader._recv
     me = threading.current_thread()
     reads = 0
@@ -228,7 +228,7 @@ def test_the_io_thread_keeps_its_periodic_work_while_a_borrower_reads(broker_url
         assert ticks.get(timeout=20)
         # What such a borrower holds: the read token, without the borrowed flag
         # the I/O thread looked at before.
-        with connection._read_token:
+        with connection._reading.token:
             while not ticks.empty():
                 ticks.get_nowait()
             for _ in range(2):
@@ -242,7 +242,7 @@ def test_a_large_reply_leaves_frame_by_frame(runner, cluster):
     # reply joined into one write would need the whole of it to go out in that
     # time, where each of its frames used to have it.
     assert cluster.echo.echo("warm-up") == "warm-up"
-    raw: Any = runner._connection._connection.connection  # type: ignore[union-attr]
+    raw: Any = runner._connection._link.connection.connection  # type: ignore[union-attr]
     transport = raw.transport
     writes: list[int] = []
     send = transport._write

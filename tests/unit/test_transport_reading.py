@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import ssl
@@ -20,7 +21,8 @@ from amqp.exceptions import UnexpectedFrame
 from amqp.method_framing import frame_handler
 from amqp.serialization import dumps
 
-from rpc import transport, wire
+from rpc import wire
+from rpc.transport import BrokerConnection, Delivery, _pyamqp, reading
 
 WAIT = 10.0
 
@@ -71,7 +73,7 @@ def test_bytes_tls_already_decrypted_make_the_socket_ready(tls_pair):
     server.sendall(b"first frame|second frame")
     assert client.recv(len(b"first frame|")) == b"first frame|"
     assert client.pending() > 0
-    assert transport._readable(client, None, WAIT) == [client]
+    assert reading.readable(client, None, WAIT) == [client]
 
 
 def outcome_of(read: Callable[[int], bytes]) -> BaseException | bytes | None:
@@ -90,28 +92,26 @@ def outcome_of(read: Callable[[int], bytes]) -> BaseException | bytes | None:
     return outcome[0] if outcome else None
 
 
-def test_a_read_the_receive_timeout_ends_raises_a_timeout(monkeypatch):
+def test_a_read_the_receive_timeout_ends_raises_a_timeout():
     # The kernel reports SO_RCVTIMEO as EAGAIN, which py-amqp retries in the middle
     # of a frame: it must come as a timeout instead.
-    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.2)
     client, server = socket.socketpair()
     with client, server:
         client.setsockopt(
             socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200_000)
         )
         amqp_transport = SimpleNamespace(sock=client, _quick_recv=client.recv)
-        transport._bound_reads(amqp_transport)
+        _pyamqp.bound_reads(amqp_transport, 0.2)
         assert isinstance(outcome_of(amqp_transport._quick_recv), TimeoutError)
 
 
-def test_a_tls_read_that_gets_no_bytes_gives_up(tls_pair, monkeypatch):
+def test_a_tls_read_that_gets_no_bytes_gives_up(tls_pair):
     # Python's TLS layer retries a read SO_RCVTIMEO ended: only a timeout of its
     # own ends it.
-    monkeypatch.setattr(transport, "READ_TIMEOUT", 0.2)
     client, _ = tls_pair
     client.settimeout(None)  # as py-amqp leaves it
     amqp_transport = SimpleNamespace(sock=client, _quick_recv=client.read)
-    transport._bound_reads(amqp_transport)
+    _pyamqp.bound_reads(amqp_transport, 0.2)
     assert isinstance(outcome_of(amqp_transport._quick_recv), TimeoutError)
 
 
@@ -130,35 +130,28 @@ def delivery_frames(channel: int, consumer_tag: str, body: bytes) -> bytes:
     return data + (frame(3, channel, body) if body else b"")
 
 
-class FakeTransport:
-    def __init__(self, recv: Callable[[int], bytes]) -> None:
-        self._quick_recv = recv
-        self._read_buffer = b""
-        self.connected = True
-
-
 def connection_on(
     sock: socket.socket, recv: Callable[[int], bytes]
-) -> tuple[transport.BrokerConnection, list[transport.Delivery], list[Any]]:
-    """A BrokerConnection reading ``sock`` as ``_connect`` leaves it, one consumer
-    on channel 1; what py-amqp would be handed goes to the third list."""
-    connection = transport.BrokerConnection(
+) -> tuple[BrokerConnection, list[Delivery], list[Any]]:
+    """A BrokerConnection reading ``sock`` as its link leaves it once connected, one
+    consumer on channel 1; what py-amqp would be handed goes to the third list."""
+    connection = BrokerConnection(
         "amqp://localhost", name="t", heartbeat=0, on_connect=lambda channel: None
     )
-    connection._wake_reader, connection._wake_writer = socket.socketpair()
-    connection._wake_reader.setblocking(False)
+    link = connection._link
+    link.wake_reader, link._wake_writer = socket.socketpair()
+    link.wake_reader.setblocking(False)
     to_py_amqp: list[Any] = []
     raw = SimpleNamespace(on_inbound_frame=to_py_amqp.append, bytes_recv=0)
-    connection._connection = SimpleNamespace(  # type: ignore[assignment]
+    link.connection = SimpleNamespace(  # type: ignore[assignment]
         _connection=raw, connection_errors=(), channel_errors=()
     )
-    connection._sock = sock
-    connection._reader = wire.FrameReader(FakeTransport(recv))
-    connection._channel = SimpleNamespace(channel_id=1)
-    connection._generation = 1
-    connection._connected.set()
-    seen: list[transport.Delivery] = []
-    connection._consumers[(1, "ctag")] = (seen.append, 1)
+    link.driver = SimpleNamespace(sock=sock, reader=wire.FrameReader(recv), raw=raw)  # type: ignore[assignment]
+    link.channel = SimpleNamespace(channel_id=1)
+    link.generation = 1
+    link.connected.set()
+    seen: list[Delivery] = []
+    connection._dispatcher.add(1, "ctag", seen.append, 1)
     return connection, seen, to_py_amqp
 
 
@@ -180,11 +173,12 @@ def test_frames_read_past_a_synchronous_answer_are_not_left_waiting():
         time.sleep(0.2)  # the borrower now waits in select()
         started = time.monotonic()
         with connection.channel():
-            assert connection._reader is not None
-            connection._reader.read_frame()  # py-amqp's wait() takes its answer
+            reader = connection._link.driver.reader  # type: ignore[union-attr]
+            assert reader is not None
+            reader.read_frame()  # py-amqp's wait() takes its answer
         reading.join(WAIT)
         waited = time.monotonic() - started
-        connection._close_wake_sockets()
+        connection._link.close_wake_sockets()
     assert [delivery.body for delivery in seen] == [b"{}"]
     assert waited < 0.5, f"the buffered request waited {waited:.2f} s"
 
@@ -198,11 +192,11 @@ def test_a_message_still_on_its_way_is_left_to_py_amqp_frame_by_frame():
     connection, seen, to_py_amqp = connection_on(client, client.recv)
     with client, broker:
         broker.sendall(whole[:-500])  # method, header and half the body frame
-        connection._drain(client, [client])
+        connection._reading.drain(client, [client])
         assert [kind for kind, _, _ in to_py_amqp] == [1, 2]
         broker.sendall(whole[-500:])
-        connection._drain(client, [client])
-        connection._close_wake_sockets()
+        connection._reading.drain(client, [client])
+        connection._link.close_wake_sockets()
     assert [kind for kind, _, _ in to_py_amqp] == [1, 2, 3]
     assert seen == []
 
@@ -217,8 +211,8 @@ def test_a_whole_message_goes_straight_to_its_consumer():
             + delivery_frames(1, "other-consumer", b"theirs")
             + delivery_frames(1, "ctag", b"")
         )
-        connection._drain(client, [client])
-        connection._close_wake_sockets()
+        connection._reading.drain(client, [client])
+        connection._link.close_wake_sockets()
     assert [delivery.body for delivery in seen] == [b"first", b""]
     assert seen[0].content_type == "application/json"
     assert seen[0].consumer_tag == "ctag" and seen[0].generation == 1
@@ -240,8 +234,8 @@ def test_frames_of_another_channel_inside_a_message_go_to_py_amqp():
             + frame(*other)
             + message[method_end:]
         )
-        connection._drain(client, [client])
-        connection._close_wake_sockets()
+        connection._reading.drain(client, [client])
+        connection._link.close_wake_sockets()
     assert seen == []
     assert [kind for kind, _, _ in to_py_amqp] == [1, 8, 1, 2, 3]
     assert to_py_amqp[1:3] == [heartbeat, other]
@@ -254,11 +248,153 @@ def test_a_frame_of_the_wrong_type_inside_a_message_is_an_error():
     method_end = 8 + struct.unpack_from(">I", message, 3)[0]
     connection, seen, _ = connection_on(client, client.recv)
     # py-amqp's own frame handler gets what ours leaves to it.
-    raw = connection._connection._connection  # type: ignore[union-attr]
+    raw = connection._link.driver.raw  # type: ignore[union-attr]
     raw.on_inbound_frame = frame_handler(raw, lambda *args: None)
     with client, broker:
         broker.sendall(message[:method_end] + frame(3, 1, b"body"))
         with pytest.raises(UnexpectedFrame):
-            connection._drain(client, [client])
-        connection._close_wake_sockets()
+            connection._reading.drain(client, [client])
+        connection._link.close_wake_sockets()
     assert seen == []
+
+
+# -- an event loop reading its own replies ------------------------------------------
+
+
+def on_a_loop(test: Callable[[asyncio.AbstractEventLoop], Any]) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(test(loop), WAIT))
+    finally:
+        loop.close()
+
+
+async def until(predicate: Callable[[], object]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+def test_a_loop_with_a_call_waiting_reads_deliveries_on_its_own_thread():
+    client, broker = socket.socketpair()
+    client.settimeout(WAIT)
+    connection, seen, _ = connection_on(client, client.recv)
+    threads: list[threading.Thread] = []
+
+    def record(delivery: Delivery) -> None:
+        seen.append(delivery)
+        threads.append(threading.current_thread())
+
+    connection._dispatcher.add(1, "ctag", record, 1)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        assert connection._reading.lender is reader
+        broker.sendall(delivery_frames(1, "ctag", b"reply"))
+        await until(lambda: seen)
+        reader.leave()
+        await until(lambda: connection._reading.lender is None)
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"reply"]
+    assert threads == [threading.current_thread()]
+
+
+def test_a_message_cut_off_midway_never_blocks_the_loop():
+    client, broker = socket.socketpair()
+    client.settimeout(0.5)  # a loop blocked in recv() would fail the link
+    whole = delivery_frames(1, "ctag", b"x" * 1000)
+    connection, seen, to_py_amqp = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        broker.sendall(whole[:-500])
+        await until(lambda: len(to_py_amqp) == 2)
+        await asyncio.sleep(1)  # the loop keeps running meanwhile
+        assert connection.connected
+        broker.sendall(whole[-500:])
+        await until(lambda: len(to_py_amqp) == 3)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [kind for kind, _, _ in to_py_amqp] == [1, 2, 3]
+    assert seen == []
+
+
+def test_frames_left_in_the_buffer_are_read_when_the_loop_takes_the_socket():
+    client, broker = socket.socketpair()
+    connection, seen, _ = connection_on(client, client.recv)
+    connection._link.driver.reader._buffer = delivery_frames(1, "ctag", b"kept")  # type: ignore[union-attr]
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        await until(lambda: seen)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"kept"]
+
+
+def test_a_closing_link_takes_the_socket_back_from_the_loop():
+    client, broker = socket.socketpair()
+    connection, _, _ = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        assert connection._reading.lender is reader
+        connection._reading.link_closed()
+        assert connection._reading.lender is None
+        await until(lambda: reader._fd is None)  # the loop let go of its descriptor
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+
+
+def test_frames_a_synchronous_method_left_buffered_reach_a_loop_that_reads():
+    # A declaration under channel() read its answer and, in the same recv(), a
+    # delivery: the socket shows nothing more, the loop must be told.
+    client, broker = socket.socketpair()
+    connection, seen, _ = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        with connection.channel():
+            frames = connection._link.driver.reader  # type: ignore[union-attr]
+            frames._buffer += delivery_frames(1, "ctag", b"after")
+        await until(lambda: seen)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()
+    assert [delivery.body for delivery in seen] == [b"after"]
+
+
+def test_a_link_marked_broken_while_a_loop_reads_goes_back_to_the_io_thread():
+    client, broker = socket.socketpair()
+    connection, _, _ = connection_on(client, client.recv)
+
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        reader = connection.loop_reader(loop)
+        reader.enter()
+        assert connection._reading.lender is reader
+        connection._link.failed(OSError("reset by peer"))
+        await until(lambda: connection._reading.lender is None)
+        await until(lambda: reader._fd is None)
+        reader.leave()
+
+    with client, broker:
+        on_a_loop(test)
+        connection._link.close_wake_sockets()

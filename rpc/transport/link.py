@@ -1,0 +1,313 @@
+"""The link to the broker: connect, close, reconnect with backoff, heartbeats.
+
+A :class:`Link` owns one Kombu connection at a time, its driver and its channel,
+and the I/O thread that keeps them alive: every failure of the link ends up on that
+thread, which tells the owner, drops the connection and dials again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kombu.connection import Connection as KombuConnection
+
+from rpc.errors import BrokerError
+from rpc.transport import drivers
+from rpc.transport.confirms import Confirms
+from rpc.transport.dispatching import Dispatcher
+
+if TYPE_CHECKING:
+    from rpc.transport.reading import ReadingRole
+
+log = logging.getLogger("rpc.transport")
+
+#: Longest wait between two reconnection attempts, in seconds.
+MAX_BACKOFF = 5.0
+FIRST_BACKOFF = 0.1
+#: Seconds a socket write may block before the connection is declared dead.
+WRITE_TIMEOUT = 10.0
+#: Seconds a clean close waits for the broker to answer before dropping the socket.
+CLOSE_TIMEOUT = 2.0
+
+RECONNECTING = "%s: connection lost (%s); reconnecting"
+RECONNECTED = "%s: connected to %s"
+
+
+class Link:
+    """One broker connection at a time, made again whenever it breaks.
+
+    ``on_connect(channel)`` runs under the lock after every (re)connection;
+    ``on_disconnect(exc)`` when the connection is lost, before reconnection starts;
+    ``on_tick()`` on the I/O thread about once a second.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        heartbeat: float,
+        connect_timeout: float,
+        on_connect: Callable[[Any], None],
+        on_disconnect: Callable[[BaseException], None] | None,
+        on_tick: Callable[[], None] | None,
+        reconnect: bool,
+        confirms: Confirms | None,
+        dispatcher: Dispatcher,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self.heartbeat = heartbeat
+        self._connect_timeout = connect_timeout
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._on_tick = on_tick
+        self._reconnect = reconnect
+        self.confirms = confirms
+        self._dispatcher = dispatcher
+        #: Held for every use of the connection: py-amqp is not thread-safe.
+        self.lock = threading.RLock()
+        self.connection: KombuConnection | None = None
+        self.driver: drivers.Driver | None = None
+        self.channel: Any = None
+        #: The channel in confirm mode, when ``confirms`` and the driver has them.
+        self.confirm_channel: Any = None
+        self.generation = 0
+        self.connected = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        #: Written to wake whichever thread waits in select() on the socket.
+        self.wake_reader: socket.socket | None = None
+        self._wake_writer: socket.socket | None = None
+        self._next_heartbeat_check = 0.0
+        #: Set once the reading role exists: it takes the I/O thread's turns.
+        self.reading: ReadingRole | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (retrying until ``connect_timeout``) and start the I/O thread."""
+        if self.stopping.is_set():
+            raise BrokerError(f"{self.name}: a stopped connection cannot start again")
+        self.wake_reader, self._wake_writer = socket.socketpair()
+        self.wake_reader.setblocking(False)
+        deadline = time.monotonic() + self._connect_timeout
+        backoff = FIRST_BACKOFF
+        while True:
+            try:
+                self._connect()
+                break
+            except BrokerError:
+                if time.monotonic() + backoff > deadline:
+                    # The caller may start again later: leave no sockets behind.
+                    self.close_wake_sockets()
+                    raise
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        self.thread = threading.Thread(
+            target=self._run, name=f"rpc-io-{self.name}", daemon=True
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Close the connection and end the I/O thread; safe to call twice."""
+        self.stopping.set()
+        self.interrupt()
+        driver = self.driver
+        if driver is not None:
+            driver.interrupt()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            # Long enough for a connection attempt in progress to give up.
+            self.thread.join(timeout=min(self._connect_timeout, 5.0) + CLOSE_TIMEOUT)
+        with self.lock:
+            self.close_connection(graceful=True)
+        self.close_wake_sockets()
+
+    def close_wake_sockets(self) -> None:
+        for sock in (self.wake_reader, self._wake_writer):
+            if sock is not None:
+                sock.close()
+        self.wake_reader = self._wake_writer = None
+
+    def wake(self) -> None:
+        """Interrupt a select() on the socket (the I/O thread's, or a borrower's)."""
+        if self._wake_writer is not None:
+            with contextlib.suppress(OSError):
+                self._wake_writer.send(b"\0")
+
+    def interrupt(self) -> None:
+        """Have whoever reads look at the link again now, wherever it waits: in
+        select(), parked beside a borrower, or on an event loop."""
+        self.wake()
+        if self.reading is not None:
+            self.reading.interrupt()
+
+    # -- the live connection -------------------------------------------------------
+
+    def live_channel(self) -> Any:
+        """The channel; BrokerError if there is none. Callers hold the lock."""
+        if not self.connected.is_set() or self.channel is None:
+            raise BrokerError(f"not connected to the broker ({self.name})")
+        return self.channel
+
+    def failed(self, exc: BaseException) -> BrokerError:
+        """Mark the link broken: the I/O thread notices and reconnects."""
+        self.connected.clear()
+        self.interrupt()
+        return BrokerError(f"broker connection failed: {exc}")
+
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What a broken link raises on the current connection."""
+        connection = self.connection
+        base: tuple[type[BaseException], ...] = (OSError,)
+        if connection is None:
+            return base
+        return (
+            base
+            + tuple(connection.connection_errors)
+            + tuple(connection.channel_errors)
+        )
+
+    def safe_url(self) -> str:
+        connection = self.connection
+        if connection is not None:
+            return str(connection.as_uri())
+        return str(KombuConnection(self.url).as_uri())
+
+    def tick_interval(self) -> float:
+        return min(1.0, self.heartbeat / 4) if self.heartbeat else 1.0
+
+    def heartbeat_tick(self) -> None:
+        """Send or check heartbeats when due; callers hold the lock."""
+        # py-amqp wants its heartbeat tick about once a second, not every turn.
+        if not self.heartbeat or self.connection is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_heartbeat_check:
+            self._next_heartbeat_check = now + self.tick_interval()
+            self.connection.heartbeat_check(rate=2)
+
+    def _connect(self) -> None:
+        connection = KombuConnection(
+            self.url,
+            transport=drivers.kombu_transport(self.url),
+            heartbeat=self.heartbeat or None,
+            connect_timeout=min(self._connect_timeout, 5.0),
+            # SO_SNDTIMEO and SO_RCVTIMEO: a socket call blocked this long means a
+            # dead link (frames are read only once select() saw bytes).
+            transport_options={
+                "write_timeout": WRITE_TIMEOUT,
+                "read_timeout": drivers.READ_TIMEOUT,
+            },
+        )
+        try:
+            connection.connect()
+            channel = connection.channel()
+            driver = drivers.open_driver(connection)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                connection.release()
+            raise BrokerError(f"cannot connect to {self.safe_url()}: {exc}") from exc
+        with self.lock:
+            self.connection = connection
+            self.driver = driver
+            self.channel = channel
+            self.generation += 1
+            try:
+                self._on_connect(channel)
+                if self.confirms is not None:
+                    self.confirm_channel = driver.open_confirms(self.confirms)
+            except BrokerError:
+                self.close_connection()
+                raise
+            except connection.connection_errors + connection.channel_errors as exc:
+                self.close_connection()
+                raise BrokerError(f"broker refused the set-up: {exc}") from exc
+            self.connected.set()
+        log.debug(RECONNECTED, self.name, self.safe_url())
+
+    def close_connection(self, *, graceful: bool = False) -> None:
+        """Drop the connection; ``graceful`` says goodbye to the broker first.
+
+        A goodbye waits for the broker's answer, which never comes from a peer that
+        vanished: it is bounded by :data:`CLOSE_TIMEOUT`, and a lost connection is
+        only torn down locally. Callers hold the lock.
+        """
+        self.connected.clear()
+        driver, self.driver = self.driver, None
+        self._dispatcher.clear()
+        connection, self.connection, self.channel = self.connection, None, None
+        self.confirm_channel = None
+        if self.confirms is not None:
+            self.confirms.connection_lost()
+        if self.reading is not None:
+            self.reading.link_closed()
+        if connection is None:
+            return
+        if graceful:
+            sock = driver.sock if driver is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(CLOSE_TIMEOUT)
+            with contextlib.suppress(Exception):
+                connection.release()
+                return
+        with contextlib.suppress(Exception):
+            connection.collect()
+
+    # -- the I/O thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        last_tick = 0.0
+        while not self.stopping.is_set():
+            try:
+                driver = self.driver
+                if not self.connected.is_set() or driver is None:
+                    raise BrokerError("connection marked as lost")
+                assert self.reading is not None
+                driver.turn(self.reading)
+            except Exception as exc:  # every failure of the link ends up here
+                if self.stopping.is_set():
+                    break
+                self._lost(exc)
+                continue
+            now = time.monotonic()
+            if self._on_tick is not None and now - last_tick >= 1.0:
+                last_tick = now
+                try:
+                    self._on_tick()
+                except Exception:
+                    log.exception("%s: periodic task failed", self.name)
+
+    def _lost(self, exc: BaseException) -> None:
+        self.connected.clear()
+        self.interrupt()  # a borrower of the reading stops and gives it back
+        assert self.reading is not None
+        with self.reading.token, self.lock:
+            self.close_connection()
+        log.warning(RECONNECTING, self.name, exc)
+        if self._on_disconnect is not None:
+            try:
+                self._on_disconnect(exc)
+            except Exception:
+                log.exception("%s: disconnect handler failed", self.name)
+        if not self._reconnect:
+            self.stopping.set()
+            return
+        backoff = FIRST_BACKOFF
+        while not self.stopping.is_set():
+            try:
+                self._connect()
+                log.info(RECONNECTED, self.name, self.safe_url())
+                return
+            except BrokerError as error:
+                log.debug("%s: reconnect failed: %s", self.name, error)
+            self.stopping.wait(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, MAX_BACKOFF)
