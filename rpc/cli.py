@@ -6,9 +6,11 @@ import contextlib
 import logging
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +21,7 @@ from rpc.broker import ensure_broker
 from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
+from rpc.local_cluster import LocalCluster
 from rpc.proxy import ClusterProxy
 from rpc.service import import_service
 from rpc.supervisor import Supervisor, process_count, serve
@@ -399,3 +402,45 @@ def broker_ensure(
     except RpcError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+@broker.command("cluster")
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65000),
+    help="Node N listens on BASE_PORT + N (default: free ports).",
+)
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False),
+    help="Where the nodes keep their data and logs (default: a new temporary one).",
+)
+def broker_cluster(nodes: int, base_port: int | None, directory: str | None) -> None:
+    """Run a private RabbitMQ cluster on this machine until Ctrl+C.
+
+    Made from the installed rabbitmq-server, on loopback ports of its own: the
+    machine's own broker is never touched. Prints the URL list to give --broker.
+    """
+    base = (
+        Path(directory) if directory else Path(tempfile.mkdtemp(prefix="rpc-cluster-"))
+    )
+    cluster = LocalCluster(base, nodes=nodes, base_port=base_port)
+    click.echo(f"starting {nodes} RabbitMQ nodes in {base} ...", err=True)
+    try:
+        cluster.start()
+    except RpcError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for node in cluster.nodes:
+        click.echo(f"node {node.index}: {node.name} on {node.url}", err=True)
+    click.echo(f'export RPC_BROKER_URL="{cluster.broker_url}"')
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        click.echo("stopping the cluster ...", err=True)
+        cluster.stop()
