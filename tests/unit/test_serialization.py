@@ -81,5 +81,5 @@ def test_plain_encodings_are_accepted(encoding):
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "binary", "\udcff"])
 def test_compressed_or_unknown_encodings_are_refused_by_name(encoding):
-    with pytest.raises(SerializationError, match="content encoding .* not supported"):
+    with pytest.raises(SerializationError, match=r"content encoding .* not supported"):
         serialization.decode(b"[1]", "application/json", encoding)
