@@ -281,9 +281,13 @@ def expiration_ms(deadline: float, now: float | None = None) -> str:
     """AMQP ``expiration`` of a request: the broker drops it past the deadline.
 
     At least one millisecond: zero would make RabbitMQ drop it unless a consumer waits.
+    At most :data:`MAX_DEADLINE` seconds, so RabbitMQ always accepts it (it refuses
+    the publish of anything past 2**32 - 1 ms and would close the channel).
     """
     remaining = deadline - (time.time() if now is None else now)
-    return str(max(1, math.ceil(remaining * 1000)))
+    if not math.isfinite(remaining):
+        remaining = MAX_DEADLINE if remaining > 0 else 0.0
+    return str(max(1, min(math.ceil(remaining * 1000), MAX_DEADLINE_MS)))
 
 
 def request_headers(method: str, deadline: float, caller: str) -> dict[str, Any]:
@@ -439,3 +443,33 @@ def check_routing_key(service: str, method: str) -> str:
             f"the {MAX_ROUTING_KEY_BYTES} bytes AMQP allows"
         )
     return key
+
+
+#: Longest a deadline may lie ahead, in seconds: later ones are cut to this.
+MAX_DEADLINE = 24 * 3600.0
+MAX_DEADLINE_MS = int(MAX_DEADLINE * 1000)
+
+
+def parse_deadline(value: object, *, now: float | None = None) -> float | None:
+    """The ``x-rpc-deadline`` of a request as epoch seconds, or None when absent.
+
+    A number (int or float, not a bool) that is finite; one more than
+    :data:`MAX_DEADLINE` ahead is cut to that, so no copy of the request ever gets
+    an expiration RabbitMQ refuses. Anything else raises MalformedRequestError: a
+    deadline that cannot be read must not turn into no deadline at all.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedRequestError(
+            "MalformedRequestError",
+            f"{HEADER_DEADLINE} must be a number of seconds since the epoch, "
+            f"not {type(value).__name__}",
+        )
+    deadline = float(value)
+    if not math.isfinite(deadline):
+        raise MalformedRequestError(
+            "MalformedRequestError", f"{HEADER_DEADLINE} must be finite, not {value}"
+        )
+    latest = (time.time() if now is None else now) + MAX_DEADLINE
+    return min(deadline, latest)

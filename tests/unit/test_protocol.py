@@ -165,3 +165,35 @@ def test_routing_keys_longer_than_a_short_string_are_refused():
         protocol.check_routing_key("s" * 100, "m" * 155)
     with pytest.raises(ValueError, match="over the 255 bytes"):
         protocol.check_routing_key("s" * 300, "hello")
+
+
+def test_a_deadline_is_a_finite_number_of_epoch_seconds():
+    assert protocol.parse_deadline(None) is None
+    assert protocol.parse_deadline(1000.5, now=990.0) == 1000.5
+    assert protocol.parse_deadline(1000, now=990.0) == 1000.0
+
+
+@pytest.mark.parametrize(
+    "value", [True, False, "1796161200", b"1", float("nan"), float("inf"), [1], {}]
+)
+def test_a_deadline_of_the_wrong_type_is_malformed_not_ignored(value):
+    with pytest.raises(protocol.MalformedRequestError, match="x-rpc-deadline"):
+        protocol.parse_deadline(value)
+
+
+def test_a_deadline_far_ahead_is_cut_to_the_maximum():
+    assert protocol.parse_deadline(1e12, now=100.0) == 100.0 + protocol.MAX_DEADLINE
+
+
+@pytest.mark.parametrize(
+    "deadline", [1e12, float("inf"), 100.0 + protocol.MAX_DEADLINE + 5]
+)
+def test_the_expiration_is_always_one_rabbitmq_accepts(deadline):
+    expiration = protocol.expiration_ms(deadline, now=100.0)
+    assert expiration == str(protocol.MAX_DEADLINE_MS)
+    assert int(expiration) < 2**32 and len(expiration) <= 255
+
+
+@pytest.mark.parametrize("deadline", [50.0, float("-inf"), float("nan")])
+def test_an_expiration_past_or_unreadable_is_one_millisecond(deadline):
+    assert protocol.expiration_ms(deadline, now=100.0) == "1"

@@ -50,3 +50,36 @@ def test_error_payload_has_type_message_and_traceback():
     assert payload["type"] == "KeyError"
     assert payload["message"] == "'missing'"
     assert 'raise KeyError("missing")' in payload["traceback"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "Application/JSON",
+        'application/json; charset="utf-8"',
+    ],
+)
+def test_json_with_parameters_is_accepted(content_type):
+    assert serialization.decode(b'{"a": 1}', content_type) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=latin-1", "text/json", "application/jsonx", "", None],
+)
+def test_other_content_types_and_charsets_are_refused(content_type):
+    with pytest.raises(SerializationError, match="content type"):
+        serialization.decode(b'{"a": 1}', content_type)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "UTF-8", "utf8", "", "identity"])
+def test_plain_encodings_are_accepted(encoding):
+    assert serialization.decode(b"[1]", "application/json", encoding) == [1]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "binary", "\udcff"])
+def test_compressed_or_unknown_encodings_are_refused_by_name(encoding):
+    with pytest.raises(SerializationError, match=r"content encoding .* not supported"):
+        serialization.decode(b"[1]", "application/json", encoding)
