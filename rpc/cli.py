@@ -14,7 +14,7 @@ from typing import Any
 import click
 import orjson
 
-from rpc import deadletter
+from rpc import dead_letters as dead_letter_tool
 from rpc.async_proxy import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.broker import ensure_broker
 from rpc.config import Config
@@ -313,7 +313,9 @@ def dead_letters(
     """List the poison messages of SERVICE (they stay queued unless --requeue)."""
     config = _load_config(config_file, broker_url=broker)
     try:
-        letters = deadletter.inspect(config, service, limit=limit, requeue=requeue)
+        letters = dead_letter_tool.inspect(
+            config, service, limit=limit, requeue=requeue
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     except RpcError as exc:
