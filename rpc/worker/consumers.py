@@ -471,11 +471,15 @@ class DiscoveryResponder(Consumer):
                 [definition.describe() for definition in worker.services.values()],
             )
         )
-        worker.connection.publish(
-            body,
-            exchange="",
-            routing_key=delivery.reply_to,
-            content_type=serialization.CONTENT_TYPE,
-            correlation_id=delivery.correlation_id,
-            delivery_mode=1,
-        )
+        try:
+            worker.connection.publish(
+                body,
+                exchange="",
+                routing_key=delivery.reply_to,
+                content_type=serialization.CONTENT_TYPE,
+                correlation_id=delivery.correlation_id,
+                delivery_mode=1,
+            )
+        except BrokerError as exc:
+            # The connection went down meanwhile: the asker hears from the others.
+            log.debug("discovery reply not sent: %s", exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -188,11 +189,10 @@ class ServiceRunner:
     def stop(self) -> None:
         """Graceful stop: stop consuming, finish handlers in progress, then close."""
         self._stop_accepting()
-        try:
-            for consumer in self._consumers:
+        for consumer in self._consumers:
+            # A connection that is gone took its consumers along.
+            with contextlib.suppress(BrokerError):
                 consumer.stop()
-        except BrokerError:
-            pass  # the connection is gone: the broker cancelled them with it
         self._dispatcher.wait_idle(self.config.shutdown_timeout)
         self._dispatcher.shutdown(wait=True)
         self._close()

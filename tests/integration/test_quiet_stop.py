@@ -28,7 +28,8 @@ from tests.integration.daemons import (
 from tests.integration.stop_services import LEDGER_DIR, recorded
 
 STEADY = "tests.integration.stop_services:Steady"
-CALLS = 300
+CALLS = 1200
+WAVE = 40
 CASTS = 150
 
 
@@ -69,19 +70,22 @@ def burst(
                 token = f"{prefix}-cast-{number}"
                 cluster.steady.record.cast(token)  # returns once confirmed
                 confirmed.append(token)
-                time.sleep(0.004)
+                time.sleep(0.002)
         except BaseException as exc:
             failures.append(exc)
 
     caster = threading.Thread(target=casts)
     caster.start()
     calls = []
-    for number in range(CALLS):
-        token = f"{prefix}-call-{number}"
-        calls.append((token, cluster.steady.work.call_async(token, 0.005)))
-        if number == CALLS // 3:
+    # Waves of calls that keep a backlog in the queue, so deliveries are on their
+    # way to the stopping worker right up to its cancel and its close.
+    for wave in range(CALLS // WAVE):
+        for number in range(wave * WAVE, (wave + 1) * WAVE):
+            token = f"{prefix}-call-{number}"
+            calls.append((token, cluster.steady.work.call_async(token, 0.001)))
+        if wave == CALLS // WAVE // 3:
             interrupt()
-        time.sleep(0.002)
+        time.sleep(0.02)
     caster.join(120)
     assert not caster.is_alive()
     assert failures == []
