@@ -66,6 +66,12 @@ def main(verbose: int) -> None:
     metavar="N|auto",
     help="Run N worker processes under a supervisor (auto: one per CPU).",
 )
+@click.option(
+    "--middleware",
+    multiple=True,
+    metavar="module:Class",
+    help="Wrap every handler run (repeatable; replaces the configured list).",
+)
 def run(
     services: tuple[str, ...],
     broker: str | None,
@@ -73,10 +79,15 @@ def run(
     max_workers: int | None,
     max_async: int | None,
     processes: str | None,
+    middleware: tuple[str, ...],
 ) -> None:
     """Run a worker daemon for SERVICES, given as module:Class."""
     config = _load_config(
-        config_file, broker_url=broker, max_workers=max_workers, max_async=max_async
+        config_file,
+        broker_url=broker,
+        max_workers=max_workers,
+        max_async=max_async,
+        middleware=middleware or None,
     )
     try:
         classes = [import_service(path) for path in services]

@@ -99,13 +99,14 @@ class Invoker:
     def observe(self, observer: HandlerObserver) -> Callable[[], None]:
         """Call ``observer`` after every handler run; returns what removes it.
 
-        The observer is the innermost middleware, so it sees what the handler
-        returned or raised. It runs on the handler's thread, and an exception it
-        raises is logged, never given to the caller.
+        The observer is the outermost middleware: it hears of a run once every
+        other middleware is done with it, and sees the outcome they all saw. It runs
+        on the handler's thread, and an exception it raises is logged, never given
+        to the caller.
         """
         watcher = _Observer(observer)
         with self._lock:
-            self._middleware = (*self._middleware, watcher)
+            self._middleware = (watcher, *self._middleware)
             self._chain = _chain_of(self._middleware)
 
         def remove() -> None:
