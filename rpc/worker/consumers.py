@@ -127,6 +127,10 @@ class Consumer(abc.ABC):
         if self.tag is not None:
             self.worker.connection.cancel(self.tag)
 
+    def close(self) -> None:
+        """The connection this consumer was started on is gone (or closing)."""
+        return None
+
 
 class HandlerConsumer(Consumer):
     """A consumer whose deliveries run handlers: admitted, dispatched, settled."""

@@ -209,6 +209,8 @@ class ServiceRunner:
 
     def _close(self) -> None:
         self._connection.stop()
+        for consumer in self._consumers:
+            consumer.close()
         with self._cluster_lock:
             clients, self._clients = self._clients, {}
         for client in clients.values():
@@ -239,6 +241,8 @@ class ServiceRunner:
 
     def _set_up(self, channel: Any) -> None:
         """Declare everything and consume, on every (re)connection."""
+        for old in self._consumers:
+            old.close()
         topology.declare_worker(
             channel, prefetch=self.prefetch, queue_type=self.config.queue_type
         )
