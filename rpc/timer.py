@@ -20,6 +20,7 @@ the service (one runner per service keeps it to one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -30,6 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 from rpc import protocol
 from rpc.context import CallContext
 from rpc.entrypoints import Entrypoint, attach, is_coroutine_function
+from rpc.errors import BrokerError
 from rpc.protocol import Request, check_method_name
 from rpc.service import Handler, ServiceDefinition
 from rpc.transport import Delivery
@@ -145,6 +147,8 @@ class TimerConsumer(Consumer):
         self.handler = handler
         self.part = f"timer-{handler.name}"
         self.queue = protocol.timer_queue(service, handler.name)
+        # The token stays unacknowledged while this worker ticks.
+        self.holds = 0 if entrypoint.every_worker else 1
         self._lock = threading.Lock()
         self._token: Delivery | None = None
         self._ticker: Ticker | None = None
@@ -201,8 +205,10 @@ class TimerConsumer(Consumer):
         self._stop_ticker()
         with self._lock:
             token, self._token = self._token, None
-        if token is not None:
-            self.worker.hand_back(token)
+        if token is not None and self.worker.connection.connected:
+            # Closed meanwhile: the broker requeues it with the channel.
+            with contextlib.suppress(BrokerError):
+                self.worker.connection.reject(token, requeue=True)
 
     def close(self) -> None:
         # The connection is gone, and the token with it: stop at once.

@@ -84,6 +84,9 @@ class Consumer(abc.ABC):
     part: str = ""
     #: Deliveries need no acknowledgement (and take no prefetch slot).
     no_ack: ClassVar[bool] = False
+    #: Deliveries this consumer keeps unacknowledged for as long as it runs: the
+    #: channel's prefetch grows by as many, so handlers keep all their slots.
+    holds: int = 0
 
     def __init__(self, worker: Worker, service: str) -> None:
         self.worker = worker

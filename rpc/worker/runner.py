@@ -243,20 +243,22 @@ class ServiceRunner:
         """Declare everything and consume, on every (re)connection."""
         for old in self._consumers:
             old.close()
+        consumers: list[Consumer] = [
+            consumer
+            for service in self.services.values()
+            for consumer in consumers_for(self._worker, service)
+        ]
+        consumers.append(DiscoveryResponder(self._worker, self._name))
+        held = sum(consumer.holds for consumer in consumers)
         topology.declare_worker(
-            channel, prefetch=self.prefetch, queue_type=self.config.queue_type
+            channel, prefetch=self.prefetch + held, queue_type=self.config.queue_type
         )
-        consumers: list[Consumer] = []
         for service in self.services.values():
             topology.declare_dead_letter_queue(
                 channel, service.name, queue_type=self.config.queue_type
             )
-            for consumer in consumers_for(self._worker, service):
-                consumer.start(channel)
-                consumers.append(consumer)
-        discovery = DiscoveryResponder(self._worker, self._name)
-        discovery.start(channel)
-        consumers.append(discovery)
+        for consumer in consumers:
+            consumer.start(channel)
         self._consumers = consumers
 
     # -- handler runs --------------------------------------------------------------

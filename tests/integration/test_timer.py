@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,54 +82,52 @@ def runs(
     return sorted(result)
 
 
+@contextmanager
+def two_daemons(
+    broker_url: str, cluster: ClusterProxy, ledger: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """A daemon that holds the timer (it has ticked), then a second one serving."""
+    first = start_daemon(broker_url, ledger)
+    started = [first]
+    try:
+        wait_until_served(cluster, "ticking", "ping", ())
+        assert wait_ticks(ledger, 2, pid=first.pid)
+        second = start_daemon(broker_url, ledger)
+        started.append(second)
+        pids: set[int] = set()
+        deadline = time.monotonic() + 30
+        while second.pid not in pids and time.monotonic() < deadline:
+            pids |= {cluster.ticking.ping.call_async().result() for _ in range(8)}
+        assert second.pid in pids
+        yield first, second
+    finally:
+        stop(started)
+
+
+def assert_no_overlap(found: list[tuple[float, float, int]]) -> None:
+    for (_, ended, _), (started, _, _) in itertools.pairwise(found):
+        assert started >= ended
+
+
 def test_one_daemon_fires_and_another_takes_over_when_it_is_killed(
     broker_url, cluster, tmp_path
 ):
-    ledger = tmp_path
-    first = start_daemon(broker_url, ledger)
-    second = None
-    try:
-        wait_until_served(cluster, "ticking", "ping", ())
-        assert wait_ticks(ledger, 2, pid=first.pid)
-        second = start_daemon(broker_url, ledger)
+    with two_daemons(broker_url, cluster, tmp_path) as (first, second):
         # Both serve calls now; the timer stays with its holder.
-        pids: set[int] = set()
-        deadline = time.monotonic() + 30
-        while second.pid not in pids and time.monotonic() < deadline:
-            pids |= {cluster.ticking.ping.call_async().result() for _ in range(8)}
-        assert second.pid in pids
-        assert wait_ticks(ledger, 8, pid=first.pid)
-        assert {pid for pid, _, _ in ticks(ledger)} == {first.pid}
+        assert wait_ticks(tmp_path, 8, pid=first.pid)
+        assert {pid for pid, _, _ in ticks(tmp_path)} == {first.pid}
         first.kill()
         first.wait(timeout=10)
         killed = {first.pid: time.time()}
-        assert wait_ticks(ledger, 3, pid=second.pid, timeout=30)
-    finally:
-        stop([first] + ([second] if second is not None else []))
-    found = runs(ticks(ledger), killed)
+        assert wait_ticks(tmp_path, 3, pid=second.pid, timeout=30)
+    found = runs(ticks(tmp_path), killed)
     assert {pid for _, _, pid in found} == {first.pid, second.pid}
-    for (_, ended, _), (started, _, _) in itertools.pairwise(found):
-        assert started >= ended
+    assert_no_overlap(found)
 
 
 def test_a_daemon_that_stops_hands_the_timer_on(broker_url, cluster, tmp_path):
-    ledger = tmp_path
-    first = start_daemon(broker_url, ledger)
-    second = None
-    try:
-        wait_until_served(cluster, "ticking", "ping", ())
-        assert wait_ticks(ledger, 2, pid=first.pid)
-        second = start_daemon(broker_url, ledger)
-        pids: set[int] = set()
-        deadline = time.monotonic() + 30
-        while second.pid not in pids and time.monotonic() < deadline:
-            pids |= {cluster.ticking.ping.call_async().result() for _ in range(8)}
-        assert second.pid in pids
+    with two_daemons(broker_url, cluster, tmp_path) as (first, second):
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0
-        assert wait_ticks(ledger, 3, pid=second.pid, timeout=30)
-    finally:
-        stop([first] + ([second] if second is not None else []))
-    found = runs(ticks(ledger), {})
-    for (_, ended, _), (started, _, _) in itertools.pairwise(found):
-        assert started >= ended
+        assert wait_ticks(tmp_path, 3, pid=second.pid, timeout=30)
+    assert_no_overlap(runs(ticks(tmp_path), {}))

@@ -12,8 +12,9 @@ import pytest
 from rpc import Config, Middleware, ServiceRunner, rpc, timer
 from rpc.middleware import Outcome, ServerCall
 from rpc.service import ServiceDefinition
-from rpc.testing import entrypoint_waiter
+from rpc.testing import ServiceCluster, entrypoint_waiter
 from rpc.timer import TimerEntrypoint, next_due
+from rpc.worker import topology
 
 
 def test_the_next_tick_is_the_first_still_ahead():
@@ -150,3 +151,21 @@ def test_a_token_timer_fires_on_the_runner_holding_the_token(config):
             with entrypoint_waiter(runner, "tokenclock", "tick") as run:
                 pass
             assert run.result == "ticked"
+
+
+def test_a_held_token_takes_no_handler_slot(config, monkeypatch):
+    prefetches: list[int] = []
+    declare = topology.declare_worker
+
+    def recording(channel, *, prefetch: int, queue_type: str) -> None:
+        prefetches.append(prefetch)
+        declare(channel, prefetch=prefetch, queue_type=queue_type)
+
+    monkeypatch.setattr(topology, "declare_worker", recording)
+    with ServiceRunner([TokenClock], config.replace(max_workers=1)) as runner:
+        with entrypoint_waiter(runner, "tokenclock", "tick"):
+            pass
+        with ServiceCluster(config=config) as cluster:
+            assert cluster.proxy.tokenclock.ping() == "pong"
+    assert runner.prefetch == 1
+    assert prefetches == [2]
