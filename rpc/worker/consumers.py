@@ -145,9 +145,11 @@ class HandlerConsumer(Consumer):
             return
         service = worker.services[self.service]
         handler = self.handler_for(service, delivery)
-        worker.dispatcher.submit(
+        dispatcher = worker.dispatcher
+        dispatcher.submit(
             Work(self, delivery, service, handler),
-            asynchronous=handler is not None
+            asynchronous=dispatcher.has_async
+            and handler is not None
             and is_coroutine_function(handler.function),
         )
 

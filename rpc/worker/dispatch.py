@@ -75,7 +75,8 @@ class Dispatcher:
         self._connection = connection
         self._invoker = invoker
         self._name = name
-        self._has_async = has_async
+        #: Some handler is ``async def``: the runner has an event loop for them.
+        self.has_async = has_async
         self.pool: HandlerPool[Work] = HandlerPool(
             config.max_workers, self.run, connection=connection
         )
@@ -94,7 +95,7 @@ class Dispatcher:
 
     def start_loop(self) -> None:
         """Start the event loop of ``async def`` handlers, if there are any."""
-        if self._has_async and self._loop is None:
+        if self.has_async and self._loop is None:
             self._loop = asyncio.new_event_loop()
             self._loop_thread = threading.Thread(
                 target=self._loop.run_forever,
