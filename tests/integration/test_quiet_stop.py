@@ -29,7 +29,7 @@ from tests.integration.stop_services import LEDGER_DIR, recorded
 
 STEADY = "tests.integration.stop_services:Steady"
 CALLS = 1200
-WAVE = 40
+WAVE = 100
 CASTS = 150
 
 
@@ -46,7 +46,7 @@ def start_daemon(
     """``rpc -v run`` the Steady service, its log (INFO and up) into ``log``."""
     with log.open("wb") as stderr:
         return subprocess.Popen(
-            rpc_command("-v", "run", STEADY, "--max-workers", "4", *args),
+            rpc_command("-v", "run", STEADY, "--max-workers", "8", *args),
             cwd=PROJECT_ROOT,
             env=project_env(broker_url, **{LEDGER_DIR: str(ledger)}),
             stdout=subprocess.DEVNULL,
@@ -82,10 +82,10 @@ def burst(
     for wave in range(CALLS // WAVE):
         for number in range(wave * WAVE, (wave + 1) * WAVE):
             token = f"{prefix}-call-{number}"
-            calls.append((token, cluster.steady.work.call_async(token, 0.001)))
+            calls.append((token, cluster.steady.work.call_async(token, 0.0)))
         if wave == CALLS // WAVE // 3:
             interrupt()
-        time.sleep(0.02)
+        time.sleep(0.005)
     caster.join(120)
     assert not caster.is_alive()
     assert failures == []
