@@ -202,7 +202,7 @@ class TimerConsumer(Consumer):
     def stop(self) -> None:
         """Finish the tick in progress, then hand the token to the next worker."""
         super().stop()
-        self._stop_ticker()
+        self._stop_ticker(wait=self.worker.config.shutdown_timeout)
         with self._lock:
             token, self._token = self._token, None
         if token is not None and self.worker.connection.connected:
@@ -211,8 +211,9 @@ class TimerConsumer(Consumer):
                 self.worker.connection.reject(token, requeue=True)
 
     def close(self) -> None:
-        # The connection is gone, and the token with it: stop at once.
-        self._stop_ticker()
+        # The connection is gone, and the token with it: stop at once, without
+        # waiting for a tick in progress (this may run on the I/O thread).
+        self._stop_ticker(wait=0.0)
         with self._lock:
             self._token = None
 
@@ -229,11 +230,11 @@ class TimerConsumer(Consumer):
             self._ticker = ticker
         ticker.start()
 
-    def _stop_ticker(self) -> None:
+    def _stop_ticker(self, *, wait: float) -> None:
         with self._lock:
             ticker, self._ticker = self._ticker, None
         if ticker is not None:
-            ticker.stop(self.worker.config.shutdown_timeout)
+            ticker.stop(wait)
 
     def _active(self) -> bool:
         worker = self.worker
