@@ -37,6 +37,7 @@ from rpc.errors import (
 from rpc.middleware import ClientCall, Middleware, Outcome, ServerCall
 from rpc.protocol import BROADCAST, SERVICE_POOL, SINGLETON
 from rpc.proxy import ClusterProxy, MethodProxy, RpcFuture, ServiceProxy
+from rpc.timer import timer
 from rpc.worker import ServiceRunner
 
 __version__ = "0.1.0"
@@ -82,4 +83,5 @@ __all__ = [
     "current_call",
     "event_handler",
     "rpc",
+    "timer",
 ]

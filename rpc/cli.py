@@ -16,7 +16,7 @@ from typing import Any
 import click
 import orjson
 
-from rpc import deadletter
+from rpc import dead_letters as dead_letter_tool
 from rpc.broker import ensure_broker
 from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
@@ -69,6 +69,12 @@ def main(verbose: int) -> None:
     metavar="N|auto",
     help="Run N worker processes under a supervisor (auto: one per CPU).",
 )
+@click.option(
+    "--middleware",
+    multiple=True,
+    metavar="module:Class",
+    help="Wrap every handler run (repeatable; replaces the configured list).",
+)
 def run(
     services: tuple[str, ...],
     broker: str | None,
@@ -76,10 +82,15 @@ def run(
     max_workers: int | None,
     max_async: int | None,
     processes: str | None,
+    middleware: tuple[str, ...],
 ) -> None:
     """Run a worker daemon for SERVICES, given as module:Class."""
     config = _load_config(
-        config_file, broker_url=broker, max_workers=max_workers, max_async=max_async
+        config_file,
+        broker_url=broker,
+        max_workers=max_workers,
+        max_async=max_async,
+        middleware=middleware or None,
     )
     try:
         classes = [import_service(path) for path in services]
@@ -344,7 +355,9 @@ def dead_letters(
     """List the poison messages of SERVICE (they stay queued unless --requeue)."""
     config = _load_config(config_file, broker_url=broker)
     try:
-        letters = deadletter.inspect(config, service, limit=limit, requeue=requeue)
+        letters = dead_letter_tool.inspect(
+            config, service, limit=limit, requeue=requeue
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     except RpcError as exc:

@@ -473,3 +473,30 @@ def parse_deadline(value: object, *, now: float | None = None) -> float | None:
         )
     latest = (time.time() if now is None else now) + MAX_DEADLINE
     return min(deadline, latest)
+
+
+def consumer_tag(service: str, part: str, owner: str) -> str:
+    """The consumer tag of one of a worker's consumers: its service, what it
+    consumes (empty for the service queue) and the worker instance that owns it.
+
+    Tags only have to be unique on a channel; naming them after what they consume
+    makes ``rabbitmqctl list_consumers`` readable.
+    """
+    return f"rpc-{service}-{part}-{owner}" if part else f"rpc-{service}-{owner}"
+
+
+def typed_queue_arguments(queue_type: str) -> dict[str, Any]:
+    """``queue.declare`` arguments that make a durable queue of ``queue_type``."""
+    if queue_type == "quorum":
+        return {"x-queue-type": "quorum"}
+    return {}
+
+
+def timer_queue(service: str, method: str) -> str:
+    """The durable queue whose token says which worker runs a cluster-wide timer."""
+    return f"rpc-{service}.timer.{method}"
+
+
+def timer_queue_arguments() -> dict[str, Any]:
+    """Arguments of :func:`timer_queue`: one active consumer receives the token."""
+    return {"x-single-active-consumer": True}

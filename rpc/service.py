@@ -79,18 +79,31 @@ class ServiceDefinition:
         return cls(service_class, name, rpc_handlers, tuple(others), dependencies)
 
     def describe(self) -> dict[str, Any]:
-        """Methods, signatures and docstrings, as discovery reports them."""
-        return {
+        """Methods, signatures and docstrings, as discovery reports them; timers
+        too, apart, since nobody calls them."""
+        described: dict[str, Any] = {
             "service": self.name,
             "methods": {
-                name: {
-                    "signature": str(handler.signature),
-                    "doc": inspect.getdoc(handler.function) or "",
-                    **handler.entrypoint.describe(),
-                }
+                name: _describe(handler)
                 for name, handler in sorted(self.rpc_handlers.items())
             },
         }
+        timers = {
+            handler.name: _describe(handler)
+            for handler in self.other_handlers
+            if handler.entrypoint.describe().get("kind") == "timer"
+        }
+        if timers:
+            described["timers"] = dict(sorted(timers.items()))
+        return described
+
+
+def _describe(handler: Handler) -> dict[str, Any]:
+    return {
+        "signature": str(handler.signature),
+        "doc": inspect.getdoc(handler.function) or "",
+        **handler.entrypoint.describe(),
+    }
 
 
 def _signature_without_self(function: Callable[..., Any]) -> inspect.Signature:

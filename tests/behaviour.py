@@ -34,8 +34,10 @@ from rpc import (
     Middleware,
     Outcome,
     RemoteError,
+    ServerCall,
     ServiceRunner,
     UnknownServiceError,
+    event_handler,
     protocol,
     rpc,
 )
@@ -791,3 +793,65 @@ class ClientMiddlewareBehaviour:
         ]
         assert ("call greeter.hello", "Hello, ada!") in seen
         assert ("event shop.orders.created", None) in seen
+
+
+class Noted:
+    """A call, a cast and an event handler, for the runner's middleware."""
+
+    name = "noted"
+
+    @rpc
+    def hello(self, name: str) -> str:
+        return f"hi {name}"
+
+    @event_handler("noted", "said")
+    def on_said(self, payload: object) -> None:
+        pass
+
+
+class Recording(Middleware):
+    """Answers "cached", refuses "denied", and notes every run's kind and result."""
+
+    seen: ClassVar[list[tuple[str, str, object]]] = []
+
+    def before_handler(self, call: ServerCall) -> Outcome | None:
+        args = call.context.request.args
+        if args and args[0] == "cached":
+            return Outcome(result="from the cache")
+        if args and args[0] == "denied":
+            raise PermissionError("not you")
+        return None
+
+    def after_handler(self, call: ServerCall, outcome: Outcome) -> None:
+        self.seen.append((call.kind, call.method, outcome.result))
+
+
+class MiddlewareBehaviour:
+    @pytest.fixture
+    def noted(self, cluster: ServiceCluster) -> ServiceRunner:
+        Recording.seen = []
+        runner = ServiceRunner([Noted], cluster.config, middleware=[Recording()])
+        cluster.runners.append(runner)
+        runner.start()
+        return runner
+
+    def test_calls_casts_and_events_run_through_the_middleware(
+        self, cluster: ServiceCluster, noted: ServiceRunner
+    ):
+        assert cluster.proxy.noted.hello("ada") == "hi ada"
+        with entrypoint_waiter(noted, "noted", "hello"):
+            cluster.proxy.noted.hello.cast("bob")
+        with entrypoint_waiter(noted, "noted", "on_said"):
+            cluster.proxy.dispatch("noted", "said", "x")
+        assert Recording.seen == [
+            ("call", "hello", "hi ada"),
+            ("cast", "hello", "hi bob"),
+            ("event", "on_said", None),
+        ]
+
+    def test_a_middleware_answers_or_rejects_in_place_of_the_handler(
+        self, cluster: ServiceCluster, noted: ServiceRunner
+    ):
+        assert cluster.proxy.noted.hello("cached") == "from the cache"
+        with pytest.raises(RemoteError, match="not you"):
+            cluster.proxy.noted.hello("denied")

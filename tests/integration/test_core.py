@@ -166,7 +166,7 @@ def test_malformed_messages_get_error_replies_and_are_not_redelivered(
     assert cluster.echo.echo("still alive") == "still alive"
     # Nothing is left to be redelivered: the queue is empty once the worker is idle.
     # (The reply leaves just before the handler thread counts itself done.)
-    assert services._wait_idle(10)
+    assert services._dispatcher.wait_idle(10)
     with kombu.Connection(broker_url) as connection:
         _, count, _ = connection.channel().queue_declare("rpc-echo", passive=True)
     assert count == 0

@@ -23,7 +23,8 @@ from rpc import (
     event_handler,
     rpc,
 )
-from rpc.transport import BrokerConnection, Delivery
+from rpc.transport import BrokerConnection
+from rpc.worker.dispatch import Work
 from tests.integration.sample_services import Echo
 
 #: AMQP method frame payload of basic.ack: class 60, method 80.
@@ -79,19 +80,20 @@ def test_many_waiting_threads_share_the_reading(runner, cluster):
 def test_an_idle_handler_thread_runs_the_request_it_read(runner, cluster):
     read_on: dict[str, int] = {}
     ran_on: dict[str, int] = {}
-    submit, handle = runner._pool.submit, runner._pool._handle
+    pool = runner._dispatcher.pool
+    submit, handle = pool.submit, pool._handle
 
-    def reading(delivery: Delivery) -> None:
+    def reading(work: Work) -> None:
         # Called by the consumer callback, on the thread that read the request.
-        read_on[delivery.correlation_id or ""] = threading.get_ident()
-        submit(delivery)
+        read_on[work.delivery.correlation_id or ""] = threading.get_ident()
+        submit(work)
 
-    def running(delivery: Delivery) -> None:
-        ran_on[delivery.correlation_id or ""] = threading.get_ident()
-        handle(delivery)
+    def running(work: Work) -> None:
+        ran_on[work.delivery.correlation_id or ""] = threading.get_ident()
+        handle(work)
 
-    runner._pool.submit = reading  # type: ignore[method-assign]
-    runner._pool._handle = running  # type: ignore[method-assign]
+    pool.submit = reading  # type: ignore[method-assign]
+    pool._handle = running  # type: ignore[method-assign]
     assert cluster.echo.echo("warm-up") == "warm-up"
     ids = []
     for number in range(30):

@@ -17,7 +17,9 @@ from rpc import (
     protocol,
     rpc,
 )
-from rpc.transport import Delivery
+from rpc.protocol import Request
+from rpc.worker.consumers import RpcQueueConsumer
+from rpc.worker.dispatch import Work
 from tests.integration import topology_fixtures as fixtures
 from tests.integration.topology_services import Cache, Sink
 
@@ -202,7 +204,7 @@ class Counted:
 
 
 def test_a_sharded_request_handed_back_is_counted_with_quorum_service_queues(
-    broker_url,
+    broker_url, monkeypatch
 ):
     # Shard queues are classic even when the service queue is a quorum queue: the
     # broker counts nothing there, so the worker must, or a request handed back
@@ -211,16 +213,16 @@ def test_a_sharded_request_handed_back_is_counted_with_quorum_service_queues(
         broker_url=broker_url, default_timeout=20, max_workers=2, queue_type="quorum"
     )
     runner = ServiceRunner([Counted], config)
-    answer = runner._answer
+    admit = RpcQueueConsumer.admit
     failed: list[object] = []
 
-    def fail_once(delivery: Delivery) -> None:
+    def fail_once(consumer: RpcQueueConsumer, work: Work) -> Request | None:
         if not failed:
-            failed.append(delivery)
+            failed.append(work.delivery)
             raise RuntimeError("an unexpected failure, once")  # handed back
-        answer(delivery)
+        return admit(consumer, work)
 
-    runner._answer = fail_once  # type: ignore[method-assign]
+    monkeypatch.setattr(RpcQueueConsumer, "admit", fail_once)
     with runner, ClusterProxy(config=config) as proxy:
         assert proxy.counted.seen.shard("k")("k") == {"redelivered": True, "count": 2}
     assert len(failed) == 1

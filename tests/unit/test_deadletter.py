@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpc import deadletter, protocol
+from rpc import dead_letters, deadletter, protocol
 from rpc.deadletter import Action, Verdict, verdict
 
 
@@ -189,8 +189,8 @@ def test_dead_letter_headers_name_the_queue_it_came_from():
     }
 
 
-def letter(**headers) -> deadletter.DeadLetter:
-    return deadletter.DeadLetter(body=b"{}", headers=headers, content_type=None)
+def letter(**headers) -> dead_letters.DeadLetter:
+    return dead_letters.DeadLetter(body=b"{}", headers=headers, content_type=None)
 
 
 def test_a_dead_letter_says_where_it_came_from_and_goes_back_there():
@@ -201,17 +201,17 @@ def test_a_dead_letter_says_where_it_came_from_and_goes_back_there():
         }
     )
     assert (event.method, event.event_type) == ("on_x", "orders.created")
-    assert deadletter.requeue_queue("svc", event) == "rpc-events.svc.on_x.singleton"
+    assert dead_letters.requeue_queue("svc", event) == "rpc-events.svc.on_x.singleton"
     request = letter(**{protocol.HEADER_METHOD: "hello"})
     assert (request.method, request.queue, request.event_type) == ("hello", "", "")
-    assert deadletter.requeue_queue("svc", request) == "rpc-svc"
+    assert dead_letters.requeue_queue("svc", request) == "rpc-svc"
     # Quorum queues dead-letter requests by themselves, and say which queue.
     by_broker = letter(**{protocol.HEADER_FIRST_DEATH_QUEUE: "rpc-svc"})
     assert by_broker.queue == "rpc-svc"
     # Never into another service's queue, nor the dead-letter queue itself.
     for elsewhere in ("rpc-events.other.on_x", "rpc-other", "rpc-svc.dead-letter"):
         stray = letter(**{protocol.HEADER_ORIGIN_QUEUE: elsewhere})
-        assert deadletter.requeue_queue("svc", stray) == "rpc-svc"
+        assert dead_letters.requeue_queue("svc", stray) == "rpc-svc"
 
 
 def test_a_sharded_dead_letter_goes_back_through_the_shard_exchange():
@@ -223,11 +223,11 @@ def test_a_sharded_dead_letter_goes_back_through_the_shard_exchange():
         }
     )
     # Its worker's own queue may be gone: the exchange finds the key's owner now.
-    assert deadletter.requeue_route("svc", sharded) == ("rpc", "svc.take.shard")
+    assert dead_letters.requeue_route("svc", sharded) == ("rpc", "svc.take.shard")
     plain = letter(
         **{protocol.HEADER_METHOD: "take", protocol.HEADER_ORIGIN_QUEUE: "rpc-svc"}
     )
-    assert deadletter.requeue_route("svc", plain) == ("", "rpc-svc")
+    assert dead_letters.requeue_route("svc", plain) == ("", "rpc-svc")
 
 
 def test_the_retry_delay_doubles_after_each_failed_run_up_to_the_cap():

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from rpc.handler_pool import HandlerPool
+from rpc.worker.handler_pool import HandlerPool
 
 WAIT = 10.0
 
@@ -174,7 +174,7 @@ class LateConnection(FakeConnection):
 def test_an_item_queued_just_before_a_thread_reads_is_not_left_waiting(monkeypatch):
     # An idle thread reads for IDLE_WAIT at a time: long here, so that an item left
     # in the queue meanwhile would wait far longer than the bound below.
-    monkeypatch.setattr("rpc.handler_pool.IDLE_WAIT", 600.0)
+    monkeypatch.setattr("rpc.worker.handler_pool.IDLE_WAIT", 600.0)
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()
     connection = LateConnection("late")
     pool: HandlerPool[str] = HandlerPool(

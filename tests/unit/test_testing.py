@@ -226,7 +226,7 @@ def test_waiter_ignores_runs_before_it_started_and_stops_observing(
             run.result  # noqa: B018
         rpc_cluster.proxy.greeter.hello("late")
     assert run.result == "Hello, late!"
-    assert failing_runner._observers == ()
+    assert failing_runner._invoker.middleware == ()
 
 
 # -- replace_dependencies and restrict_entrypoints ----------------------------
@@ -276,7 +276,7 @@ def test_cluster_stops_everything_it_started():
         assert cluster.proxy.greeter.hello("x") == "Hello, x!"
         proxy = cluster.proxy
     assert cluster.runners == []
-    assert not first._connection.connected
+    assert not first.connected
     assert not proxy.started
 
 

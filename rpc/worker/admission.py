@@ -1,0 +1,205 @@
+"""Admission of a request: count it, decode it, check its size, deadline, method and
+arguments, forward it to its shard; then run it, or settle it here.
+
+Settling means acknowledging it one way or another: a reply with the error, a copy
+to the back of the queue or to the dead-letter queue, or a drop once its caller has
+given up.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+from rpc import deadletter, protocol, serialization
+from rpc.config import Config
+from rpc.entrypoints import RpcEntrypoint
+from rpc.errors import (
+    InvalidArgumentsError,
+    MalformedRequestError,
+    MethodNotFoundError,
+    SerializationError,
+)
+from rpc.protocol import Request
+from rpc.service import Handler, ServiceDefinition
+from rpc.transport import BrokerConnection, Delivery
+from rpc.worker.failures import (
+    FailurePolicy,
+    Origin,
+    copied_properties,
+    copy_and_ack,
+)
+from rpc.worker.replies import ReplyPublisher, error_without_traceback
+
+log = logging.getLogger(__name__)
+
+DROPPED_EXPIRED = "%s.%s: dropped, its caller's deadline passed %.3fs ago"
+
+#: Framework rejections of a request that wants no reply: dead-lettered, with why.
+REJECTIONS = {
+    "MethodNotFoundError": deadletter.REASON_METHOD_NOT_FOUND,
+    "InvalidArgumentsError": deadletter.REASON_INVALID_ARGUMENTS,
+}
+
+
+def method_of(delivery: Delivery) -> str:
+    """The method a request calls: its header, else its routing key's last word."""
+    method = delivery.headers.get(protocol.HEADER_METHOD)
+    if isinstance(method, str):
+        return method
+    return delivery.routing_key.rpartition(".")[2]
+
+
+class RequestAdmission:
+    """Decides, for each request a consumer took, whether it runs."""
+
+    def __init__(
+        self,
+        connection: BrokerConnection,
+        config: Config,
+        failures: FailurePolicy,
+        replies: ReplyPublisher,
+    ) -> None:
+        self._connection = connection
+        self._limit = config.max_message_bytes
+        self._failures = failures
+        self._replies = replies
+
+    def admit(
+        self,
+        origin: Origin,
+        delivery: Delivery,
+        service: ServiceDefinition,
+        handler: Handler | None,
+        method: str,
+        *,
+        queue_type: str,
+    ) -> Request | None:
+        """The request to run with ``handler``, or None when it was settled here.
+
+        Redeliveries are counted (or dead-lettered), undecodable requests answered
+        (or dead-lettered when nobody waits), expired ones dropped, sharded ones
+        forwarded, and those for an unknown method or with arguments that do not
+        fit answered with the error.
+        """
+        count = self._failures.count(origin, delivery, queue_type=queue_type)
+        if count is None:
+            return None
+        try:
+            request = self._decode(service, delivery, method, count)
+        except SerializationError as exc:
+            log.warning("malformed request on %s: %s", service.name, exc)
+            if not delivery.reply_to:
+                self._failures.dead_letter(
+                    origin, delivery, deadletter.REASON_MALFORMED, str(exc)
+                )
+                return None
+            error = MalformedRequestError("MalformedRequestError", str(exc))
+            self._replies.reply(delivery, error_payload=error_without_traceback(error))
+            return None
+        remaining = request.remaining()
+        if remaining is not None and remaining < 0:
+            log.info(DROPPED_EXPIRED, service.name, method, -remaining)
+            self._connection.ack(delivery)
+            return None
+        if handler is not None and self._forward_to_shard(
+            service, handler, request, delivery
+        ):
+            return None
+        rejection = _rejection(service, handler, request)
+        if rejection is not None:
+            self._reject(origin, delivery, rejection)
+            return None
+        return request
+
+    def _decode(
+        self,
+        service: ServiceDefinition,
+        delivery: Delivery,
+        method: str,
+        delivery_count: int,
+    ) -> Request:
+        if len(delivery.body) > self._limit:
+            raise SerializationError(
+                f"request of {len(delivery.body)} bytes is over the limit of "
+                f"{self._limit}"
+            )
+        args, kwargs = protocol.parse_request_body(
+            serialization.decode(delivery.body, delivery.content_type)
+        )
+        headers = delivery.headers
+        deadline = headers.get(protocol.HEADER_DEADLINE)
+        return Request(
+            service=service.name,
+            method=method,
+            args=args,
+            kwargs=kwargs,
+            correlation_id=delivery.correlation_id,
+            reply_to=delivery.reply_to,
+            deadline=float(deadline) if isinstance(deadline, (int, float)) else None,
+            caller=str(headers.get(protocol.HEADER_CALLER, "")),
+            redelivered=delivery.redelivered,
+            delivery_count=delivery_count,
+        )
+
+    def _forward_to_shard(
+        self,
+        service: ServiceDefinition,
+        handler: Handler,
+        request: Request,
+        delivery: Delivery,
+    ) -> bool:
+        """Send a ``shard_by`` call that came through the shared queue to its owner."""
+        shard_by = rpc_entrypoint(handler).shard_by
+        if shard_by is None or delivery.headers.get(protocol.HEADER_SHARD_KEY):
+            return False
+        try:
+            bound = handler.bind(request.args, request.kwargs)
+        except TypeError:
+            return False  # answered with InvalidArgumentsError
+        key = bound.arguments.get(shard_by)
+        # Publish, then ack the original: a crash in between runs it twice at worst.
+        copy_and_ack(
+            self._connection,
+            delivery,
+            exchange=protocol.RPC_EXCHANGE,
+            routing_key=protocol.shard_routing_key(service.name, request.method),
+            headers={**delivery.headers, protocol.HEADER_SHARD_KEY: str(key)},
+            properties=copied_properties(delivery),
+        )
+        return True
+
+    def _reject(
+        self, origin: Origin, delivery: Delivery, error: dict[str, str]
+    ) -> None:
+        reason = REJECTIONS.get(error["type"])
+        if reason is not None and not delivery.reply_to:
+            # Nobody would hear of the failure: keep the message for an operator.
+            self._failures.dead_letter(origin, delivery, reason, error["message"])
+            return
+        self._replies.reply(delivery, error_payload=error)
+
+
+def rpc_entrypoint(handler: Handler) -> RpcEntrypoint:
+    """The entrypoint of a handler of ``ServiceDefinition.rpc_handlers``."""
+    return cast(RpcEntrypoint, handler.entrypoint)
+
+
+def _rejection(
+    service: ServiceDefinition, handler: Handler | None, request: Request
+) -> dict[str, str] | None:
+    """The error reply of a request no handler can take, or None."""
+    if handler is None:
+        error: Exception = MethodNotFoundError(
+            "MethodNotFoundError",
+            f"service {service.name!r} has no method {request.method!r}",
+        )
+        return error_without_traceback(error)
+    try:
+        handler.bind(request.args, request.kwargs)
+    except TypeError as exc:
+        error = InvalidArgumentsError(
+            "InvalidArgumentsError", f"{service.name}.{request.method}(): {exc}"
+        )
+        return error_without_traceback(error)
+    return None

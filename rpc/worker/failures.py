@@ -1,0 +1,267 @@
+"""One failure policy for requests and events: counted requeue, retry queue, dead
+letter, each a copy of the message published before the original is acknowledged.
+
+The rules are :mod:`rpc.deadletter`'s; this module does their I/O. What differs
+between a request and an event (the queue a copy goes back to, the headers it keeps)
+is asked of the consumer it came from, its :class:`Origin`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from rpc import deadletter, protocol, serialization
+from rpc.config import Config
+from rpc.protocol import Request
+from rpc.transport import BrokerConnection, Delivery
+from rpc.worker.retry_queues import RetryQueues
+
+log = logging.getLogger(__name__)
+
+HANDLER_FAILED = "%s.%s failed: %s"
+POISON = "%s: %s was delivered %d times and never acknowledged: poison"
+DEAD_LETTERED = "%s: message moved to the dead-letter queue (%s): %s"
+
+#: Message properties a requeued or dead-lettered copy keeps.
+COPIED_PROPERTIES = (
+    "correlation_id",
+    "reply_to",
+    "delivery_mode",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+)
+
+
+class Origin(Protocol):
+    """What the failure policy asks of the consumer a message came from."""
+
+    @property
+    def service(self) -> str:
+        """The service whose dead-letter queue takes the message."""
+
+    @property
+    def queue(self) -> str:
+        """The queue it came from, where a requeued dead letter goes back to."""
+
+    @property
+    def label(self) -> str:
+        """Names the consumer in log lines: ``service`` or ``service.handler``."""
+
+    @property
+    def what(self) -> str:
+        """ "a request" or "an event", for log lines."""
+
+    @property
+    def counts_dead_letters(self) -> bool:
+        """True when a poison or malformed message is dead-lettered with its count."""
+
+    def copy_headers(self, delivery: Delivery, count: int) -> dict[str, Any]:
+        """Headers of a copy of ``delivery`` carrying ``count``."""
+
+    def requeue_route(self, headers: Mapping[str, Any]) -> tuple[str, str, bool]:
+        """(exchange, routing key, may wait in a retry queue) of a requeued copy."""
+
+
+class FailurePolicy:
+    """Counts deliveries, and runs again or dead-letters what failed."""
+
+    def __init__(
+        self,
+        connection: BrokerConnection,
+        config: Config,
+        retry_queues: RetryQueues,
+        *,
+        delays_retries: bool,
+    ) -> None:
+        self._connection = connection
+        self._config = config
+        self._retry_queues = retry_queues
+        self._delays_retries = delays_retries
+
+    def count(
+        self, origin: Origin, delivery: Delivery, *, queue_type: str
+    ) -> int | None:
+        """The delivery count to run ``delivery`` with, or None when it was settled.
+
+        A redelivery on a classic queue goes to the back of it as a counted copy;
+        one past ``delivery_limit`` to the dead-letter queue. The worker enforces
+        the limit on quorum queues too: a quorum queue's own limit counts the
+        returns of this copy only, and event queues have none.
+        """
+        verdict = deadletter.verdict(
+            redelivered=delivery.redelivered,
+            headers=delivery.headers,
+            delivery_limit=self._config.delivery_limit,
+            queue_type=queue_type,
+            broker_limit=False,
+        )
+        if verdict.action is deadletter.Action.REQUEUE_COUNTED:
+            self.requeue(origin, delivery, verdict.delivery_count)
+            return None
+        if verdict.action is deadletter.Action.DEAD_LETTER:
+            times = verdict.delivery_count - 1
+            log.error(POISON, origin.label, origin.what, times)
+            self.dead_letter(
+                origin,
+                delivery,
+                deadletter.REASON_DELIVERY_LIMIT,
+                f"delivered {times} times, never acknowledged",
+                count=times if origin.counts_dead_letters else None,
+            )
+            return None
+        return verdict.delivery_count
+
+    def handler_failed(
+        self, origin: Origin, delivery: Delivery, request: Request, exc: Exception
+    ) -> None:
+        """A handler that nobody waits for raised: run it again, or past the limit
+        dead-letter it (``handler-error``); both carry the new count."""
+        log.warning(HANDLER_FAILED, request.service, request.method, exc, exc_info=True)
+        verdict = deadletter.failure_verdict(
+            delivery_count=request.delivery_count,
+            delivery_limit=self._config.delivery_limit,
+        )
+        if verdict.action is deadletter.Action.DEAD_LETTER:
+            detail = f"{type(exc).__name__}: {exc}"
+            self.dead_letter(
+                origin,
+                delivery,
+                deadletter.REASON_HANDLER_ERROR,
+                detail,
+                count=verdict.delivery_count,
+            )
+        else:
+            self.requeue(origin, delivery, verdict.delivery_count, after_failure=True)
+
+    def requeue(
+        self,
+        origin: Origin,
+        delivery: Delivery,
+        count: int,
+        *,
+        after_failure: bool = False,
+    ) -> None:
+        """Put a counted copy at the back of its queue, then ack the original.
+
+        After a failed run the copy waits in a retry queue first, where the origin
+        allows it (see :meth:`_retry_route`).
+        """
+        headers = origin.copy_headers(delivery, count)
+        exchange, routing_key, may_wait = origin.requeue_route(headers)
+        properties = copied_properties(delivery)
+        if after_failure and may_wait:
+            routing_key = self._retry_route(routing_key, count, properties)
+        deadline = headers.get(protocol.HEADER_DEADLINE)
+        if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+            properties["expiration"] = protocol.expiration_ms(float(deadline))
+        # Copy and ack in one lock hold on one channel: the ack leaves right behind
+        # the copy, before the copy can reach a handler. Waiting for a publisher
+        # confirm in between would let a handler that kills its process run the
+        # copy first, and the original would come back and be copied again.
+        copy_and_ack(
+            self._connection,
+            delivery,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers=headers,
+            properties=properties,
+        )
+
+    def dead_letter(
+        self,
+        origin: Origin,
+        delivery: Delivery,
+        reason: str,
+        detail: str,
+        *,
+        count: int | None = None,
+    ) -> None:
+        """Move a message to its service's dead-letter queue, then ack it.
+
+        With ``count``, the copy carries it (:meth:`Origin.copy_headers`); without,
+        the delivery's own headers.
+        """
+        service = origin.service
+        log.warning(DEAD_LETTERED, service, reason, detail)
+        headers = deadletter.dead_letter_headers(
+            delivery.headers if count is None else origin.copy_headers(delivery, count),
+            reason,
+            detail,
+            queue=origin.queue,
+        )
+        properties = copied_properties(delivery)
+        properties.pop("expiration", None)  # kept until an operator looks at it
+        properties["delivery_mode"] = 2
+        copy_and_ack(
+            self._connection,
+            delivery,
+            exchange=protocol.DEAD_LETTER_EXCHANGE,
+            routing_key=protocol.service_queue(service),
+            headers=headers,
+            properties=properties,
+            # One that came without a content type is not claimed to be JSON.
+            content_type="application/octet-stream",
+        )
+
+    def _retry_route(self, origin: str, count: int, properties: dict[str, Any]) -> str:
+        """The queue a copy for run ``count`` goes to: a retry queue, or ``origin``.
+
+        The copy waits there for :func:`rpc.deadletter.retry_delay`, then RabbitMQ
+        moves it back to ``origin`` by itself. ``origin`` when there is no wait
+        (``retry_delay`` 0, or a transport without message TTLs).
+        """
+        delay = deadletter.retry_delay(
+            count - 1,
+            base=self._config.retry_delay,
+            cap=self._config.retry_max_delay,
+        )
+        if delay <= 0 or not self._delays_retries:
+            return origin
+        queue = self._retry_queues.route(origin, max(1, round(delay * 1000)))
+        # Persistent: a copy waiting through a broker restart is not lost.
+        properties["delivery_mode"] = 2
+        return queue
+
+
+def copy_and_ack(
+    connection: BrokerConnection,
+    delivery: Delivery,
+    *,
+    exchange: str,
+    routing_key: str,
+    headers: Mapping[str, Any],
+    properties: dict[str, Any],
+    content_type: str = serialization.CONTENT_TYPE,
+) -> None:
+    """Publish ``delivery``'s body elsewhere, then ack it, in one lock hold.
+
+    The copy keeps the original's content type (``content_type`` when it had none)
+    and encoding; a crash between the two runs the message twice at worst, never
+    loses it.
+    """
+    connection.publish_and_ack(
+        delivery,
+        delivery.body,
+        exchange=exchange,
+        routing_key=routing_key,
+        content_type=delivery.content_type or content_type,
+        content_encoding=str(delivery.properties.get("content_encoding") or "utf-8"),
+        headers=headers,
+        properties=properties,
+    )
+
+
+def copied_properties(delivery: Delivery) -> dict[str, Any]:
+    """The properties of ``delivery`` that a copy of it keeps."""
+    # Not user_id: RabbitMQ refuses a user_id other than the publisher's own. Not
+    # priority: priority queues are not used, and Kombu takes it apart from the rest.
+    return {
+        name: delivery.properties[name]
+        for name in COPIED_PROPERTIES
+        if delivery.properties.get(name) is not None
+    }

@@ -1,0 +1,63 @@
+"""Replies: publish the answer to a request, then ack the request."""
+
+from __future__ import annotations
+
+from rpc import protocol, serialization
+from rpc.errors import SerializationError
+from rpc.serialization import JsonValue
+from rpc.transport import BrokerConnection, Delivery
+
+
+class ReplyPublisher:
+    """Answers requests on the worker's connection; a cast is only acknowledged."""
+
+    def __init__(self, connection: BrokerConnection, *, limit: int) -> None:
+        self._connection = connection
+        self._limit = limit
+
+    def reply(
+        self,
+        delivery: Delivery,
+        *,
+        result: JsonValue = None,
+        error_payload: dict[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> None:
+        """Publish the result (or error) to ``reply_to``, then ack ``delivery``."""
+        if not delivery.reply_to:
+            self._connection.ack(delivery)
+            return
+        try:
+            body = serialization.encode(
+                protocol.error_body(error_payload)
+                if error_payload is not None
+                else protocol.result_body(result),
+                limit=self._limit,
+            )
+        except SerializationError as exc:
+            body = serialization.encode(
+                protocol.error_body(
+                    serialization.error_payload(exc, with_traceback=False)
+                )
+            )
+        # Ack only once the reply is out: a crash in between redelivers the request,
+        # never drops it. Replies to direct reply-to must not be mandatory: RabbitMQ
+        # would return them as unroutable even though they are delivered.
+        self._connection.publish_and_ack(
+            delivery,
+            body,
+            exchange="",
+            routing_key=delivery.reply_to,
+            content_type=serialization.CONTENT_TYPE,
+            # Tells the caller it may retry this method after a connection loss.
+            headers=protocol.reply_headers(idempotent=idempotent),
+            properties={"correlation_id": delivery.correlation_id, "delivery_mode": 1},
+        )
+
+
+def error_without_traceback(error: Exception) -> dict[str, str]:
+    """The error payload of a framework rejection: its type and message, no stack."""
+    payload = serialization.error_payload(error, with_traceback=False)
+    payload["type"] = type(error).__name__
+    payload["message"] = getattr(error, "message", str(error))
+    return payload
