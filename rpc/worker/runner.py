@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import socket
@@ -39,12 +38,6 @@ HANDED_BACK = "%s: %d deliveries after cancel returned to the queue"
 #: Transports without message TTLs: failed events and casts run again at once.
 _NO_TTL_SCHEMES = ("memory",)
 
-#: True once ClusterProxy and AsyncClusterProxy take ``middleware=``.
-_PROXIES_TAKE_MIDDLEWARE = all(
-    "middleware" in inspect.signature(proxy).parameters
-    for proxy in (ClusterProxy, AsyncClusterProxy)
-)
-
 _Client = TypeVar("_Client", ClusterProxy, AsyncClusterProxy)
 
 
@@ -79,8 +72,11 @@ class ServiceRunner:
         if not definitions:
             raise ServiceDefinitionError("a runner needs at least one service")
         self.services: dict[str, ServiceDefinition] = {d.name: d for d in definitions}
+        #: Given in code: the clients of handlers get these too, and load
+        #: ``config.middleware`` themselves.
+        self._given_middleware = tuple(middleware)
         self.middleware: tuple[Middleware, ...] = (
-            *middleware,
+            *self._given_middleware,
             *load_middleware(self.config.middleware),
         )
         #: Names this process's own queues (broadcast events, sharded calls).
@@ -150,18 +146,15 @@ class ServiceRunner:
         with self._cluster_lock:
             client = self._clients.get(kind)
             if not isinstance(client, kind):
+                # Given in code, the runner's middleware goes to its clients too;
+                # those named in the config they load themselves.
                 client = kind(
-                    config=self.config, name=self._name, **self._client_options()
+                    config=self.config,
+                    name=self._name,
+                    middleware=self._given_middleware,
                 )
                 self._clients[kind] = client
             return client
-
-    def _client_options(self) -> dict[str, Any]:
-        # The clients of handlers get the runner's middleware, once the proxies
-        # take it (their client chain); until then they go without.
-        if not self.middleware or not _PROXIES_TAKE_MIDDLEWARE:
-            return {}
-        return {"middleware": self.middleware}
 
     @property
     def prefetch(self) -> int:
