@@ -280,9 +280,16 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every node; whatever does not stop is killed. Data stays on disk."""
+        failure: BaseException | None = None
         for node in reversed(self.nodes):
-            node.thaw()
-            node.stop()
+            try:
+                node.thaw()
+                node.stop()
+            except BaseException as exc:
+                node.kill()  # and go on: no node may outlive its cluster
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 def _run(command: list[str], environment: dict[str, str], timeout: float) -> str:
