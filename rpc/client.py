@@ -9,6 +9,8 @@ they wait (httpx's ``BaseClient``, ``Client`` and ``AsyncClient``).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -17,6 +19,7 @@ from rpc import events, protocol, serialization
 from rpc.calls import (
     USE_DEFAULT,
     CallBuilder,
+    Observed,
     PreparedCall,
     _UseDefault,
     publish_request,
@@ -24,7 +27,7 @@ from rpc.calls import (
 from rpc.config import Config
 from rpc.discovery import DiscoveryAnswers
 from rpc.errors import BrokerError
-from rpc.middleware import ClientChain, Middleware, load_middleware
+from rpc.middleware import ClientChain, Middleware, Outcome, load_middleware
 from rpc.pending import PendingCalls, Waiter
 from rpc.transport import BrokerConnection, Delivery
 
@@ -205,6 +208,82 @@ class BaseClusterProxy:
         if pending.has_resends:
             # Calls that failed to publish just as the connection came back.
             self._send_again(self._connection.publish)
+
+
+class BaseRpcFuture:
+    """What :class:`~rpc.RpcFuture` and its asyncio twin share: all but waiting.
+
+    The call it stands for, and the client middlewares watching it. The reading
+    thread settles it through ``_deliver`` or ``_fail``, which each twin writes out
+    around its own kind of future: they run once per reply, and a shared helper
+    would cost a call there. What they share runs only with middlewares.
+    """
+
+    __slots__ = (
+        "_cluster",
+        "_future",
+        "_observed",
+        "_outcome",
+        "correlation_id",
+        "deadline",
+        "method",
+        "service",
+    )
+
+    _future: concurrent.futures.Future[Delivery] | asyncio.Future[Delivery]
+
+    def __init__(
+        self,
+        cluster: BaseClusterProxy,
+        service: str,
+        method: str,
+        correlation_id: str,
+        deadline: float,
+        *,
+        observed: Observed | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._future = self._new_future()
+        self.service = service
+        self.method = method
+        self.correlation_id = correlation_id
+        self.deadline = deadline
+        self._observed = observed
+        #: The decoded reply, when middlewares had it decoded as it arrived.
+        self._outcome: Outcome | None = None
+
+    def _new_future(self) -> concurrent.futures.Future[Delivery]:
+        # The threaded twin binds the future's class itself here (a staticmethod),
+        # so making one costs no call more than the future.
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        return f"call {self.service}.{self.method}"
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def _observe_reply(self, delivery: Delivery) -> bool:
+        """Decode a reply for the middlewares; False if the caller gave up first.
+
+        Only with middlewares (``_observed`` set): the decoded outcome is kept for
+        the caller, who then decodes nothing again.
+        """
+        assert self._observed is not None
+        outcome = self._observed.replied(delivery, self.service)
+        if outcome is None:
+            return False  # the caller gave up first: that was the outcome
+        self._outcome = outcome
+        return True
+
+    def _give_up(self, error: Exception) -> None:
+        """The caller stops waiting: if the call still waited, ``error`` is its end."""
+        if self._cluster._forget(self.correlation_id):
+            self._fail(error)
+
+    def _fail(self, exc: Exception) -> None:
+        raise NotImplementedError
 
 
 _Cluster = TypeVar("_Cluster", bound=BaseClusterProxy)
