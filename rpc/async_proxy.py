@@ -112,6 +112,19 @@ class AsyncRpcFuture(BaseRpcFuture):
     def __await__(self) -> Generator[Any, None, JsonValue]:
         return self.result().__await__()
 
+    def _unsent(self) -> None:
+        """The request was never sent: nobody will await this future.
+
+        What the reading thread may settle it with meanwhile (a lost connection
+        fails every call in flight) is retrieved here, or dropped on arrival, so
+        asyncio does not log it as an exception never retrieved.
+        """
+        future = self._future
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
     # -- called on the thread that read the reply: the I/O thread, or the loop's ---
 
     def _deliver(self, delivery: Delivery) -> None:
@@ -206,6 +219,7 @@ class AsyncClusterProxy(BaseClusterProxy):
             await self._ensure_connected(call.deadline - call.created)
             self._send(call, future, idempotent=idempotent)
         except BaseException as exc:
+            future._unsent()
             call.unsent(exc if isinstance(exc, Exception) else cancelled(call.label))
             raise
         return future
