@@ -40,7 +40,6 @@ from rpc.discovery import (
     DiscoveryAnswers,
     read_answer,
 )
-from rpc.errors import BrokerError
 from rpc.pending import timed_out
 from rpc.serialization import JsonValue
 from rpc.transport import Delivery
@@ -278,9 +277,7 @@ class AsyncClusterProxy(BaseClusterProxy):
                 # shield: a caller giving up must not cancel the I/O thread's future.
                 routed = await asyncio.wait_for(asyncio.shield(confirm), seconds)
             except asyncio.TimeoutError:
-                raise BrokerError(
-                    f"{message.label}: the broker did not confirm it within {seconds}s"
-                ) from None
+                raise message.not_confirmed(seconds) from None
         except BaseException as exc:
             message.unconfirmed(
                 exc if isinstance(exc, Exception) else cancelled(message.label)

@@ -22,7 +22,6 @@ from rpc.calls import (
 from rpc.client import BaseClusterProxy as BaseClusterProxy
 from rpc.client import BaseMethodProxy, BaseRpcFuture, BaseServiceProxy
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT, DiscoveryAnswers, read_answer
-from rpc.errors import BrokerError
 from rpc.pending import timed_out
 from rpc.serialization import JsonValue
 from rpc.transport import BrokerConnection, Delivery
@@ -322,9 +321,7 @@ class ClusterProxy(BaseClusterProxy):
             try:
                 routed = confirm.result(timeout=left)
             except concurrent.futures.TimeoutError:
-                raise BrokerError(
-                    f"{message.label}: the broker did not confirm it within {seconds}s"
-                ) from None
+                raise message.not_confirmed(seconds) from None
         except Exception as exc:
             message.unconfirmed(exc)
             raise
