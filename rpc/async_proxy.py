@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
@@ -313,8 +312,7 @@ class AsyncClusterProxy(BaseClusterProxy):
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(add, value)
 
-        correlation_id = uuid.uuid4().hex
-        self._send_discovery(correlation_id, collect)
+        correlation_id = self._send_discovery(collect)
         try:
             while (remaining := answers.done_at() - loop.time()) > 0:
                 arrived.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -140,10 +141,12 @@ class BaseClusterProxy:
             lambda entry: publish_request(publish, entry.call, reply_to, entry.attempts)
         )
 
-    def _send_discovery(
-        self, correlation_id: str, listener: Callable[[Delivery], None]
-    ) -> None:
-        """Ask every running worker to describe itself; replies go to ``listener``."""
+    def _send_discovery(self, listener: Callable[[Delivery], None]) -> str:
+        """Ask every running worker to describe itself; replies go to ``listener``.
+
+        Returns the request's correlation id: :meth:`_forget` it when done.
+        """
+        correlation_id = uuid.uuid4().hex
         self._pending.listen(correlation_id, listener)
         try:
             self._connection.publish(
@@ -158,6 +161,7 @@ class BaseClusterProxy:
         except BrokerError:
             self._pending.forget(correlation_id)
             raise
+        return correlation_id
 
     def _discovered(self, answers: DiscoveryAnswers) -> dict[str, Any]:
         """The listing of a finished discovery; the next one waits for its workers."""

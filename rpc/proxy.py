@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -276,8 +275,7 @@ class ClusterProxy(BaseClusterProxy):
                     answers.add(value, time.monotonic())
                 arrived.set()
 
-        correlation_id = uuid.uuid4().hex
-        self._send_discovery(correlation_id, collect)
+        correlation_id = self._send_discovery(collect)
         try:
             while True:
                 arrived.clear()
