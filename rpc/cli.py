@@ -41,6 +41,17 @@ config_option = click.option(
 )
 
 
+def _seconds(name: str, default: float, text: str, *, positive: bool = False) -> Any:
+    """A duration flag, its default shown; ``positive`` refuses zero."""
+    return click.option(
+        name,
+        type=click.FloatRange(min=0, min_open=positive),
+        default=default,
+        show_default=True,
+        help=text,
+    )
+
+
 def _load_config(config_file: str | None, **flags: Any) -> Config:
     try:
         return Config.load(config_file, **flags)
@@ -266,34 +277,28 @@ def _call_when_served(
     show_default=True,
     help="Largest request body accepted, in bytes.",
 )
-@click.option(
+@_seconds(
     "--discovery-wait",
-    type=click.FloatRange(min=0),
-    default=DISCOVERY_WAIT,
-    show_default=True,
-    help="Longest time GET /services waits for the workers' answers, in seconds.",
+    DISCOVERY_WAIT,
+    "Longest time GET /services waits for the workers' answers, in seconds.",
 )
-@click.option(
+@_seconds(
     "--discovery-quiet",
-    type=click.FloatRange(min=0),
-    default=DISCOVERY_QUIET,
-    show_default=True,
-    help="GET /services answers once no worker answered for this long, in seconds.",
+    DISCOVERY_QUIET,
+    "GET /services answers once no worker answered for this long, in seconds.",
 )
 # The defaults are rpc.gateway_server's, repeated: aiohttp is imported only to serve.
-@click.option(
+@_seconds(
     "--header-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds a client has to send a request's headers.",
+    10.0,
+    "Seconds a client has to send a request's headers.",
+    positive=True,
 )
-@click.option(
+@_seconds(
     "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=75.0,
-    show_default=True,
-    help="Seconds an idle keep-alive connection is kept open.",
+    75.0,
+    "Seconds an idle keep-alive connection is kept open.",
+    positive=True,
 )
 @click.option(
     "--max-connections",
