@@ -278,7 +278,7 @@ class AsyncClusterProxy(BaseClusterProxy):
             except asyncio.TimeoutError:
                 raise message.not_confirmed(seconds) from None
         except BaseException as exc:
-            message.unconfirmed(
+            message.unsent(
                 exc if isinstance(exc, Exception) else cancelled(message.label)
             )
             raise

@@ -103,52 +103,51 @@ class Observed:
 
 # Not frozen: a frozen dataclass pays a call per field, and these are made per call.
 @dataclasses.dataclass(slots=True, eq=False)
-class PreparedCall:
-    """A request ready to publish: encoded, addressed and given its deadline."""
+class Prepared:
+    """A request, cast or event ready to publish: encoded and addressed."""
 
+    #: The service called or cast to, or the event's source.
     service: str
+    #: The method called or cast to, or the event's type.
     method: str
-    correlation_id: str
-    deadline: float
-    created: float
     body: bytes
     headers: dict[str, Any]
     routing_key: str
     #: Set when client middlewares are configured.
     observed: Observed | None = None
 
-    @property
-    def label(self) -> str:
-        return f"call {self.service}.{self.method}"
-
-    def unsent(self, exc: Exception) -> None:
-        """The call could not be sent: that is its outcome for the middlewares."""
-        if self.observed is not None:
-            self.observed.failed(exc)
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class PreparedMessage:
-    """A cast or an event ready to publish with a confirm."""
-
-    #: The service cast to, or the event's source.
-    service: str
-    #: The method cast to, or the event's type.
-    method: str
-    body: bytes
-    headers: dict[str, Any]
-    routing_key: str
-    observed: Observed | None = None
-
-    #: "cast" or "event", and where and how each is published.
+    #: "call", "cast" or "event".
     kind: ClassVar[str]
-    exchange: ClassVar[str]
-    #: A cast must reach a queue; an event nobody subscribes to is simply dropped.
-    mandatory: ClassVar[bool]
 
     @property
     def label(self) -> str:
         return f"{self.kind} {self.service}.{self.method}"
+
+    def unsent(self, exc: Exception) -> None:
+        """Not sent, or not confirmed: that is its outcome for the middlewares."""
+        if self.observed is not None:
+            self.observed.failed(exc)
+
+
+@dataclasses.dataclass(slots=True, eq=False, kw_only=True)
+class PreparedCall(Prepared):
+    """A request ready to publish: encoded, addressed and given its deadline."""
+
+    kind = "call"
+    correlation_id: str
+    deadline: float
+    created: float
+
+
+class PreparedMessage(Prepared):
+    """A cast or an event ready to publish with a confirm."""
+
+    __slots__ = ()
+
+    #: Where and how each is published.
+    exchange: ClassVar[str]
+    #: A cast must reach a queue; an event nobody subscribes to is simply dropped.
+    mandatory: ClassVar[bool]
 
     def confirmed(self, routed: bool) -> None:
         """What the broker's confirm means; UnknownServiceError for a lost cast."""
@@ -159,11 +158,6 @@ class PreparedMessage:
             self.observed.finish(Outcome(error=error))
         if error is not None:
             raise error
-
-    def unconfirmed(self, exc: Exception) -> None:
-        """No confirm came (refused, timed out, disconnected), for the middlewares."""
-        if self.observed is not None:
-            self.observed.failed(exc)
 
     def not_confirmed(self, seconds: float) -> BrokerError:
         """The error of a confirm that did not come within ``seconds``."""

@@ -321,7 +321,7 @@ class ClusterProxy(BaseClusterProxy):
             except concurrent.futures.TimeoutError:
                 raise message.not_confirmed(seconds) from None
         except Exception as exc:
-            message.unconfirmed(exc)
+            message.unsent(exc)
             raise
         message.confirmed(routed)
 
