@@ -209,9 +209,15 @@ def test_a_call_whose_publish_fails_leaves_no_exception_unretrieved(rpc_cluster)
                 raise BrokerError("broker connection failed: reset")
 
             cluster._connection.publish = lost
-            for call in (cluster.greeter.hello, cluster.greeter.hello.call_async):
+            calls = (
+                cluster.call("greeter", "hello", ["ada"]),
+                cluster.call_async("greeter", "hello", ["ada"]),
+                cluster.greeter.hello("ada"),
+                cluster.greeter.hello.call_async("ada"),
+            )
+            for call in calls:
                 with pytest.raises(BrokerError):
-                    await call("ada")
+                    await call
             await asyncio.sleep(0)  # run what the I/O thread scheduled on the loop
             gc.collect()  # an exception never retrieved is reported on collection
             del cluster._connection.publish
