@@ -215,12 +215,13 @@ class BaseClusterProxy:
 
 
 class BaseRpcFuture:
-    """What :class:`~rpc.RpcFuture` and its asyncio twin share: all but waiting.
+    """What :class:`~rpc.RpcFuture` and its asyncio twin share: the call, its hooks.
 
-    The call it stands for, and the client middlewares watching it. The reading
-    thread settles it through ``_deliver`` or ``_fail``, which each twin writes out
-    around its own kind of future: they run once per reply, and a shared helper
-    would cost a call there. What they share runs only with middlewares.
+    The call's fields and label, and decoding a reply for the client middlewares.
+    Each twin writes out what touches its own kind of future: waiting, and settling
+    in ``_deliver`` and ``_fail``, which run once per reply, where a shared helper
+    would cost a call. For the same reason the asyncio twin writes out its
+    ``__init__``; the threaded one uses this one.
     """
 
     __slots__ = (
@@ -280,14 +281,6 @@ class BaseRpcFuture:
             return False  # the caller gave up first: that was the outcome
         self._outcome = outcome
         return True
-
-    def _give_up(self, error: Exception) -> None:
-        """The caller stops waiting: if the call still waited, ``error`` is its end."""
-        if self._cluster._forget(self.correlation_id):
-            self._fail(error)
-
-    def _fail(self, exc: Exception) -> None:
-        raise NotImplementedError
 
 
 _Cluster = TypeVar("_Cluster", bound=BaseClusterProxy)

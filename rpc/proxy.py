@@ -59,7 +59,8 @@ class RpcFuture(BaseRpcFuture):
             if timeout is not None and timeout < remaining:
                 raise TimeoutError(f"{self.label} not done after {timeout}s") from None
             error = timed_out(self.label)
-            self._give_up(error)
+            if self._cluster._forget(self.correlation_id):
+                self._fail(error)
             raise error from None
         # As in AsyncRpcFuture.result, written out: one call fewer per reply.
         outcome = self._outcome
