@@ -9,9 +9,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -27,6 +27,8 @@ from rpc.service import import_service
 from rpc.supervisor import Supervisor, process_count, serve
 from rpc.worker import ServiceRunner
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 broker_option = click.option(
@@ -41,7 +43,9 @@ config_option = click.option(
 )
 
 
-def _seconds(name: str, default: float, text: str, *, positive: bool = False) -> Any:
+def _seconds(
+    name: str, default: float, text: str, *, positive: bool = False
+) -> Callable[[_Command], _Command]:
     """A duration flag, its default shown; ``positive`` refuses zero."""
     return click.option(
         name,
