@@ -37,7 +37,9 @@ class RpcFuture(BaseRpcFuture):
     __slots__ = ()
 
     _future: concurrent.futures.Future[Delivery]
-    _new_future = staticmethod(concurrent.futures.Future)
+    _new_future: staticmethod[[], concurrent.futures.Future[Delivery]] = staticmethod(
+        concurrent.futures.Future
+    )
 
     def result(self, timeout: float | None = None) -> JsonValue:
         """Wait for the reply and return its result, or raise what the call raised.
