@@ -219,7 +219,7 @@ class BaseRpcFuture:
 
     The call's fields and label, and decoding a reply for the client middlewares.
     Each twin writes out what touches its own kind of future: waiting, and settling
-    in ``_deliver`` and ``_fail``, which run once per reply, where a shared helper
+    in ``_deliver`` and ``_fail``, which run once per reply, where a shared method
     would cost a call. For the same reason the asyncio twin writes out its
     ``__init__``; the threaded one uses this one.
     """
