@@ -15,12 +15,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import Any, ClassVar, Final, TypeAlias
 
 from rpc import events, protocol, serialization
 from rpc.config import Config
 from rpc.context import current_call
-from rpc.errors import CallTimeoutError, UnknownServiceError
+from rpc.errors import BrokerError, CallTimeoutError, UnknownServiceError
 from rpc.middleware import ClientCall, ClientChain, Outcome
 from rpc.serialization import JsonValue
 from rpc.transport import BrokerConnection, Delivery
@@ -103,44 +103,51 @@ class Observed:
 
 # Not frozen: a frozen dataclass pays a call per field, and these are made per call.
 @dataclasses.dataclass(slots=True, eq=False)
-class PreparedCall:
-    """A request ready to publish: encoded, addressed and given its deadline."""
+class Prepared:
+    """A request, cast or event ready to publish: encoded and addressed."""
 
+    #: The service called or cast to, or the event's source.
     service: str
+    #: The method called or cast to, or the event's type.
     method: str
-    correlation_id: str
-    deadline: float
-    created: float
     body: bytes
     headers: dict[str, Any]
     routing_key: str
     #: Set when client middlewares are configured.
     observed: Observed | None = None
 
+    #: "call", "cast" or "event".
+    kind: ClassVar[str]
+
     @property
     def label(self) -> str:
-        return f"call {self.service}.{self.method}"
+        return f"{self.kind} {self.service}.{self.method}"
 
     def unsent(self, exc: Exception) -> None:
-        """The call could not be sent: that is its outcome for the middlewares."""
+        """Not sent, or not confirmed: that is its outcome for the middlewares."""
         if self.observed is not None:
             self.observed.failed(exc)
 
 
-@dataclasses.dataclass(slots=True, eq=False)
-class PreparedMessage:
+@dataclasses.dataclass(slots=True, eq=False, kw_only=True)
+class PreparedCall(Prepared):
+    """A request ready to publish: encoded, addressed and given its deadline."""
+
+    kind = "call"
+    correlation_id: str
+    deadline: float
+    created: float
+
+
+class PreparedMessage(Prepared):
     """A cast or an event ready to publish with a confirm."""
 
-    #: The service cast to, or the event's source.
-    service: str
-    label: str
-    body: bytes
-    headers: dict[str, Any]
-    exchange: str
-    routing_key: str
+    __slots__ = ()
+
+    #: Where and how each is published.
+    exchange: ClassVar[str]
     #: A cast must reach a queue; an event nobody subscribes to is simply dropped.
-    mandatory: bool
-    observed: Observed | None = None
+    mandatory: ClassVar[bool]
 
     def confirmed(self, routed: bool) -> None:
         """What the broker's confirm means; UnknownServiceError for a lost cast."""
@@ -152,10 +159,29 @@ class PreparedMessage:
         if error is not None:
             raise error
 
-    def unconfirmed(self, exc: Exception) -> None:
-        """No confirm came (refused, timed out, disconnected), for the middlewares."""
-        if self.observed is not None:
-            self.observed.failed(exc)
+    def not_confirmed(self, seconds: float) -> BrokerError:
+        """The error of a confirm that did not come within ``seconds``."""
+        return BrokerError(
+            f"{self.label}: the broker did not confirm it within {seconds}s"
+        )
+
+
+class PreparedCast(PreparedMessage):
+    """A request that wants no reply: persistent, mandatory, no deadline."""
+
+    __slots__ = ()
+    kind = "cast"
+    exchange = protocol.RPC_EXCHANGE
+    mandatory = True
+
+
+class PreparedEvent(PreparedMessage):
+    """An event, for every handler subscribed to its source and type."""
+
+    __slots__ = ()
+    kind = "event"
+    exchange = protocol.EVENTS_EXCHANGE
+    mandatory = False
 
 
 def publish_request(
@@ -283,18 +309,10 @@ class CallBuilder:
         headers = protocol.cast_headers(method, self.caller())
         observed = None
         if self._observing:
-            client_call = ClientCall(service, method, "cast", args, kwargs or {})
-            observed, headers = self._before(client_call, headers)
-        return PreparedMessage(
-            service=service,
-            label=f"cast {service}.{method}",
-            body=body,
-            headers=headers,
-            exchange=protocol.RPC_EXCHANGE,
-            routing_key=protocol.routing_key(service, method),
-            mandatory=True,
-            observed=observed,
-        )
+            call = ClientCall(service, method, "cast", args, kwargs or {})
+            observed, headers = self._before(call, headers)
+        key = protocol.routing_key(service, method)
+        return PreparedCast(service, method, body, headers, key, observed)
 
     def event(
         self, source: str, event_type: str, payload: JsonValue
@@ -305,18 +323,10 @@ class CallBuilder:
         )
         observed = None
         if self._observing:
-            client_call = ClientCall(source, event_type, "event", (payload,), {})
-            observed, headers = self._before(client_call, headers)
-        return PreparedMessage(
-            service=source,
-            label=f"event {source}.{event_type}",
-            body=body,
-            headers=headers,
-            exchange=protocol.EVENTS_EXCHANGE,
-            routing_key=protocol.event_routing_key(source, event_type),
-            mandatory=False,
-            observed=observed,
-        )
+            call = ClientCall(source, event_type, "event", (payload,), {})
+            observed, headers = self._before(call, headers)
+        key = protocol.event_routing_key(source, event_type)
+        return PreparedEvent(source, event_type, body, headers, key, observed)
 
     def _before(
         self, call: ClientCall, headers: dict[str, Any]

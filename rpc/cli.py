@@ -9,9 +9,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -27,6 +27,8 @@ from rpc.service import import_service
 from rpc.supervisor import Supervisor, process_count, serve
 from rpc.worker import ServiceRunner
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 broker_option = click.option(
@@ -39,6 +41,19 @@ config_option = click.option(
     envvar="RPC_CONFIG",
     help="YAML settings file [env: RPC_CONFIG]",
 )
+
+
+def _seconds(
+    name: str, default: float, text: str, *, positive: bool = False
+) -> Callable[[_Command], _Command]:
+    """A duration flag, its default shown; ``positive`` refuses zero."""
+    return click.option(
+        name,
+        type=click.FloatRange(min=0, min_open=positive),
+        default=default,
+        show_default=True,
+        help=text,
+    )
 
 
 def _load_config(config_file: str | None, **flags: Any) -> Config:
@@ -266,34 +281,28 @@ def _call_when_served(
     show_default=True,
     help="Largest request body accepted, in bytes.",
 )
-@click.option(
+@_seconds(
     "--discovery-wait",
-    type=click.FloatRange(min=0),
-    default=DISCOVERY_WAIT,
-    show_default=True,
-    help="Longest time GET /services waits for the workers' answers, in seconds.",
+    DISCOVERY_WAIT,
+    "Longest time GET /services waits for the workers' answers, in seconds.",
 )
-@click.option(
+@_seconds(
     "--discovery-quiet",
-    type=click.FloatRange(min=0),
-    default=DISCOVERY_QUIET,
-    show_default=True,
-    help="GET /services answers once no worker answered for this long, in seconds.",
+    DISCOVERY_QUIET,
+    "GET /services answers once no worker answered for this long, in seconds.",
 )
 # The defaults are rpc.gateway_server's, repeated: aiohttp is imported only to serve.
-@click.option(
+@_seconds(
     "--header-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Seconds a client has to send a request's headers.",
+    10.0,
+    "Seconds a client has to send a request's headers.",
+    positive=True,
 )
-@click.option(
+@_seconds(
     "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=75.0,
-    show_default=True,
-    help="Seconds an idle keep-alive connection is kept open.",
+    75.0,
+    "Seconds an idle keep-alive connection is kept open.",
+    positive=True,
 )
 @click.option(
     "--max-connections",

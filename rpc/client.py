@@ -9,7 +9,10 @@ they wait (httpx's ``BaseClient``, ``Client`` and ``AsyncClient``).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -17,6 +20,7 @@ from rpc import events, protocol, serialization
 from rpc.calls import (
     USE_DEFAULT,
     CallBuilder,
+    Observed,
     PreparedCall,
     _UseDefault,
     publish_request,
@@ -24,7 +28,7 @@ from rpc.calls import (
 from rpc.config import Config
 from rpc.discovery import DiscoveryAnswers
 from rpc.errors import BrokerError
-from rpc.middleware import ClientChain, Middleware, load_middleware
+from rpc.middleware import ClientChain, Middleware, Outcome, load_middleware
 from rpc.pending import PendingCalls, Waiter
 from rpc.transport import BrokerConnection, Delivery
 
@@ -137,10 +141,12 @@ class BaseClusterProxy:
             lambda entry: publish_request(publish, entry.call, reply_to, entry.attempts)
         )
 
-    def _send_discovery(
-        self, correlation_id: str, listener: Callable[[Delivery], None]
-    ) -> None:
-        """Ask every running worker to describe itself; replies go to ``listener``."""
+    def _send_discovery(self, listener: Callable[[Delivery], None]) -> str:
+        """Ask every running worker to describe itself; replies go to ``listener``.
+
+        Returns the request's correlation id: :meth:`_forget` it when done.
+        """
+        correlation_id = uuid.uuid4().hex
         self._pending.listen(correlation_id, listener)
         try:
             self._connection.publish(
@@ -155,6 +161,7 @@ class BaseClusterProxy:
         except BrokerError:
             self._pending.forget(correlation_id)
             raise
+        return correlation_id
 
     def _discovered(self, answers: DiscoveryAnswers) -> dict[str, Any]:
         """The listing of a finished discovery; the next one waits for its workers."""
@@ -205,6 +212,75 @@ class BaseClusterProxy:
         if pending.has_resends:
             # Calls that failed to publish just as the connection came back.
             self._send_again(self._connection.publish)
+
+
+class BaseRpcFuture:
+    """What :class:`~rpc.RpcFuture` and its asyncio twin share: the call, its hooks.
+
+    The call's fields and label, and decoding a reply for the client middlewares.
+    Each twin writes out what touches its own kind of future: waiting, and settling
+    in ``_deliver`` and ``_fail``, which run once per reply, where a shared method
+    would cost a call. For the same reason the asyncio twin writes out its
+    ``__init__``; the threaded one uses this one.
+    """
+
+    __slots__ = (
+        "_cluster",
+        "_future",
+        "_observed",
+        "_outcome",
+        "correlation_id",
+        "deadline",
+        "method",
+        "service",
+    )
+
+    _future: concurrent.futures.Future[Delivery] | asyncio.Future[Delivery]
+
+    def __init__(
+        self,
+        cluster: BaseClusterProxy,
+        service: str,
+        method: str,
+        correlation_id: str,
+        deadline: float,
+        *,
+        observed: Observed | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._future = self._new_future()
+        self.service = service
+        self.method = method
+        self.correlation_id = correlation_id
+        self.deadline = deadline
+        self._observed = observed
+        #: The decoded reply, when middlewares had it decoded as it arrived.
+        self._outcome: Outcome | None = None
+
+    def _new_future(self) -> concurrent.futures.Future[Delivery]:
+        # The threaded twin binds the future's class itself here (a staticmethod),
+        # so making one costs no call more than the future.
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        return f"call {self.service}.{self.method}"
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def _observe_reply(self, delivery: Delivery) -> bool:
+        """Decode a reply for the middlewares; False if the caller gave up first.
+
+        Only with middlewares (``_observed`` set): the decoded outcome is kept for
+        the caller, who then decodes nothing again.
+        """
+        assert self._observed is not None
+        outcome = self._observed.replied(delivery, self.service)
+        if outcome is None:
+            return False  # the caller gave up first: that was the outcome
+        self._outcome = outcome
+        return True
 
 
 _Cluster = TypeVar("_Cluster", bound=BaseClusterProxy)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Iterator
 
 from rpc.protocol import Request
 
@@ -47,11 +45,21 @@ def current_call() -> CallContext | None:
     return _current.get()
 
 
-@contextlib.contextmanager
-def serving(context: CallContext) -> Iterator[CallContext]:
-    """Make ``context`` current while a handler runs; proxies inherit its deadline."""
-    token = _current.set(context)
-    try:
-        yield context
-    finally:
-        _current.reset(token)
+class serving:
+    """Make ``context`` current while a handler runs; proxies inherit its deadline.
+
+    ``with serving(context):``. A class rather than a generator-based context
+    manager: it is entered for every handler run, and costs half the calls.
+    """
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: CallContext) -> None:
+        self._context = context
+
+    def __enter__(self) -> CallContext:
+        self._token = _current.set(self._context)
+        return self._context
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)

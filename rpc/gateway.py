@@ -16,7 +16,7 @@ import logging
 import math
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 import orjson
 from aiohttp import web
@@ -49,6 +49,9 @@ from rpc.gateway_server import (
     unsupported_encoding,
 )
 from rpc.serialization import JsonValue
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
@@ -224,30 +227,23 @@ def create_app(
     return app
 
 
+class _AppOptions(TypedDict, total=False):
+    """The keyword options of :func:`create_app`, which :func:`serve` passes on."""
+
+    max_body: int
+    max_timeout: float
+    discovery_wait: float
+    discovery_quiet: float
+    header_timeout: float
+    idle_timeout: float
+    max_connections: int
+
+
 def serve(
-    config: Config,
-    *,
-    host: str,
-    port: int,
-    max_body: int = DEFAULT_MAX_BODY,
-    max_timeout: float = MAX_TIMEOUT,
-    discovery_wait: float = DISCOVERY_WAIT,
-    discovery_quiet: float = DISCOVERY_QUIET,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    config: Config, *, host: str, port: int, **options: Unpack[_AppOptions]
 ) -> None:
-    """Run the gateway until SIGINT or SIGTERM."""
-    app = create_app(
-        config,
-        max_body=max_body,
-        max_timeout=max_timeout,
-        discovery_wait=discovery_wait,
-        discovery_quiet=discovery_quiet,
-        header_timeout=header_timeout,
-        idle_timeout=idle_timeout,
-        max_connections=max_connections,
-    )
+    """Run the gateway until SIGINT or SIGTERM; ``options`` are create_app's."""
+    app = create_app(config, **options)
     asyncio.run(_serve_until_signalled(app, host=host, port=port))
 
 

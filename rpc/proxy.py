@@ -5,14 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rpc import scatter
 from rpc.calls import (
     USE_DEFAULT,
-    Observed,
     PreparedMessage,
     _UseDefault,
     cancelled,
@@ -21,16 +19,14 @@ from rpc.calls import (
     reply_result,
 )
 from rpc.client import BaseClusterProxy as BaseClusterProxy
-from rpc.client import BaseMethodProxy, BaseServiceProxy
+from rpc.client import BaseMethodProxy, BaseRpcFuture, BaseServiceProxy
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT, DiscoveryAnswers, read_answer
-from rpc.errors import BrokerError
-from rpc.middleware import Outcome
 from rpc.pending import timed_out
 from rpc.serialization import JsonValue
 from rpc.transport import BrokerConnection, Delivery
 
 
-class RpcFuture:
+class RpcFuture(BaseRpcFuture):
     """The pending result of one call; :meth:`result` waits for it.
 
     The reply is decoded in the thread that asks for it, not on the I/O thread;
@@ -38,39 +34,12 @@ class RpcFuture:
     ``after_send`` hooks run even if nobody ever asks.
     """
 
-    __slots__ = (
-        "_cluster",
-        "_future",
-        "_observed",
-        "_outcome",
-        "correlation_id",
-        "deadline",
-        "method",
-        "service",
+    __slots__ = ()
+
+    _future: concurrent.futures.Future[Delivery]
+    _new_future: staticmethod[[], concurrent.futures.Future[Delivery]] = staticmethod(
+        concurrent.futures.Future
     )
-
-    def __init__(
-        self,
-        cluster: BaseClusterProxy,
-        service: str,
-        method: str,
-        correlation_id: str,
-        deadline: float,
-        *,
-        observed: Observed | None = None,
-    ) -> None:
-        self._cluster = cluster
-        self._future: concurrent.futures.Future[Delivery] = concurrent.futures.Future()
-        self.service = service
-        self.method = method
-        self.correlation_id = correlation_id
-        self.deadline = deadline
-        self._observed = observed
-        #: The decoded reply, when middlewares had it decoded as it arrived.
-        self._outcome: Outcome | None = None
-
-    def done(self) -> bool:
-        return self._future.done()
 
     def result(self, timeout: float | None = None) -> JsonValue:
         """Wait for the reply and return its result, or raise what the call raised.
@@ -95,6 +64,7 @@ class RpcFuture:
             if self._cluster._forget(self.correlation_id):
                 self._fail(error)
             raise error from None
+        # As in AsyncRpcFuture.result, written out: one call fewer per reply.
         outcome = self._outcome
         if outcome is None:
             return reply_result(delivery, self.service)
@@ -128,23 +98,16 @@ class RpcFuture:
         """
         self._future.add_done_callback(lambda _: callback(self))
 
-    @property
-    def label(self) -> str:
-        return f"call {self.service}.{self.method}"
+    # -- called on the thread that read the reply ------------------------------------
 
     def _deliver(self, delivery: Delivery) -> None:
-        observed = self._observed
-        if observed is not None:
-            outcome = observed.replied(delivery, self.service)
-            if outcome is None:
-                return  # the caller gave up first: that was the outcome
-            self._outcome = outcome
+        if self._observed is not None and not self._observe_reply(delivery):
+            return
         if not self._future.done():
             self._future.set_result(delivery)
 
     def _fail(self, exc: Exception) -> None:
-        observed = self._observed
-        if observed is not None and not observed.failed(exc):
+        if self._observed is not None and not self._observed.failed(exc):
             return
         if not self._future.done():
             self._future.set_exception(exc)
@@ -315,8 +278,7 @@ class ClusterProxy(BaseClusterProxy):
                     answers.add(value, time.monotonic())
                 arrived.set()
 
-        correlation_id = uuid.uuid4().hex
-        self._send_discovery(correlation_id, collect)
+        correlation_id = self._send_discovery(collect)
         try:
             while True:
                 arrived.clear()
@@ -360,11 +322,9 @@ class ClusterProxy(BaseClusterProxy):
             try:
                 routed = confirm.result(timeout=left)
             except concurrent.futures.TimeoutError:
-                raise BrokerError(
-                    f"{message.label}: the broker did not confirm it within {seconds}s"
-                ) from None
+                raise message.not_confirmed(seconds) from None
         except Exception as exc:
-            message.unconfirmed(exc)
+            message.unsent(exc)
             raise
         message.confirmed(routed)
 

@@ -36,6 +36,7 @@ from rpc.protocol import Request, check_method_name
 from rpc.service import Handler, ServiceDefinition
 from rpc.transport import Delivery
 from rpc.worker.consumers import Consumer, Worker, register_consumer
+from rpc.worker.invoke import Direct
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +262,14 @@ class TimerConsumer(Consumer):
             caller="timer",
         )
         context = CallContext(self.service, request, asynchronous=asynchronous)
+        tick = Direct(service, "timer")
         try:
             loop = worker.dispatcher.loop
             if asynchronous and loop is not None:
                 asyncio.run_coroutine_threadsafe(
-                    worker.invoker.invoke_async(
-                        service, handler, context, kind="timer"
-                    ),
-                    loop,
+                    worker.invoker.invoke_async(tick, handler, context), loop
                 ).result()
             else:
-                worker.invoker.invoke(service, handler, context, kind="timer")
+                worker.invoker.invoke(tick, handler, context)
         except Exception as exc:
             log.warning(TICK_FAILED, self.service, handler.name, exc, exc_info=True)

@@ -146,6 +146,7 @@ class BrokerConnection:
     ) -> None:
         """Publish one message on the shared channel."""
         link = self._link
+        message = _message(content_type, content_encoding, headers, properties)
         # The lock is taken directly, not through channel(): this is the hot path,
         # and a generator-based context manager costs several times a lock.
         with self._lock:
@@ -153,14 +154,7 @@ class BrokerConnection:
             driver = link.driver
             assert driver is not None
             try:
-                driver.publish(
-                    channel,
-                    body,
-                    exchange,
-                    routing_key,
-                    mandatory,
-                    _message(content_type, content_encoding, headers, properties),
-                )
+                driver.publish(channel, body, exchange, routing_key, mandatory, message)
             except link.errors() as exc:
                 raise link.failed(exc) from exc
 
@@ -184,14 +178,8 @@ class BrokerConnection:
         driver = self._link.driver
         if driver is None:
             raise BrokerError(f"not connected to the broker ({self.name})")
-        driver.publish(
-            channel,
-            body,
-            exchange,
-            routing_key,
-            mandatory,
-            _message(content_type, "utf-8", headers, properties),
-        )
+        message = _message(content_type, "utf-8", headers, properties)
+        driver.publish(channel, body, exchange, routing_key, mandatory, message)
 
     def publish_and_ack(
         self, delivery: Delivery, body: bytes | None, **publish: Any

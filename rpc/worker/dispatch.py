@@ -8,7 +8,8 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from rpc.config import Config
 from rpc.context import CallContext
@@ -26,9 +27,15 @@ COULD_NOT_ANSWER = "could not answer %s: %s"
 
 
 class Work:
-    """One delivery on its way to a handler, resolved once when it arrived."""
+    """One delivery on its way to a handler, resolved once when it arrived.
 
-    __slots__ = ("consumer", "delivery", "handler", "service")
+    It is the handler run's :class:`~rpc.worker.invoke.Origin`.
+    """
+
+    __slots__ = ("consumer", "context", "delivery", "handler", "service")
+
+    #: Set once admitted: the context its handler runs in.
+    context: CallContext
 
     def __init__(
         self,
@@ -42,6 +49,22 @@ class Work:
         self.service = service
         #: None for a request to a method the service does not have.
         self.handler = handler
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self.delivery.headers
+
+    def kind(self, request: Request) -> str:
+        return self.consumer.kind(request)
+
+
+class _Raised:
+    """What a handler raised, on its way to being settled."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class WorkConsumer(Protocol):
@@ -118,29 +141,20 @@ class Dispatcher:
         else:
             self.pool.submit(work)
 
+    # Only the handler's call differs between the two twins: admission and settling
+    # are shared, and never raise.
+
     def run(self, work: Work) -> None:
         """Admit, run and settle one delivery, on a handler thread."""
         try:
-            consumer = work.consumer
-            request = consumer.admit(work)
-            handler = work.handler
-            if request is None or handler is None:
+            handler = self._admit(work, asynchronous=False)
+            if handler is None:
                 return
-            context = CallContext(work.service.name, request)
             try:
-                result = self._invoker.invoke(
-                    work.service,
-                    handler,
-                    context,
-                    kind=consumer.kind(request),
-                    headers=work.delivery.headers,
-                )
+                outcome = self._invoker.invoke(work, handler, work.context)
             except Exception as exc:
-                consumer.failed(work, request, exc)
-                return
-            consumer.succeeded(work, result)
-        except Exception as exc:
-            self._unsettled(work, exc)
+                outcome = _Raised(exc)
+            self._settle(work, outcome)
         finally:
             self._done()
 
@@ -148,28 +162,43 @@ class Dispatcher:
         """:meth:`run` for an ``async def`` handler: the same steps, awaited."""
         try:
             async with self._async_slots:
-                consumer = work.consumer
-                request = consumer.admit(work)
-                handler = work.handler
-                if request is None or handler is None:
+                handler = self._admit(work, asynchronous=True)
+                if handler is None:
                     return
-                context = CallContext(work.service.name, request, asynchronous=True)
                 try:
-                    result = await self._invoker.invoke_async(
-                        work.service,
-                        handler,
-                        context,
-                        kind=consumer.kind(request),
-                        headers=work.delivery.headers,
+                    outcome = await self._invoker.invoke_async(
+                        work, handler, work.context
                     )
                 except Exception as exc:
-                    consumer.failed(work, request, exc)
-                    return
-                consumer.succeeded(work, result)
-        except Exception as exc:
-            self._unsettled(work, exc)
+                    outcome = _Raised(exc)
+                self._settle(work, outcome)
         finally:
             self._done()
+
+    def _admit(self, work: Work, *, asynchronous: bool) -> Handler | None:
+        """The handler to run, its context set on ``work``; else None, settled."""
+        try:
+            request = work.consumer.admit(work)
+            handler = work.handler
+            if request is None or handler is None:
+                return None
+            work.context = CallContext(
+                work.service.name, request, asynchronous=asynchronous
+            )
+        except Exception as exc:
+            self._unsettled(work, exc)
+            return None
+        return handler
+
+    def _settle(self, work: Work, outcome: JsonValue | _Raised) -> None:
+        """Reply or ack what the handler returned; what it raised, as a failure."""
+        try:
+            if isinstance(outcome, _Raised):
+                work.consumer.failed(work, work.context.request, outcome.error)
+            else:
+                work.consumer.succeeded(work, outcome)
+        except Exception as exc:
+            self._unsettled(work, exc)
 
     def _unsettled(self, work: Work, exc: Exception) -> None:
         delivery = work.delivery

@@ -7,15 +7,17 @@ context and the chain's decisions; only :meth:`Invoker.invoke` calls and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from rpc.context import CallContext, serving
 from rpc.dependencies import Runtime
 from rpc.middleware import Middleware, Outcome, ServerCall, ServerChain
+from rpc.protocol import Request
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
 
@@ -25,6 +27,38 @@ log = logging.getLogger(__name__)
 HandlerObserver = Callable[[CallContext, Handler, JsonValue, Exception | None], None]
 
 NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Origin(Protocol):
+    """What started a handler run: a delivery, a timer's tick, a test's call.
+
+    Its kind and headers are asked for only when a middleware will see them.
+    """
+
+    @property
+    def service(self) -> ServiceDefinition: ...
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The headers of the message that started the run, as they arrived."""
+
+    def kind(self, request: Request) -> str:
+        """The run's kind for middlewares: "call", "cast", "event" or "timer"."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Direct:
+    """A handler run that no delivery started: a timer's tick, or a test's call."""
+
+    service: ServiceDefinition
+    run_kind: str = "call"
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return NO_HEADERS
+
+    def kind(self, request: Request) -> str:
+        return self.run_kind
 
 
 class Invoker:
@@ -45,48 +79,36 @@ class Invoker:
         return self._middleware
 
     def invoke(
-        self,
-        service: ServiceDefinition,
-        handler: Handler,
-        context: CallContext,
-        *,
-        kind: str = "call",
-        headers: Mapping[str, Any] = NO_HEADERS,
+        self, origin: Origin, handler: Handler, context: CallContext
     ) -> JsonValue:
         """Make a fresh service instance with its dependencies and call the handler."""
-        instance = self._instance(service, context)
+        instance = self._instance(origin.service, context)
         request = context.request
         chain = self._chain
         with serving(context):
             if chain is None:
                 return handler.function(instance, *request.args, **request.kwargs)
             return chain.run(
-                ServerCall(context, handler, kind, headers),
+                ServerCall(context, handler, origin.kind(request), origin.headers),
                 lambda: handler.function(instance, *request.args, **request.kwargs),
             )
 
     async def invoke_async(
-        self,
-        service: ServiceDefinition,
-        handler: Handler,
-        context: CallContext,
-        *,
-        kind: str = "call",
-        headers: Mapping[str, Any] = NO_HEADERS,
+        self, origin: Origin, handler: Handler, context: CallContext
     ) -> JsonValue:
         """:meth:`invoke` for an ``async def`` handler, awaited on the runner's loop.
 
         Each call runs in its own task, so the context (and its deadline) set here
         is seen by this call's nested calls only.
         """
-        instance = self._instance(service, context)
+        instance = self._instance(origin.service, context)
         request = context.request
         chain = self._chain
         with serving(context):
             if chain is None:
                 return await handler.function(instance, *request.args, **request.kwargs)
             return await chain.run_async(
-                ServerCall(context, handler, kind, headers),
+                ServerCall(context, handler, origin.kind(request), origin.headers),
                 lambda: handler.function(instance, *request.args, **request.kwargs),
             )
 

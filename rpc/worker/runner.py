@@ -27,7 +27,7 @@ from rpc.worker.admission import RequestAdmission
 from rpc.worker.consumers import Consumer, DiscoveryResponder, Worker, consumers_for
 from rpc.worker.dispatch import Dispatcher
 from rpc.worker.failures import FailurePolicy
-from rpc.worker.invoke import HandlerObserver, Invoker
+from rpc.worker.invoke import Direct, HandlerObserver, Invoker
 from rpc.worker.replies import ReplyPublisher
 from rpc.worker.retry_queues import RetryQueues
 
@@ -261,7 +261,7 @@ class ServiceRunner:
     ) -> JsonValue:
         """Make a fresh service instance with its dependencies and call the handler,
         through the middleware chain (as a call)."""
-        return self._invoker.invoke(service, handler, context)
+        return self._invoker.invoke(Direct(service), handler, context)
 
     def observe(self, observer: HandlerObserver) -> Callable[[], None]:
         """Call ``observer`` after every handler run; returns what removes it.

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 import time
 
 import orjson
 import pytest
 
-from rpc import AsyncClusterProxy, AsyncRpcFuture, CallTimeoutError, Config, RemoteError
+from rpc import (
+    AsyncClusterProxy,
+    AsyncRpcFuture,
+    BrokerError,
+    CallTimeoutError,
+    Config,
+    RemoteError,
+)
 from rpc.discovery import DiscoveryAnswers
 from rpc.transport import Delivery
 from services.compute import Compute
@@ -182,6 +190,40 @@ def test_after_hooks_see_a_timeout_or_a_cancelled_wait_once():
         ("call svc.method", concurrent.futures.CancelledError),
         ("call svc.method", 2),
     ]
+
+
+def test_a_call_whose_publish_fails_leaves_no_exception_unretrieved(rpc_cluster):
+    rpc_cluster.start(Greeter)
+
+    async def scenario() -> list[dict[str, object]]:
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _, context: unhandled.append(context))
+        async with AsyncClusterProxy(config=rpc_cluster.config) as cluster:
+            await cluster.greeter.hello("ada")  # connected, and the path warmed up
+
+            def lost(*args, **kwargs):
+                # As a broken link does: the I/O thread fails the calls in flight,
+                # and the publish raises.
+                on_io_thread(cluster._pending.connection_lost, OSError("reset"))
+                raise BrokerError("broker connection failed: reset")
+
+            cluster._connection.publish = lost
+            calls = (
+                cluster.call("greeter", "hello", ["ada"]),
+                cluster.call_async("greeter", "hello", ["ada"]),
+                cluster.greeter.hello("ada"),
+                cluster.greeter.hello.call_async("ada"),
+            )
+            for call in calls:
+                with pytest.raises(BrokerError):
+                    await call
+            await asyncio.sleep(0)  # run what the I/O thread scheduled on the loop
+            gc.collect()  # an exception never retrieved is reported on collection
+            del cluster._connection.publish
+        return unhandled
+
+    assert asyncio.run(scenario()) == []
 
 
 # -- discovery -----------------------------------------------------------------------
