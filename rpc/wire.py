@@ -112,7 +112,12 @@ class FrameReader:
         if end - start < FRAME_OVERHEAD:
             return False
         kind, chan, size = FRAME_HEADER.unpack_from(buffer, start)
-        if kind != _HEADER_FRAME or chan != channel or end - start < size + 8:
+        if (
+            kind != _HEADER_FRAME
+            or chan != channel
+            or end - start < size + 8
+            or size < 14
+        ):
             return False
         (body_size,) = _BODY_SIZE.unpack_from(buffer, start + 11)
         start += size + FRAME_OVERHEAD

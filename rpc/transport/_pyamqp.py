@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import amqp
@@ -125,6 +125,13 @@ def buffer_reads(transport: Any) -> wire.FrameReader | None:
     reader = wire.FrameReader(transport._quick_recv, leftover=leftover, on_lost=lost)
     transport.read_frame = reader.read_frame
     return reader
+
+
+def route_reads(
+    transport: Any, read_frame: Callable[[], tuple[int, int, bytes]]
+) -> None:
+    """Have py-amqp's own reads (its waits for an answer) go through ``read_frame``."""
+    transport.read_frame = read_frame
 
 
 def writable(channel: Any) -> Any:
