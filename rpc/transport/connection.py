@@ -35,6 +35,11 @@ class BrokerConnection:
     declare what the owner needs and start its consumers. ``on_disconnect(exc)`` runs
     when the connection is lost, before reconnection starts, so the owner can fail
     what was in flight. ``on_tick()`` runs on the I/O thread about once a second.
+
+    ``exit_on_reader_death`` is for a worker process: should the I/O thread ever
+    die, it logs a CRITICAL line and exits the process with status 70 so that its
+    supervisor starts it again, rather than stay alive but deaf. A client leaves it
+    off: its connection then stops, and its calls fail with BrokerError.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class BrokerConnection:
         on_tick: Callable[[], None] | None = None,
         reconnect: bool = True,
         confirms: bool = False,
+        exit_on_reader_death: bool = False,
     ) -> None:
         self.url = url
         self.name = name
@@ -65,6 +71,7 @@ class BrokerConnection:
             reconnect=reconnect,
             confirms=self._confirms,
             dispatcher=self._dispatcher,
+            exit_on_death=exit_on_reader_death,
         )
         self._reading = link.reading = ReadingRole(link, self._dispatcher)
         self._lock = link.lock
