@@ -19,7 +19,7 @@ from kombu.connection import Connection as KombuConnection
 from kombu.transport import memory as kombu_memory
 
 from rpc import memory, wire
-from rpc.errors import BrokerError
+from rpc.errors import BrokerError, SerializationError
 from rpc.transport import _pyamqp
 from rpc.transport.confirms import Confirms
 from rpc.transport.delivery import DeliveryCallback, from_message, from_returned
@@ -71,7 +71,8 @@ class Driver(Protocol):
         """Publish; False when an in-process transport had no queue to route it to.
 
         ``properties`` holds content_type, content_encoding, application_headers and
-        the other AMQP message properties.
+        the other AMQP message properties. SerializationError, with nothing
+        written, when they cannot be encoded.
         """
 
     def ack(self, channel: Any, delivery_tag: int | str) -> None: ...
@@ -168,6 +169,12 @@ class AmqpDriver:
                     _pyamqp.write_frames(raw, frames)
                     return True
         message = _prepare(channel, body, properties)
+        # Not the common case: the hot path's messages were packed above.
+        unencodable = _pyamqp.encodable(message, exchange, routing_key)
+        if unencodable is not None:
+            raise SerializationError(
+                f"message properties cannot be encoded: {unencodable}"
+            )
         if mandatory:
             channel.basic_publish(
                 message, exchange=exchange, routing_key=routing_key, mandatory=True
