@@ -326,9 +326,12 @@ class BrokerConnection:
         The broker may be gone without a word (a dead link not yet found by
         heartbeats); waiting for ``basic.cancel-ok`` under the lock would then block
         every thread of the owner.
+
+        Deliveries the broker sent before it saw the cancel still reach the
+        consumer's callback (which hands them back): read by py-amqp instead, one
+        it cannot decode would take the connection down.
         """
         with self.channel() as channel:
-            self._dispatcher.remove(channel.channel_id, consumer_tag)
             driver = self._link.driver
             assert driver is not None
             driver.cancel(channel, consumer_tag)

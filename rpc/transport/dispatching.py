@@ -87,9 +87,6 @@ class Dispatcher:
     ) -> None:
         self.consumers[(channel_id, consumer_tag)] = (callback, generation)
 
-    def remove(self, channel_id: int, consumer_tag: str) -> None:
-        self.consumers.pop((channel_id, consumer_tag), None)
-
     def clear(self) -> None:
         """The connection is gone: its consumers, and any message half read."""
         self.consumers = {}
