@@ -293,7 +293,15 @@ def _shortstr(value: Any) -> bytes | None:
 def _unique_shortstr(value: Any) -> bytes | None:
     if not isinstance(value, str):
         return None
-    raw = value.encode("utf-8", "surrogatepass")
+    try:
+        raw = value.encode()
+    except UnicodeEncodeError:
+        # Bytes that were not UTF-8 (another client's correlation id) were read
+        # escaped (see _text): they go back as they came, so its reply matches.
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "surrogatepass")
     return _OCTETS[len(raw)] + raw if len(raw) <= 255 else None
 
 
