@@ -151,7 +151,11 @@ class BrokerConnection:
         mandatory: bool = False,
         **properties: Any,
     ) -> None:
-        """Publish one message on the shared channel."""
+        """Publish one message on the shared channel.
+
+        SerializationError, with nothing sent, when its properties or headers
+        cannot be encoded; BrokerError when the connection fails.
+        """
         link = self._link
         # The lock is taken directly, not through channel(): this is the hot path,
         # and a generator-based context manager costs several times a lock.
