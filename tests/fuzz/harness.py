@@ -153,7 +153,9 @@ class RawPublisher:
             message = self.channel.basic_get(self.reply_queue, no_ack=True)
             if message is None:
                 return
-            yield bytes(message.body)
+            body = message.body
+            # py-amqp hands out the body as text when its content_encoding says so.
+            yield body.encode() if isinstance(body, str) else bytes(body)
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
