@@ -264,10 +264,11 @@ class CallBuilder:
             limit=self.config.max_message_bytes,
         )
         headers = protocol.request_headers(method, deadline, self.caller())
-        key = protocol.routing_key(service, method)
+        key = _routing_key(service, method)
         if shard_key is not None:
             headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
             key = protocol.shard_routing_key(service, method)
+            _fits(key)
         correlation_id = f"{self._id_prefix}{next(self._ids):x}"
         observed = None
         if self._observing:
@@ -302,6 +303,7 @@ class CallBuilder:
         """A request that wants no reply: persistent, mandatory, no deadline."""
         protocol.check_service_name(service)
         protocol.check_method_name(method)
+        key = _routing_key(service, method)
         body = serialization.encode(
             protocol.request_body(args, kwargs or {}),
             limit=self.config.max_message_bytes,
@@ -311,7 +313,6 @@ class CallBuilder:
         if self._observing:
             call = ClientCall(service, method, "cast", args, kwargs or {})
             observed, headers = self._before(call, headers)
-        key = protocol.routing_key(service, method)
         return PreparedCast(service, method, body, headers, key, observed)
 
     def event(
@@ -321,11 +322,12 @@ class CallBuilder:
         body, headers = events.encode_event(
             source, event_type, payload, limit=self.config.max_message_bytes
         )
+        key = protocol.event_routing_key(source, event_type)
+        _fits(key)
         observed = None
         if self._observing:
             call = ClientCall(source, event_type, "event", (payload,), {})
             observed, headers = self._before(call, headers)
-        key = protocol.event_routing_key(source, event_type)
         return PreparedEvent(source, event_type, body, headers, key, observed)
 
     def _before(
@@ -368,3 +370,22 @@ class CallBuilder:
             # A nested call never outlives the call it serves.
             deadline = min(deadline, context.deadline)
         return deadline
+
+
+def _routing_key(service: str, method: str) -> str:
+    """The routing key of ``service.method``; ValueError past what AMQP carries."""
+    key = protocol.routing_key(service, method)
+    # Checked names are ASCII: their length in characters is their length in bytes.
+    if len(key) > protocol.MAX_ROUTING_KEY_BYTES:
+        protocol.check_routing_key(service, method)
+    return key
+
+
+def _fits(key: str) -> None:
+    """ValueError if ``key`` is longer than an AMQP routing key can be."""
+    size = len(key.encode())
+    if size > protocol.MAX_ROUTING_KEY_BYTES:
+        raise ValueError(
+            f"routing key {key[:40]!r}... is {size} bytes, over the "
+            f"{protocol.MAX_ROUTING_KEY_BYTES} bytes AMQP allows"
+        )

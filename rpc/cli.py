@@ -364,14 +364,13 @@ def dead_letters(
     """List the poison messages of SERVICE (they stay queued unless --requeue)."""
     config = _load_config(config_file, broker_url=broker)
     try:
-        letters = dead_letter_tool.inspect(
-            config, service, limit=limit, requeue=requeue
-        )
+        listing = dead_letter_tool.look(config, service, limit=limit, requeue=requeue)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     except RpcError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    letters = listing.letters
     for letter in letters:
         body = letter.body.decode("utf-8", errors="replace")
         if as_json:
@@ -390,8 +389,16 @@ def dead_letters(
                 where = f"{where} (event {letter.event_type})"
             click.echo(f"{letter.reason}\t{where}\t{letter.detail}")
             click.echo(f"    {body[:200]}")
+    held = max(listing.waiting, len(letters))
+    if len(letters) < held:
+        click.echo(
+            f"{held} message(s) in the dead-letter queue, {len(letters)} "
+            f"{'requeued or kept' if requeue else 'printed'} (--limit {limit})",
+            err=True,
+        )
     if not requeue:
-        click.echo(f"{len(letters)} message(s) in the dead-letter queue", err=True)
+        if len(letters) == held:
+            click.echo(f"{held} message(s) in the dead-letter queue", err=True)
         return
     requeued = sum(letter.requeued for letter in letters)
     click.echo(f"{requeued} message(s) requeued", err=True)

@@ -1,6 +1,6 @@
 """The operator's look into a dead-letter queue: list its messages, or requeue them.
 
-``rpc dead-letters SERVICE`` runs :func:`inspect`; the policy that put them there is
+``rpc dead-letters SERVICE`` runs :func:`look`; the policy that put them there is
 :mod:`rpc.deadletter`.
 """
 
@@ -99,10 +99,28 @@ def requeue_queue(service: str, letter: DeadLetter) -> str:
     return protocol.service_queue(service)
 
 
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What :func:`look` found: some of a dead-letter queue's messages, and how
+    many the queue held when it looked."""
+
+    letters: list[DeadLetter]
+    #: Messages in the queue when it was looked at: more than ``letters`` when
+    #: ``limit`` cut the listing short.
+    waiting: int
+
+
 def inspect(
     config: Config, service: str, *, limit: int = 100, requeue: bool = False
 ) -> list[DeadLetter]:
-    """Up to ``limit`` messages of ``service``'s dead-letter queue.
+    """Up to ``limit`` messages of ``service``'s dead-letter queue: :func:`look`."""
+    return look(config, service, limit=limit, requeue=requeue).letters
+
+
+def look(
+    config: Config, service: str, *, limit: int = 100, requeue: bool = False
+) -> Listing:
+    """Up to ``limit`` messages of ``service``'s dead-letter queue, and its depth.
 
     They stay in the queue, unless ``requeue``: then each is published back to the
     queue it came from (:func:`requeue_route`) as a fresh message (its count and
@@ -122,6 +140,7 @@ def inspect(
     )
     connection.start()
     found: list[DeadLetter] = []
+    waiting = 0
     try:
         with connection.channel() as channel:
             returned: list[object] = []
@@ -151,7 +170,7 @@ def inspect(
     finally:
         with contextlib.suppress(Exception):
             connection.stop()
-    return found
+    return Listing(found, waiting)
 
 
 def _republish(

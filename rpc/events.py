@@ -110,7 +110,12 @@ def decode_event(delivery: Delivery, *, limit: int | None = None) -> Event:
         raise SerializationError(
             f"event of {len(delivery.body)} bytes is over the limit of {limit}"
         )
-    payload = serialization.decode(delivery.body, delivery.content_type)
+    encoding = delivery.properties.get("content_encoding")
+    payload = serialization.decode(
+        delivery.body,
+        delivery.content_type,
+        encoding if isinstance(encoding, str) else None,
+    )
     headers = delivery.headers
     source, _, event_type = delivery.routing_key.partition(".")
     return Event(

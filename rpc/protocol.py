@@ -61,6 +61,9 @@ HEADER_FIRST_DEATH_QUEUE = "x-first-death-queue"
 #: On a message a worker dead-lettered: the queue it was taken from, where
 #: ``rpc dead-letters --requeue`` sends it back (absent: the service queue).
 HEADER_ORIGIN_QUEUE = "x-rpc-origin-queue"
+#: On a message dead-lettered as malformed: its content header's payload as it came
+#: (class, weight, body size, flags, properties), base64-encoded.
+HEADER_RAW_PROPERTIES = "x-rpc-raw-properties"
 
 #: Topic exchange events are published to, routed by ``<source>.<event type>``.
 EVENTS_EXCHANGE = "rpc.events"

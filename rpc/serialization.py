@@ -45,7 +45,10 @@ def decode(
     UTF-8: a compressed body (``gzip``) is refused rather than read as garbage.
     """
     check_content_type(content_type)
-    if content_encoding is not None:
+    if (
+        content_encoding is not None
+        and content_encoding not in ACCEPTED_CONTENT_ENCODINGS
+    ):
         check_content_encoding(content_encoding)
     try:
         return orjson.loads(body)

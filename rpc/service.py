@@ -29,9 +29,33 @@ class Handler:
     def bind(self, args: list[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments:
         """Check arguments against the method's signature (self excluded).
 
-        Raises TypeError, with the message Python would give, when they do not fit.
+        Raises TypeError, with the message Python would give, when they do not fit;
+        a keyword the method does not take is named first, where Python would
+        report a missing argument instead.
         """
-        return self.signature.bind(*args, **kwargs)
+        try:
+            return self.signature.bind(*args, **kwargs)
+        except TypeError:
+            unexpected = _unexpected_keyword(self.signature, kwargs)
+            if unexpected is not None:
+                raise TypeError(
+                    f"got an unexpected keyword argument {unexpected!r}"
+                ) from None
+            raise
+
+
+def _unexpected_keyword(
+    signature: inspect.Signature, kwargs: Mapping[str, Any]
+) -> str | None:
+    """The first of ``kwargs`` that no parameter of ``signature`` takes by name."""
+    parameters = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return None
+    for name in kwargs:
+        parameter = parameters.get(name)
+        if parameter is None or parameter.kind is parameter.POSITIONAL_ONLY:
+            return name
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

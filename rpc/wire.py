@@ -112,7 +112,12 @@ class FrameReader:
         if end - start < FRAME_OVERHEAD:
             return False
         kind, chan, size = FRAME_HEADER.unpack_from(buffer, start)
-        if kind != _HEADER_FRAME or chan != channel or end - start < size + 8:
+        if (
+            kind != _HEADER_FRAME
+            or chan != channel
+            or end - start < size + 8
+            or size < 14
+        ):
             return False
         (body_size,) = _BODY_SIZE.unpack_from(buffer, start + 11)
         start += size + FRAME_OVERHEAD
@@ -288,7 +293,15 @@ def _shortstr(value: Any) -> bytes | None:
 def _unique_shortstr(value: Any) -> bytes | None:
     if not isinstance(value, str):
         return None
-    raw = value.encode("utf-8", "surrogatepass")
+    try:
+        raw = value.encode()
+    except UnicodeEncodeError:
+        # Bytes that were not UTF-8 (another client's correlation id) were read
+        # escaped (see _text): they go back as they came, so its reply matches.
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "surrogatepass")
     return _OCTETS[len(raw)] + raw if len(raw) <= 255 else None
 
 

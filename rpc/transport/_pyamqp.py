@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import amqp
@@ -125,6 +125,32 @@ def buffer_reads(transport: Any) -> wire.FrameReader | None:
     reader = wire.FrameReader(transport._quick_recv, leftover=leftover, on_lost=lost)
     transport.read_frame = reader.read_frame
     return reader
+
+
+def route_reads(
+    transport: Any, read_frame: Callable[[], tuple[int, int, bytes]]
+) -> None:
+    """Have py-amqp's own reads (its waits for an answer) go through ``read_frame``."""
+    transport.read_frame = read_frame
+
+
+def encodable(message: Any, exchange: str, routing_key: str) -> str | None:
+    """Why py-amqp cannot encode ``message`` for this publish, or None if it can.
+
+    py-amqp finds out only in the middle of ``basic_publish``, and says so with
+    whatever its encoder raised (a struct.error for a short string over 255
+    bytes, an AttributeError for a timestamp that is a number, FrameSyntaxError,
+    one of its connection errors, for a value of no AMQP type). Asked first, the
+    answer is about the message, and the connection is not given up for it.
+    """
+    for name in (exchange, routing_key):
+        if len(name.encode("utf-8", "surrogatepass")) > 255:
+            return f"a name of over 255 bytes: {name[:40]!r}..."
+    try:
+        message._serialize_properties()
+    except Exception as exc:  # RecursionError included
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def writable(channel: Any) -> Any:

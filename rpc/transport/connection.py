@@ -35,6 +35,11 @@ class BrokerConnection:
     declare what the owner needs and start its consumers. ``on_disconnect(exc)`` runs
     when the connection is lost, before reconnection starts, so the owner can fail
     what was in flight. ``on_tick()`` runs on the I/O thread about once a second.
+
+    ``exit_on_reader_death`` is for a worker process: should the I/O thread ever
+    die, it logs a CRITICAL line and exits the process with status 70 so that its
+    supervisor starts it again, rather than stay alive but deaf. A client leaves it
+    off: its connection then stops, and its calls fail with BrokerError.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class BrokerConnection:
         on_tick: Callable[[], None] | None = None,
         reconnect: bool = True,
         confirms: bool = False,
+        exit_on_reader_death: bool = False,
     ) -> None:
         self.url = url
         self.name = name
@@ -65,6 +71,7 @@ class BrokerConnection:
             reconnect=reconnect,
             confirms=self._confirms,
             dispatcher=self._dispatcher,
+            exit_on_death=exit_on_reader_death,
         )
         self._reading = link.reading = ReadingRole(link, self._dispatcher)
         self._lock = link.lock
@@ -144,7 +151,11 @@ class BrokerConnection:
         mandatory: bool = False,
         **properties: Any,
     ) -> None:
-        """Publish one message on the shared channel."""
+        """Publish one message on the shared channel.
+
+        SerializationError, with nothing sent, when its properties or headers
+        cannot be encoded; BrokerError when the connection fails.
+        """
         link = self._link
         message = _message(content_type, content_encoding, headers, properties)
         # The lock is taken directly, not through channel(): this is the hot path,
@@ -307,9 +318,12 @@ class BrokerConnection:
         The broker may be gone without a word (a dead link not yet found by
         heartbeats); waiting for ``basic.cancel-ok`` under the lock would then block
         every thread of the owner.
+
+        Deliveries the broker sent before it saw the cancel still reach the
+        consumer's callback (which hands them back): read by py-amqp instead, one
+        it cannot decode would take the connection down.
         """
         with self.channel() as channel:
-            self._dispatcher.remove(channel.channel_id, consumer_tag)
             driver = self._link.driver
             assert driver is not None
             driver.cancel(channel, consumer_tag)

@@ -25,6 +25,12 @@ class Delivery:
     #: Connection generation it arrived on: acks are only valid on the same one.
     generation: int
     properties: Mapping[str, Any]
+    #: Why its properties could not be read, when they could not: headers and
+    #: properties are then empty, and the body is as it came.
+    malformed: str | None = None
+    #: The content header's payload as it came, when ``malformed`` (empty when the
+    #: transport never had it as bytes).
+    raw_properties: bytes = b""
 
 
 DeliveryCallback = Callable[[Delivery], None]
@@ -42,6 +48,8 @@ def from_message(message: Any, generation: int) -> Delivery:
     body = message.body
     if isinstance(body, str):
         body = body.encode()
+    if not isinstance(body, bytes) or not isinstance(headers or {}, Mapping):
+        raise TypeError("a message whose body is not bytes or headers not a table")
     return Delivery(
         body=body,
         content_type=content_type,
@@ -57,6 +65,30 @@ def from_message(message: Any, generation: int) -> Delivery:
         consumer_tag=info.get("consumer_tag", ""),
         generation=generation,
         properties=properties,
+    )
+
+
+def malformed_message(message: Any, generation: int, exc: Exception) -> Delivery:
+    """A message :func:`from_message` could not read, with its body as it came."""
+    body = getattr(message, "body", b"")
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogateescape")
+    info = getattr(message, "delivery_info", None)
+    info = info if isinstance(info, dict) else {}
+    return Delivery(
+        body=body if isinstance(body, bytes) else b"",
+        content_type=None,
+        headers={},
+        correlation_id=None,
+        reply_to=None,
+        delivery_tag=info.get("delivery_tag") or _attribute(message, "delivery_tag"),
+        redelivered=bool(info.get("redelivered")),
+        routing_key=str(info.get("routing_key", "")),
+        exchange=str(info.get("exchange", "")),
+        consumer_tag=str(info.get("consumer_tag", "")),
+        generation=generation,
+        properties={},
+        malformed=f"{type(exc).__name__}: {exc}",
     )
 
 

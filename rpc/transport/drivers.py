@@ -19,7 +19,7 @@ from kombu.connection import Connection as KombuConnection
 from kombu.transport import memory as kombu_memory
 
 from rpc import memory, wire
-from rpc.errors import BrokerError
+from rpc.errors import BrokerError, SerializationError
 from rpc.transport import _pyamqp
 from rpc.transport.confirms import Confirms
 from rpc.transport.delivery import DeliveryCallback, from_message, from_returned
@@ -27,6 +27,7 @@ from rpc.transport.delivery import DeliveryCallback, from_message, from_returned
 if TYPE_CHECKING:
     import socket
 
+    from rpc.transport.dispatching import Dispatcher
     from rpc.transport.reading import ReadingRole
 
 log = logging.getLogger("rpc.transport")
@@ -70,7 +71,8 @@ class Driver(Protocol):
         """Publish; False when an in-process transport had no queue to route it to.
 
         ``properties`` holds content_type, content_encoding, application_headers and
-        the other AMQP message properties.
+        the other AMQP message properties. SerializationError, with nothing
+        written, when they cannot be encoded.
         """
 
     def ack(self, channel: Any, delivery_tag: int | str) -> None: ...
@@ -96,10 +98,15 @@ class Driver(Protocol):
         """Cut short a wait of :meth:`turn`."""
 
 
-def open_driver(connection: KombuConnection) -> Driver:
-    """The driver for a connected Kombu connection, after the transport it uses."""
+def open_driver(
+    connection: KombuConnection, dispatcher: Dispatcher | None = None
+) -> Driver:
+    """The driver for a connected Kombu connection, after the transport it uses.
+
+    On py-amqp, ``dispatcher`` sees every frame py-amqp reads for itself first.
+    """
     if connection.transport.driver_type == "amqp":
-        return AmqpDriver(connection)
+        return AmqpDriver(connection, dispatcher)
     return MemoryDriver(connection)
 
 
@@ -114,16 +121,26 @@ class AmqpDriver:
     direct_reply_to = True
     direct_delivery = True
 
-    def __init__(self, connection: KombuConnection) -> None:
+    def __init__(
+        self, connection: KombuConnection, dispatcher: Dispatcher | None = None
+    ) -> None:
         self._connection = connection
         _pyamqp.skip_poll_before_publish(connection)
-        self.raw: Any = _pyamqp.raw_connection(connection)
-        transport = getattr(self.raw, "transport", None)
+        raw = _pyamqp.raw_connection(connection)
+        self.raw: Any = raw
+        transport = getattr(raw, "transport", None)
         _pyamqp.bound_reads(transport, READ_TIMEOUT)
         sock = _pyamqp.socket_of(connection)
         reader = _pyamqp.buffer_reads(transport)
         if sock is None or reader is None:
             raise BrokerError("the py-amqp connection has no socket to read")
+        if dispatcher is not None:
+            # py-amqp waiting for a declaration's answer reads deliveries too:
+            # ours must not reach its decoder.
+            _pyamqp.route_reads(
+                transport,
+                dispatcher.frames_for_py_amqp(reader, lambda: _pyamqp.count_read(raw)),
+            )
         self.sock: socket.socket | None = sock
         self.reader: wire.FrameReader | None = reader
 
@@ -152,6 +169,12 @@ class AmqpDriver:
                     _pyamqp.write_frames(raw, frames)
                     return True
         message = _prepare(channel, body, properties)
+        # Not the common case: the hot path's messages were packed above.
+        unencodable = _pyamqp.encodable(message, exchange, routing_key)
+        if unencodable is not None:
+            raise SerializationError(
+                f"message properties cannot be encoded: {unencodable}"
+            )
         if mandatory:
             channel.basic_publish(
                 message, exchange=exchange, routing_key=routing_key, mandatory=True

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +39,10 @@ WRITE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 
 RECONNECTING = "%s: connection lost (%s); reconnecting"
+READER_DIED = "%s: the thread reading the broker connection died; exiting with %d"
+#: Exit status of a process whose reading thread died (EX_SOFTWARE): its supervisor
+#: (``rpc run``'s, or systemd) starts it again.
+READER_DIED_EXIT = 70
 RECONNECTED = "%s: connected to %s"
 
 
@@ -45,7 +51,9 @@ class Link:
 
     ``on_connect(channel)`` runs under the lock after every (re)connection;
     ``on_disconnect(exc)`` when the connection is lost, before reconnection starts;
-    ``on_tick()`` on the I/O thread about once a second.
+    ``on_tick()`` on the I/O thread about once a second. With ``exit_on_death``,
+    the process exits at once (:func:`exit_process`) if the I/O thread ever ends
+    by an exception: a worker must never stay alive without reading.
     """
 
     def __init__(
@@ -61,8 +69,10 @@ class Link:
         reconnect: bool,
         confirms: Confirms | None,
         dispatcher: Dispatcher,
+        exit_on_death: bool = False,
     ) -> None:
         self.url = url
+        self._exit_on_death = exit_on_death
         self.name = name
         self.heartbeat = heartbeat
         self._connect_timeout = connect_timeout
@@ -210,7 +220,7 @@ class Link:
         try:
             connection.connect()
             channel = connection.channel()
-            driver = drivers.open_driver(connection)
+            driver = drivers.open_driver(connection, self._dispatcher)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 connection.release()
@@ -265,6 +275,23 @@ class Link:
     # -- the I/O thread ------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            if self._exit_on_death:
+                log.critical(READER_DIED, self.name, READER_DIED_EXIT, exc_info=exc)
+                exit_process(READER_DIED_EXIT)
+            # Not a worker (a client in someone's app): fail loudly, never kill it.
+            self.connected.clear()
+            self.stopping.set()
+            log.critical(
+                "%s: the broker connection is unusable", self.name, exc_info=exc
+            )
+            if self._on_disconnect is not None:
+                with contextlib.suppress(Exception):
+                    self._on_disconnect(exc)
+
+    def _serve(self) -> None:
         last_tick = 0.0
         while not self.stopping.is_set():
             try:
@@ -311,3 +338,11 @@ class Link:
                 log.debug("%s: reconnect failed: %s", self.name, error)
             self.stopping.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def exit_process(status: int) -> None:
+    """End this process now, whatever its other threads do; tests replace it."""
+    for stream in (sys.stderr, sys.stdout):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

@@ -152,7 +152,10 @@ class ReadingRole:
             raw = driver.raw
             reader = driver.reader
             assert reader is not None
-            deliver = self._dispatcher.deliver
+            dispatcher = self._dispatcher
+            deliver = dispatcher.deliver
+            take = dispatcher.take
+            partial = dispatcher.partial  # changed in place, never replaced
             deliver_method = wire.DELIVER
             delivered = False
             if not wait:
@@ -171,10 +174,10 @@ class ReadingRole:
                     # there (or the buffer has a frame); SO_RCVTIMEO bounds the wait
                     # for the rest of a frame.
                     frame = reader.read_frame()
-                    if (
+                    if (partial and take(frame)) or (
                         frame[0] == 1
                         and frame[2][:4] == deliver_method
-                        and deliver(raw, reader, frame)
+                        and deliver(reader, frame)
                     ):
                         delivered = True
                     else:

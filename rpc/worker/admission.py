@@ -23,13 +23,8 @@ from rpc.errors import (
 from rpc.protocol import Request
 from rpc.service import Handler, ServiceDefinition
 from rpc.transport import BrokerConnection, Delivery
-from rpc.worker.failures import (
-    FailurePolicy,
-    Origin,
-    copied_properties,
-    copy_and_ack,
-)
-from rpc.worker.replies import ReplyPublisher, error_without_traceback
+from rpc.worker.failures import FailurePolicy, Origin, copied_properties
+from rpc.worker.replies import ReplyPublisher, framework_error
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +82,16 @@ class RequestAdmission:
             return None
         try:
             request = self._decode(service, delivery, method, count)
-        except SerializationError as exc:
-            log.warning("malformed request on %s: %s", service.name, exc)
+        except (SerializationError, MalformedRequestError) as exc:
+            detail = exc.message if isinstance(exc, MalformedRequestError) else str(exc)
+            log.warning("malformed request on %s: %s", service.name, detail)
             if not delivery.reply_to:
                 self._failures.dead_letter(
-                    origin, delivery, deadletter.REASON_MALFORMED, str(exc)
+                    origin, delivery, deadletter.REASON_MALFORMED, detail
                 )
                 return None
-            error = MalformedRequestError("MalformedRequestError", str(exc))
-            self._replies.reply(delivery, error_payload=error_without_traceback(error))
+            error: Exception = MalformedRequestError("MalformedRequestError", detail)
+            self._replies.reply(delivery, error_payload=framework_error(error))
             return None
         remaining = request.remaining()
         if remaining is not None and remaining < 0:
@@ -103,7 +99,7 @@ class RequestAdmission:
             self._connection.ack(delivery)
             return None
         if handler is not None and self._forward_to_shard(
-            service, handler, request, delivery
+            origin, service, handler, request, delivery
         ):
             return None
         rejection = _rejection(service, handler, request)
@@ -124,11 +120,14 @@ class RequestAdmission:
                 f"request of {len(delivery.body)} bytes is over the limit of "
                 f"{self._limit}"
             )
-        args, kwargs = protocol.parse_request_body(
-            serialization.decode(delivery.body, delivery.content_type)
-        )
         headers = delivery.headers
-        deadline = headers.get(protocol.HEADER_DEADLINE)
+        # Before the body: a deadline that cannot be read is refused as such.
+        deadline = protocol.parse_deadline(headers.get(protocol.HEADER_DEADLINE))
+        args, kwargs = protocol.parse_request_body(
+            serialization.decode(
+                delivery.body, delivery.content_type, content_encoding(delivery)
+            )
+        )
         return Request(
             service=service.name,
             method=method,
@@ -136,7 +135,7 @@ class RequestAdmission:
             kwargs=kwargs,
             correlation_id=delivery.correlation_id,
             reply_to=delivery.reply_to,
-            deadline=float(deadline) if isinstance(deadline, (int, float)) else None,
+            deadline=deadline,
             caller=str(headers.get(protocol.HEADER_CALLER, "")),
             redelivered=delivery.redelivered,
             delivery_count=delivery_count,
@@ -144,6 +143,7 @@ class RequestAdmission:
 
     def _forward_to_shard(
         self,
+        origin: Origin,
         service: ServiceDefinition,
         handler: Handler,
         request: Request,
@@ -159,8 +159,8 @@ class RequestAdmission:
             return False  # answered with InvalidArgumentsError
         key = bound.arguments.get(shard_by)
         # Publish, then ack the original: a crash in between runs it twice at worst.
-        copy_and_ack(
-            self._connection,
+        self._failures.copy(
+            origin,
             delivery,
             exchange=protocol.RPC_EXCHANGE,
             routing_key=protocol.shard_routing_key(service.name, request.method),
@@ -180,6 +180,12 @@ class RequestAdmission:
         self._replies.reply(delivery, error_payload=error)
 
 
+def content_encoding(delivery: Delivery) -> str | None:
+    """The content encoding a delivery says its body has, if it says one."""
+    encoding = delivery.properties.get("content_encoding")
+    return encoding if isinstance(encoding, str) else None
+
+
 def rpc_entrypoint(handler: Handler) -> RpcEntrypoint:
     """The entrypoint of a handler of ``ServiceDefinition.rpc_handlers``."""
     return cast(RpcEntrypoint, handler.entrypoint)
@@ -194,12 +200,12 @@ def _rejection(
             "MethodNotFoundError",
             f"service {service.name!r} has no method {request.method!r}",
         )
-        return error_without_traceback(error)
+        return framework_error(error)
     try:
         handler.bind(request.args, request.kwargs)
     except TypeError as exc:
         error = InvalidArgumentsError(
             "InvalidArgumentsError", f"{service.name}.{request.method}(): {exc}"
         )
-        return error_without_traceback(error)
+        return framework_error(error)
     return None

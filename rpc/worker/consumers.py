@@ -489,6 +489,7 @@ class DiscoveryResponder(Consumer):
                 correlation_id=delivery.correlation_id,
                 delivery_mode=1,
             )
-        except BrokerError as exc:
-            # The connection went down meanwhile: the asker hears from the others.
+        except (BrokerError, SerializationError) as exc:
+            # The connection went down meanwhile, or the asker's reply_to cannot
+            # be written back: the asker hears from the others, or from nobody.
             log.debug("discovery reply not sent: %s", exc)

@@ -8,12 +8,14 @@ is asked of the consumer it came from, its :class:`Origin`.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from rpc import deadletter, protocol, serialization
 from rpc.config import Config
+from rpc.errors import MalformedRequestError, SerializationError
 from rpc.protocol import Request
 from rpc.transport import BrokerConnection, Delivery
 from rpc.worker.retry_queues import RetryQueues
@@ -21,8 +23,18 @@ from rpc.worker.retry_queues import RetryQueues
 log = logging.getLogger(__name__)
 
 HANDLER_FAILED = "%s.%s failed: %s"
+UNENCODABLE = "%s: a copy of %s cannot be encoded (%s): dead-lettered as it came"
+DROPPED = "%s: %s could not even be dead-lettered (%s): rejected, not requeued"
+
+#: Largest content header (bytes) a malformed dead letter keeps in
+#: ``x-rpc-raw-properties``: base64 makes it a third larger, and the copy's own
+#: header must still fit the broker's frame size (128 KiB by default).
+RAW_PROPERTIES_KEPT = 64 * 1024
 POISON = "%s: %s was delivered %d times and never acknowledged: poison"
 DEAD_LETTERED = "%s: message moved to the dead-letter queue (%s): %s"
+#: What a dead letter kept as it came says of its body: bytes, whatever they are.
+RAW_CONTENT_TYPE = "application/octet-stream"
+RAW_CONTENT_ENCODING = "binary"
 
 #: Message properties a requeued or dead-lettered copy keeps.
 COPIED_PROPERTIES = (
@@ -91,8 +103,13 @@ class FailurePolicy:
         A redelivery on a classic queue goes to the back of it as a counted copy;
         one past ``delivery_limit`` to the dead-letter queue. The worker enforces
         the limit on quorum queues too: a quorum queue's own limit counts the
-        returns of this copy only, and event queues have none.
+        returns of this copy only, and event queues have none. One whose
+        properties could not be read is never run: it is dead-lettered at once
+        (:meth:`malformed`).
         """
+        if delivery.malformed is not None:
+            self.malformed(origin, delivery)
+            return None
         verdict = deadletter.verdict(
             redelivered=delivery.redelivered,
             headers=delivery.headers,
@@ -156,15 +173,18 @@ class FailurePolicy:
         properties = copied_properties(delivery)
         if after_failure and may_wait:
             routing_key = self._retry_route(routing_key, count, properties)
-        deadline = headers.get(protocol.HEADER_DEADLINE)
-        if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
-            properties["expiration"] = protocol.expiration_ms(float(deadline))
+        try:
+            deadline = protocol.parse_deadline(headers.get(protocol.HEADER_DEADLINE))
+        except MalformedRequestError:
+            deadline = None  # refused when it runs; the copy just keeps no TTL
+        if deadline is not None:
+            properties["expiration"] = protocol.expiration_ms(deadline)
         # Copy and ack in one lock hold on one channel: the ack leaves right behind
         # the copy, before the copy can reach a handler. Waiting for a publisher
         # confirm in between would let a handler that kills its process run the
         # copy first, and the original would come back and be copied again.
-        copy_and_ack(
-            self._connection,
+        self.copy(
+            origin,
             delivery,
             exchange=exchange,
             routing_key=routing_key,
@@ -197,8 +217,8 @@ class FailurePolicy:
         properties = copied_properties(delivery)
         properties.pop("expiration", None)  # kept until an operator looks at it
         properties["delivery_mode"] = 2
-        copy_and_ack(
-            self._connection,
+        self.copy(
+            origin,
             delivery,
             exchange=protocol.DEAD_LETTER_EXCHANGE,
             routing_key=protocol.service_queue(service),
@@ -207,6 +227,71 @@ class FailurePolicy:
             # One that came without a content type is not claimed to be JSON.
             content_type="application/octet-stream",
         )
+
+    def malformed(self, origin: Origin, delivery: Delivery) -> None:
+        """Dead-letter a delivery whose properties could not be read, as it came.
+
+        Never retried: it would fail the same way on every worker.
+        """
+        log.warning(DEAD_LETTERED, origin.service, "malformed", delivery.malformed)
+        self._dead_letter_raw(
+            origin, delivery, f"unreadable properties: {delivery.malformed}"
+        )
+
+    def copy(
+        self,
+        origin: Origin,
+        delivery: Delivery,
+        *,
+        exchange: str,
+        routing_key: str,
+        headers: Mapping[str, Any],
+        properties: dict[str, Any],
+        content_type: str = serialization.CONTENT_TYPE,
+    ) -> None:
+        """:func:`copy_and_ack`; a copy that cannot be encoded (a header of no
+        AMQP type, a property too long) dead-letters the original's bytes instead:
+        requeueing it would come back here, again and again."""
+        try:
+            copy_and_ack(
+                self._connection,
+                delivery,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=headers,
+                properties=properties,
+                content_type=content_type,
+            )
+        except SerializationError as exc:
+            log.error(UNENCODABLE, origin.label, origin.what, exc)
+            self._dead_letter_raw(
+                origin, delivery, f"its copy cannot be encoded: {exc}"
+            )
+
+    def _dead_letter_raw(self, origin: Origin, delivery: Delivery, detail: str) -> None:
+        """Dead-letter ``delivery``'s body as it came, with headers of our own only
+        (``malformed``, why, where from, and its raw properties when kept); when
+        even that cannot be published, reject it without requeue."""
+        headers = deadletter.dead_letter_headers(
+            {}, deadletter.REASON_MALFORMED, detail, queue=origin.queue
+        )
+        raw = delivery.raw_properties
+        if raw and len(raw) <= RAW_PROPERTIES_KEPT:
+            headers[protocol.HEADER_RAW_PROPERTIES] = base64.b64encode(raw).decode()
+        try:
+            self._connection.publish_and_ack(
+                delivery,
+                delivery.body,
+                exchange=protocol.DEAD_LETTER_EXCHANGE,
+                routing_key=protocol.service_queue(origin.service),
+                content_type=RAW_CONTENT_TYPE,
+                content_encoding=RAW_CONTENT_ENCODING,
+                headers=headers,
+                properties={"delivery_mode": 2},
+            )
+        except SerializationError as exc:
+            log.error(DROPPED, origin.label, origin.what, exc)
+            self._connection.reject(delivery, requeue=False)
 
     def _retry_route(self, origin: str, count: int, properties: dict[str, Any]) -> str:
         """The queue a copy for run ``count`` goes to: a retry queue, or ``origin``.

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from rpc import protocol, serialization
 from rpc.errors import SerializationError
 from rpc.serialization import JsonValue
 from rpc.transport import BrokerConnection, Delivery
+
+log = logging.getLogger(__name__)
+
+UNANSWERABLE = "a request for %s cannot be answered, dropped: %s"
 
 
 class ReplyPublisher:
@@ -43,21 +49,39 @@ class ReplyPublisher:
         # Ack only once the reply is out: a crash in between redelivers the request,
         # never drops it. Replies to direct reply-to must not be mandatory: RabbitMQ
         # would return them as unroutable even though they are delivered.
-        self._connection.publish_and_ack(
-            delivery,
-            body,
-            exchange="",
-            routing_key=delivery.reply_to,
-            content_type=serialization.CONTENT_TYPE,
-            # Tells the caller it may retry this method after a connection loss.
-            headers=protocol.reply_headers(idempotent=idempotent),
-            properties={"correlation_id": delivery.correlation_id, "delivery_mode": 1},
-        )
+        try:
+            self._connection.publish_and_ack(
+                delivery,
+                body,
+                exchange="",
+                routing_key=delivery.reply_to,
+                content_type=serialization.CONTENT_TYPE,
+                # Tells the caller it may retry this method after a connection loss.
+                headers=protocol.reply_headers(idempotent=idempotent),
+                properties={
+                    "correlation_id": delivery.correlation_id,
+                    "delivery_mode": 1,
+                },
+            )
+        except SerializationError as exc:
+            # Its reply_to or correlation_id cannot be written back (nothing was):
+            # no reply can reach that caller, and another try would fail the same.
+            log.warning(UNANSWERABLE, delivery.routing_key, exc)
+            self._connection.ack(delivery)
 
 
-def error_without_traceback(error: Exception) -> dict[str, str]:
-    """The error payload of a framework rejection: its type and message, no stack."""
-    payload = serialization.error_payload(error, with_traceback=False)
-    payload["type"] = type(error).__name__
-    payload["message"] = getattr(error, "message", str(error))
-    return payload
+#: Where a framework rejection's one-line traceback says it was refused.
+REFUSED = "refused by the worker before any handler ran"
+
+
+def framework_error(error: Exception) -> dict[str, str]:
+    """The error payload of a framework rejection: its type and message, and for a
+    traceback the one line that says where it was refused (no handler ran, so
+    there is no stack worth sending)."""
+    kind = type(error).__name__
+    message = getattr(error, "message", str(error))
+    return {
+        "type": kind,
+        "message": message,
+        "traceback": f"{kind}: {message} ({REFUSED})",
+    }

@@ -98,6 +98,8 @@ class ServiceRunner:
             heartbeat=self.config.heartbeat,
             connect_timeout=self.config.connect_timeout,
             on_connect=self._set_up,
+            # Alive but deaf is worse than dead: the supervisor restarts a worker.
+            exit_on_reader_death=True,
         )
         self._invoker = Invoker(self, self.middleware)
         self._dispatcher = Dispatcher(

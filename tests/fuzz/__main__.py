@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 
 from rpc.testing import VirtualHosts
 from tests.fuzz.harness import FuzzedWorker, WorkerDied
-from tests.fuzz.strategies import messages
+from tests.fuzz.strategies import Message, messages
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -38,18 +37,27 @@ def main(argv: list[str] | None = None) -> int:
     failure = None
     reply_to = worker.publisher.reply_queue.encode()
 
+    pending: list[Message] = []
+
+    # One message per example, checked a batch at a time: an example of a whole
+    # batch is more than Hypothesis draws in one go, and it would spend its time
+    # making examples it then throws away.
     @settings(
-        max_examples=batches,
+        max_examples=batches * options.batch,
         deadline=None,
         database=None,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(st.lists(messages(reply_to), min_size=options.batch, max_size=options.batch))
-    def batch(sent):
+    @given(messages(reply_to))
+    def batch(message):
         if time.monotonic() > give_up:
             return
-        worker.send(sent)
+        pending.append(message)
+        if len(pending) < options.batch:
+            return
+        worker.send(pending)
+        pending.clear()
         worker.check()
         if worker.stats.batches % 10 == 0:
             print(

@@ -6,9 +6,10 @@ import collections
 import contextlib
 import dataclasses
 import subprocess
+import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import amqp
@@ -16,6 +17,7 @@ import orjson
 import psutil
 
 from rpc import ClusterProxy, protocol
+from rpc.transport import BrokerConnection, Delivery
 from tests.fuzz import frames
 from tests.fuzz.strategies import SERVICE, Message
 from tests.integration.daemons import PROJECT_ROOT, project_env, rpc_command, stop
@@ -147,19 +149,44 @@ class RawPublisher:
             self._channel = self._connection.channel() if self._connection else None
             return 0
 
-    def replies(self) -> Iterator[bytes]:
-        """Take every reply waiting in the reply queue."""
-        for _ in range(100_000):
-            message = self.channel.basic_get(self.reply_queue, no_ack=True)
-            if message is None:
-                return
-            yield bytes(message.body)
-
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+class ReplyReader:
+    """Takes the worker's replies off the fuzzer's reply queue as they come.
+
+    Through rpc's own transport, not py-amqp: a reply echoes the request's
+    correlation id byte for byte, which py-amqp cannot read when it is not UTF-8.
+    """
+
+    def __init__(self, broker_url: str, queue: str) -> None:
+        self._lock = threading.Lock()
+        self._bodies: list[bytes] = []
+        self._connection = BrokerConnection(
+            broker_url,
+            name="fuzz-replies",
+            heartbeat=0,
+            on_connect=lambda channel: self._connection.consume(
+                channel, queue, self._collect, no_ack=True
+            ),
+        )
+        self._connection.start()
+
+    def _collect(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._bodies.append(delivery.body)
+
+    def take(self) -> list[bytes]:
+        with self._lock:
+            bodies, self._bodies = self._bodies, []
+        return bodies
+
+    def close(self) -> None:
+        self._connection.stop()
 
 
 class FuzzedWorker:
@@ -180,6 +207,7 @@ class FuzzedWorker:
         self.pid = self.process.pid
         self.cluster = ClusterProxy(broker_url, timeout=CALL_TIMEOUT)
         self.publisher = RawPublisher(broker_url, self.stats)
+        self.replies = ReplyReader(broker_url, self.publisher.reply_queue)
         self._wait_until_serving(timeout=30.0)
 
     def _wait_until_serving(self, timeout: float) -> None:
@@ -218,7 +246,7 @@ class FuzzedWorker:
         stats.max_rss = max(stats.max_rss, rss)
         if rss > stats.first_rss + RSS_GROWTH:
             raise WorkerDied(f"resident memory grew to {rss / 2**20:.0f} MiB")
-        for body in self.publisher.replies():
+        for body in self.replies.take():
             stats.replies[_reply_kind(body)] += 1
         stats.dead_lettered += self.publisher.purge(protocol.dead_letter_queue(SERVICE))
 
@@ -241,6 +269,7 @@ class FuzzedWorker:
 
     def close(self) -> None:
         self.publisher.close()
+        self.replies.close()
         self.cluster.stop()
         stop([self.process])
         self._log.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
 from pathlib import Path
 
 from rpc import BROADCAST, SINGLETON, CurrentCall, event_handler, rpc
+from rpc.transport.link import Link
 from tests.integration.sample_services import WhoAmI
 
 
@@ -96,3 +98,28 @@ def _act(event: dict[str, str]) -> None:
 def _ran_before(marker: Path, value: str) -> bool:
     lines = marker.read_text().splitlines() if marker.exists() else []
     return any(line.split()[1] == value for line in lines)
+
+
+class DeafWorker:
+    """A worker whose connection's reader is made to die on request."""
+
+    name = "deaf"
+
+    @rpc
+    def echo(self, value: object = None) -> object:
+        return value
+
+    @rpc
+    def break_reader(self) -> None:
+        """For a cast: make this worker's I/O thread die, as a bug in it would.
+
+        The link is marked broken, and what handles that raises where nothing
+        catches it: the thread ends by an exception.
+        """
+        for link in [o for o in gc.get_objects() if isinstance(o, Link)]:
+
+            def lost(exc: BaseException) -> None:
+                raise RuntimeError("a bug in the reconnection (injected by a test)")
+
+            link._lost = lost  # type: ignore[method-assign]
+            link.failed(OSError("cut by a test"))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.fuzz.harness import FuzzedWorker
 from tests.fuzz.strategies import messages
 
-BATCHES = 40
+BATCHES = 300
 
 
 @pytest.fixture(scope="module")

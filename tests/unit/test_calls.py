@@ -244,3 +244,30 @@ def test_a_cancelled_future_is_its_outcome_and_a_late_reply_changes_nothing():
     ((_, outcome),) = tagging.after
     assert isinstance(outcome.error, concurrent.futures.CancelledError)
     assert isinstance(future.exception(), concurrent.futures.CancelledError)
+
+
+# -- names AMQP cannot carry -------------------------------------------------------
+
+LONG_SERVICE = "s" * 200
+LONG_METHOD = "m" * 60  # 261 bytes with the service and the dot
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda calls: calls.request(LONG_SERVICE, LONG_METHOD, [], {}, 5),
+        lambda calls: calls.cast(LONG_SERVICE, LONG_METHOD, [], {}),
+        # 250 bytes, and ".shard" on top.
+        lambda calls: calls.request("s" * 200, "m" * 49, [], {}, 5, shard_key="k"),
+        lambda calls: calls.event("s" * 200, "e." + "t" * 60, {}),
+    ],
+    ids=["call", "cast", "sharded call", "event"],
+)
+def test_names_over_the_routing_key_limit_are_refused_before_sending(build):
+    with pytest.raises(ValueError, match="255 bytes"):
+        build(builder())
+
+
+def test_names_just_within_the_limit_are_sent():
+    prepared = builder().request("s" * 200, "m" * 54, [], {}, 5)
+    assert len(prepared.routing_key) == protocol.MAX_ROUTING_KEY_BYTES

@@ -134,3 +134,30 @@ def test_one_write_gathers_what_write_sends(transport):
         transport.write(b"first")
         transport.write(b"second")
     assert sent == [b"firstsecond"]
+
+
+def test_a_message_is_serialized_by_its_private_serialize_properties():
+    message = amqp.Message(b"", content_type="application/json")
+    assert _pyamqp.encodable(message, "", "q") is None
+
+
+@pytest.mark.parametrize(
+    ("properties", "routing_key"),
+    [
+        ({"priority": 300}, "q"),  # over an octet
+        ({"correlation_id": "\udcff" * 100}, "q"),  # 300 bytes: over a short string
+        ({"application_headers": {"d": {"e": object()}}}, "q"),
+        ({}, "k" * 256),
+    ],
+)
+def test_what_py_amqp_cannot_encode_is_said_before_anything_is_written(
+    properties, routing_key
+):
+    message = amqp.Message(b"", **properties)
+    assert _pyamqp.encodable(message, "", routing_key) is not None
+
+
+def test_py_amqp_reads_frames_through_its_transport_read_frame(transport):
+    frames = iter([(8, 0, b"")])
+    _pyamqp.route_reads(transport, lambda: next(frames))
+    assert transport.read_frame() == (8, 0, b"")

@@ -378,3 +378,16 @@ def test_content_counts_as_buffered_only_whole_and_uninterrupted():
     ):
         reader = ChunkedTransport([], leftover=stream).reader()
         assert not reader.has_content(4)
+
+
+def test_a_correlation_id_that_is_not_utf8_goes_back_as_it_came():
+    # A Go or Java client's raw-byte id: its reply must carry the same bytes.
+    raw = b"\xff\xfe\x00id\x80"
+    payload = struct.pack(">HHQH", 60, 0, 0, 0x0400) + bytes((len(raw),)) + raw
+    correlation_id = wire.decode_content_header(payload)[1]["correlation_id"]
+    data = wire.publish_frames(
+        1, FRAME_MAX, "", "q", False, b"", {"correlation_id": correlation_id}
+    )
+    assert data is not None
+    header = split_frames(data)[1][2]
+    assert header[14:] == bytes((len(raw),)) + raw
