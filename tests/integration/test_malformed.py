@@ -94,6 +94,11 @@ def test_a_poison_message_at_the_head_of_the_queue_does_not_stop_a_starting_work
         publisher.channel.queue_declare(queue, durable=True, auto_delete=False)
         for message in (NESTED, *READABLE):
             publisher.publish(message)
+        # The queue counts what its channel routed a moment later, not at once.
+        deadline = time.monotonic() + TIMEOUT
+        while publisher.depth(queue)[0] < 3:
+            assert time.monotonic() < deadline, "the three messages never queued"
+            time.sleep(0.05)
         assert publisher.depth(queue)[0] == 3
         worker = serving_worker(broker_url, "tests.fuzz.target:Fuzzed")
         cluster = ClusterProxy(broker_url, timeout=5)
