@@ -38,12 +38,12 @@ def bound_arguments(
 def canonical_arguments(policy: Cache, bound: inspect.BoundArguments) -> bytes:
     """One JSON text per distinct call: by parameter name, object keys sorted.
 
-    With a key function, its value stands for the arguments.
+    With a key function, its value stands for the arguments: it is called with
+    every argument by name (the values of ``*args`` or ``**kwargs`` parameters
+    under their own names).
     """
     value: Any = (
-        dict(bound.arguments)
-        if policy.key is None
-        else policy.key(*bound.args, **bound.kwargs)
+        dict(bound.arguments) if policy.key is None else policy.key(**bound.arguments)
     )
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 

@@ -34,7 +34,8 @@ MAX_RETRY_AFTER = 30.0
 _NEVER = 10**9
 
 OUTAGE_STARTED = (
-    "memcached %s failed (%s): its keys go to the other servers, retried in %.0fs"
+    "memcached %s does not answer: its keys go to the other servers until it does "
+    "(next try in %.1fs)"
 )
 OUTAGE_ENDED = "memcached %s answers again after %.1fs: its keys come back to it"
 
@@ -231,9 +232,7 @@ class MemcachedBackend:
                 outage.retry_at = time.monotonic() + outage.retry_after
                 first = False
         if first:
-            log.warning(
-                OUTAGE_STARTED, _label(address), "no answer", outage.retry_after
-            )
+            log.warning(OUTAGE_STARTED, _label(address), outage.retry_after)
 
     def _retry_due(self) -> None:
         """Probe the servers whose back-off is over; put back those that answer."""

@@ -60,8 +60,8 @@ class Cache:
     """How the results of one method are cached, the long form of ``cache=60``.
 
     ``@rpc(idempotent=True, cache=Cache(ttl=300, version=2))``. ``key`` is called
-    with the method's arguments (defaults applied) and returns the JSON value that
-    identifies an entry instead of all the arguments. Bump ``version`` when the
+    with the method's arguments by name (defaults applied) and returns the JSON
+    value that identifies an entry instead of all the arguments. Bump ``version`` when the
     shape of the results changes: entries of other versions are never read again.
     ``invalidate_on`` names events that make entries stale. ``lease`` is how long
     a miss keeps others who miss the same key waiting for its result (0: nobody
