@@ -61,8 +61,9 @@ class Cache:
 
     ``@rpc(idempotent=True, cache=Cache(ttl=300, version=2))``. ``key`` is called
     with the method's arguments by name (defaults applied) and returns the JSON
-    value that identifies an entry instead of all the arguments. Bump ``version`` when the
-    shape of the results changes: entries of other versions are never read again.
+    value that identifies an entry instead of all the arguments. Bump ``version``
+    when the shape of the results changes: entries of other versions are never
+    read again.
     ``invalidate_on`` names events that make entries stale. ``lease`` is how long
     a miss keeps others who miss the same key waiting for its result (0: nobody
     waits, everyone who misses runs the handler).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,8 +132,10 @@ def test_warming_fills_the_cache_before_traffic(cluster, config, tmp_path: Path)
     args_file.write_text("\n".join(lines) + "\n")
     done = CliRunner().invoke(
         main,
-        ["cache", "warm", "accounts.square", "--args-file", str(args_file)]
-        + ["--broker", config.broker_url],
+        [
+            *("cache", "warm", "accounts.square", "--args-file", str(args_file)),
+            *("--broker", config.broker_url),
+        ],
     )
     assert done.exit_code == 0, done.output
     assert "31 calls of accounts.square cached, 0 failed" in done.output
@@ -148,8 +149,10 @@ def test_a_bad_args_file_is_refused_before_anything_is_sent(config, runner, tmp_
     args_file.write_text("[1]\n[2\n")
     done = CliRunner().invoke(
         main,
-        ["cache", "warm", "accounts.square", "--args-file", str(args_file)]
-        + ["--broker", config.broker_url],
+        [
+            *("cache", "warm", "accounts.square", "--args-file", str(args_file)),
+            *("--broker", config.broker_url),
+        ],
     )
     assert done.exit_code == 2 and "line 2" in done.output
     assert RUNS["square"] == 0
