@@ -21,7 +21,7 @@ class Squares:
     name = "squares"
     cache = CachedResults()
 
-    @rpc(idempotent=True, cache=Cache(ttl=600, invalidate_on=[("squares", "forget")]))
+    @rpc(idempotent=True, cache=Cache(ttl=600))
     def square(self, n: int) -> int:
         """``n * n``, after a millisecond of pretended work; cached for 10 minutes."""
         time.sleep(COST)

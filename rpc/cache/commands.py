@@ -16,7 +16,7 @@ from typing import Any
 import click
 import orjson
 
-from rpc.cache.servers import ensure_memcached
+from rpc.cache.servers import ensure_memcached, parse_server
 from rpc.config import Config
 from rpc.errors import RemoteError, RpcError
 from rpc.middleware import ClientCall, Middleware
@@ -58,8 +58,6 @@ def cache() -> None:
 @click.option("--no-install", is_flag=True, help="Never install Memcached.")
 def ensure(config_file: str | None, no_install: bool) -> None:
     """Make sure Memcached is installed (apt-get as root) and local servers run."""
-    from rpc.cache.memcached import parse_server
-
     config = _load_config(config_file)
     try:
         servers = [parse_server(server) for server in config.cache_servers]

@@ -21,11 +21,11 @@ from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheError
 
 from rpc.cache.backend import DEFAULT_MAX_ITEM_BYTES
+from rpc.cache.servers import parse_server
 from rpc.errors import CacheUnavailableError, ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 11211
 #: Seconds an operation on one server may take before it counts as failed.
 DEFAULT_TIMEOUT = 0.25
 RETRY_AFTER = 1.0
@@ -40,32 +40,6 @@ OUTAGE_STARTED = (
 OUTAGE_ENDED = "memcached %s answers again after %.1fs: its keys come back to it"
 
 _T = TypeVar("_T")
-
-
-def parse_server(address: str) -> tuple[str, int]:
-    """``host:port`` (or ``host``, or ``[v6]:port``) as a (host, port) pair."""
-    text = address.strip()
-    host, port = text, DEFAULT_PORT
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port = _port(address, rest.removeprefix(":"))
-    elif text.count(":") == 1:
-        host, _, raw = text.partition(":")
-        port = _port(address, raw)
-    if not host:
-        raise ConfigError(f"cache_servers: no host in {address!r}")
-    return host, port
-
-
-def _port(address: str, raw: str) -> int:
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536:
-        raise ConfigError(f"cache_servers: bad port in {address!r}")
-    return port
 
 
 class _BytesOnly:

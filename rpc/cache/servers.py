@@ -15,10 +15,37 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from rpc.errors import CacheUnavailableError
+from rpc.errors import CacheUnavailableError, ConfigError
 
+DEFAULT_PORT = 11211
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 START_TIMEOUT = 10.0
+
+
+def parse_server(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``host``, or ``[v6]:port``) as a (host, port) pair."""
+    text = address.strip()
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = _port(address, rest.removeprefix(":"))
+    elif text.count(":") == 1:
+        host, _, raw = text.partition(":")
+        port = _port(address, raw)
+    if not host:
+        raise ConfigError(f"cache_servers: no host in {address!r}")
+    return host, port
+
+
+def _port(address: str, raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(f"cache_servers: bad port in {address!r}")
+    return port
 
 
 def memcached_binary() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,8 @@ from click.testing import CliRunner
 from pymemcache.client.base import Client
 
 from rpc import ClusterProxy, Config, ResultCache, ServiceRunner
-from rpc.cache.memcached import OUTAGE_ENDED, OUTAGE_STARTED, parse_server
-from rpc.cache.servers import LocalMemcached
+from rpc.cache.memcached import OUTAGE_ENDED, OUTAGE_STARTED
+from rpc.cache.servers import LocalMemcached, parse_server
 from rpc.cli import main
 from tests.integration.cache_services import RUNS, Accounts
 
@@ -261,3 +262,36 @@ def test_a_server_that_comes_back_takes_its_keys_again(
     assert [r for r in caplog.records if r.msg == OUTAGE_ENDED]
     owners = {backend.server_for(f"user:{n}") for n in range(100)}  # type: ignore[union-attr]
     assert len(owners) == 3
+
+
+def test_a_server_too_slow_to_answer_is_a_miss_then_left_out(
+    broker_url, memcached_servers
+):
+    # Accepts connections (the kernel does, into its backlog) and never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        slow = ("127.0.0.1", silent.getsockname()[1])
+        config = Config(
+            broker_url=broker_url,
+            cache_servers=(f"{slow[0]}:{slow[1]}", *memcached_servers.addresses[:2]),
+            cache_timeout=0.2,
+        )
+        with (
+            ServiceRunner([Accounts], config) as runner,
+            ClusterProxy(config=config) as cluster,
+        ):
+            started = time.monotonic()
+            numbers = list(range(60))
+            assert [cluster.accounts.square(n) for n in numbers] == [
+                n * n for n in numbers
+            ]
+            assert [cluster.accounts.square(n) for n in numbers] == [
+                n * n for n in numbers
+            ]
+            took = time.monotonic() - started
+            cache = result_cache(runner)
+    assert cache.backend.down == [slow]  # type: ignore[union-attr]
+    assert 1 <= cache.stats.total("error") <= 2  # the call that waited, and no other
+    assert cache.stats.total("hit") >= 58
+    assert took < 10

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rpc import Cache, ServiceDefinitionError, rpc
+from rpc import Cache, Config, ConfigError, ServiceDefinitionError, rpc
 from rpc.cache import keys
 from rpc.cache.policy import InvalidateOn, policy_of
+from rpc.cache.servers import parse_server
 from rpc.service import ServiceDefinition
 
 
@@ -174,3 +175,32 @@ def test_invalidate_on_adds_one_event_handler_per_rule():
         ("users", ("x.#",)),
     ]
     assert all(e.method_name.startswith("profile__invalidate_") for e in events)
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("10.0.0.1:11212", ("10.0.0.1", 11212)),
+        ("cache.internal", ("cache.internal", 11211)),
+        (" memcached-1:11211 ", ("memcached-1", 11211)),
+        ("[::1]:11300", ("::1", 11300)),
+        ("[::1]", ("::1", 11211)),
+    ],
+)
+def test_server_addresses(address, expected):
+    assert parse_server(address) == expected
+
+
+@pytest.mark.parametrize("address", ["", ":11211", "host:port", "host:0", "h:70000"])
+def test_bad_server_addresses_are_config_errors(address):
+    with pytest.raises(ConfigError, match="cache_servers"):
+        parse_server(address)
+
+
+def test_cache_servers_come_from_a_list_or_a_comma_separated_variable():
+    assert Config(cache_servers=["a:1", "b:2"]).cache_servers == ("a:1", "b:2")
+    loaded = Config.load(environ={"RPC_CACHE_SERVERS": "a:1, b:2,"})
+    assert loaded.cache_servers == ("a:1", "b:2")
+    assert Config().cache_servers == ()
+    with pytest.raises(ConfigError):
+        Config(cache_timeout=0)
