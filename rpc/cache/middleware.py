@@ -121,7 +121,9 @@ class ResultCache(Middleware):
             return None
         try:
             cached = self._lookup(call, backend, miss)
-        except CacheUnavailableError:
+        except Exception:
+            # CacheUnavailableError, or whatever a store of one's own raises: the
+            # call goes on without the cache.
             miss.result = ERROR
             return None
         if cached is None:
@@ -151,14 +153,14 @@ class ResultCache(Middleware):
                     result = TOO_LARGE
         except SerializationError:
             pass  # the reply fails the same way, and says so to the caller
-        except CacheUnavailableError:
+        except Exception:
             result = ERROR
         finally:
             self.stats.count(call.service, call.method, result)
             if miss.lease is not None:
                 # Waiters see the value (or, after an error, no lease) and stop.
                 # Unreachable, it expires by itself in a few seconds.
-                with contextlib.suppress(CacheUnavailableError):
+                with contextlib.suppress(Exception):
                     backend.delete(miss.lease)
 
     # -- keys and lookups ----------------------------------------------------------
@@ -235,11 +237,12 @@ class ResultCache(Middleware):
         return None
 
     def _on_event(self, call: ServerCall, handler: InvalidateOnEvent) -> Outcome:
-        """Drop the entry an event names; raise (so it is retried) if unreachable."""
-        args, kwargs = handler.rule.entry_arguments(
-            call.context.request.args[0] if call.context.request.args else None
-        )
+        """Drop the entry an event names. What fails (a server that does not answer,
+        a payload the key function cannot read) fails the event's handler run, so
+        the event is retried, then dead-lettered, like any other."""
+        payload = call.context.request.args[0] if call.context.request.args else None
         try:
+            args, kwargs = handler.rule.entry_arguments(payload)
             self.invalidate(call.service, handler.method, args, kwargs)
         except Exception as exc:
             return Outcome(error=exc)
