@@ -76,6 +76,7 @@ class ResultCache(Middleware):
         self.backend = backend
         self.stats = stats if stats is not None else CacheStats()
         self._methods: dict[tuple[str, str], Handler] = {}
+        self._binders: dict[tuple[str, str], keys.ArgumentBinder] = {}
         self._unkeyable: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -176,9 +177,13 @@ class ResultCache(Middleware):
         policy = policy_of(handler)
         if policy is None:
             raise ValueError(f"{service}.{handler.name} is not cached")
-        bound = keys.bound_arguments(handler.signature, args, kwargs)
+        binder = self._binders.get((service, handler.name))
+        if binder is None or binder.signature is not handler.signature:
+            binder = keys.ArgumentBinder(handler.signature)
+            self._binders[service, handler.name] = binder
+        arguments = binder.arguments(args, kwargs)
         return keys.entry_key(
-            service, handler.name, policy, keys.canonical_arguments(policy, bound)
+            service, handler.name, policy, keys.canonical_arguments(policy, arguments)
         )
 
     def invalidate(

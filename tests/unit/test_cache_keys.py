@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from rpc import Cache, Config, ConfigError, ServiceDefinitionError, rpc
@@ -33,9 +35,9 @@ def key_of(method: str, *args: object, **kwargs: object) -> str:
     definition = ServiceDefinition.from_class(Users)
     handler = definition.rpc_handlers[method]
     policy = handler.entrypoint.cache  # type: ignore[attr-defined]
-    bound = keys.bound_arguments(handler.signature, list(args), kwargs)
+    arguments = keys.ArgumentBinder(handler.signature).arguments(list(args), kwargs)
     return keys.entry_key(
-        "users", method, policy, keys.canonical_arguments(policy, bound)
+        "users", method, policy, keys.canonical_arguments(policy, arguments)
     )
 
 
@@ -204,3 +206,24 @@ def test_cache_servers_come_from_a_list_or_a_comma_separated_variable():
     assert Config().cache_servers == ()
     with pytest.raises(ConfigError):
         Config(cache_timeout=0)
+
+
+def test_the_quick_binding_agrees_with_the_signature():
+    def plain(a, b=2, c=None): ...
+
+    def odd(a, /, b, *rest, c=3, **more): ...
+
+    for function, calls in [
+        (plain, [([1], {}), ([1, 5], {}), ([], {"a": 1, "c": [1]}), ([1], {"c": 4})]),
+        (odd, [([1, 2], {}), ([1, 2, 3, 4], {"c": 5, "z": 6})]),
+    ]:
+        signature = inspect.signature(function)
+        binder = keys.ArgumentBinder(signature)
+        for args, kwargs in calls:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            assert binder.arguments(args, kwargs) == dict(bound.arguments)
+    binder = keys.ArgumentBinder(inspect.signature(plain))
+    for args, kwargs in [([1, 2, 3, 4], {}), ([1], {"a": 1}), ([], {"x": 1}), ([], {})]:
+        with pytest.raises(TypeError):
+            binder.arguments(args, kwargs)
