@@ -105,18 +105,28 @@ def distribution(count: int) -> dict[str, Any]:
 # -- the batches -------------------------------------------------------------------
 
 
-def batches(cluster: ClusterProxy, plan: CachePlan, seed: int = 8) -> list[float]:
-    """Seconds of each batch of ``plan.calls`` cached calls over random inputs."""
+def batches(
+    cluster: ClusterProxy, plan: CachePlan, seed: int = 8
+) -> tuple[list[float], list[float]]:
+    """Seconds of each batch of ``plan.calls`` cached calls over random inputs, and
+    the share of each batch's calls that asked a number asked before (a hit, as
+    nothing expires or is evicted during the run)."""
     rng = random.Random(seed)
     square = cluster.squares.square
-    seconds = []
+    seconds, repeats = [], []
+    asked: set[int] = set()
     for _ in range(plan.batches):
         numbers = [rng.randint(0, plan.domain) for _ in range(plan.calls)]
+        again = 0
         started = time.perf_counter()
         for n in numbers:
             square(n)
         seconds.append(time.perf_counter() - started)
-    return seconds
+        for n in numbers:
+            again += n in asked
+            asked.add(n)
+        repeats.append(again / len(numbers))
+    return seconds, repeats
 
 
 def p50_us(method: Any, numbers: list[int]) -> float:
@@ -140,7 +150,7 @@ def run(broker_url: str, plan: CachePlan = FULL) -> dict[str, Any]:
         ):
             for n in range(50):  # connections warm, nothing cached that counts
                 cluster.squares.square_uncached(n)
-            seconds = batches(cluster, plan)
+            seconds, repeats = batches(cluster, plan)
             learnt = list(range(plan.domain + 1))[: plan.latency_calls]
             for n in learnt:
                 cluster.squares.square(n)  # all cached now
@@ -149,6 +159,7 @@ def run(broker_url: str, plan: CachePlan = FULL) -> dict[str, Any]:
                 "calls": plan.calls,
                 "domain": plan.domain,
                 "seconds": [round(s, 3) for s in seconds],
+                "hit_share": [round(r, 3) for r in repeats],
             }
             results["latency"] = {
                 "calls": len(order),
@@ -175,6 +186,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
             + " |",
             "|" + "---:|" * len(batch["seconds"]),
             "| " + " | ".join(f"{s:.2f}" for s in batch["seconds"]) + " |",
+            "| " + " | ".join(f"{h:.0%}" for h in batch.get("hit_share", [])) + " |",
+            "",
+            "(second row: the share of each batch's calls that were hits)",
             "",
         ]
         latency = results["latency"]

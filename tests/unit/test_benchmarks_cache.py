@@ -30,11 +30,17 @@ def test_losing_one_server_of_four_moves_its_quarter_only_with_rendezvous():
 def test_the_markdown_has_one_row_per_scheme_and_the_batches():
     results = {
         "distribution": cache.distribution(1000),
-        "batches": {"calls": 2000, "domain": 5000, "seconds": [2.5, 1.5, 1.0]},
+        "batches": {
+            "calls": 2000,
+            "domain": 5000,
+            "seconds": [2.5, 1.5, 1.0],
+            "hit_share": [0.1, 0.5, 0.75],
+        },
         "latency": {"calls": 2000, "cached_p50_us": 900.0, "uncached_p50_us": 2100.0},
     }
     text = "\n".join(cache.markdown(results))
     assert "| 2.50 | 1.50 | 1.00 |" in text
+    assert "| 10% | 50% | 75% |" in text
     assert "| cached (a hit) | 900 |" in text
     for scheme in results["distribution"]["shares"]:
         assert f"| {scheme} |" in text
