@@ -52,6 +52,12 @@ class Config:
     middleware: tuple[str, ...] = ()
     #: Free-form settings for services, read through the ``Config`` dependency.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Memcached servers of the result cache (``host:port``); none: nothing cached.
+    cache_servers: tuple[str, ...] = ()
+    #: Seconds a cache server may take to answer before it counts as down.
+    cache_timeout: float = 0.25
+    #: Largest item the cache servers keep (memcached ``-I``), key and value.
+    cache_max_item_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.default_timeout <= 0:
@@ -80,6 +86,7 @@ class Config:
             object.__setattr__(self, "middleware", tuple(self.middleware))
         if "://" not in self.broker_url:
             raise ConfigError(f"broker_url is not a URL: {self.broker_url!r}")
+        _check_cache_settings(self)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed; ``None`` values leave a field as it is."""
@@ -140,3 +147,16 @@ def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
             name = ENV_PREFIX + field.name.upper()
             raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
     return values
+
+
+def _check_cache_settings(config: Config) -> None:
+    servers: Any = config.cache_servers
+    if isinstance(servers, str):
+        # From the environment: RPC_CACHE_SERVERS="10.0.0.1:11211,10.0.0.2:11211".
+        servers = servers.split(",")
+    servers = tuple(str(server).strip() for server in servers if str(server).strip())
+    object.__setattr__(config, "cache_servers", servers)
+    if config.cache_timeout <= 0:
+        raise ConfigError("cache_timeout must be positive")
+    if config.cache_max_item_bytes < 1024:
+        raise ConfigError("cache_max_item_bytes must be at least 1024")

@@ -503,3 +503,13 @@ def timer_queue(service: str, method: str) -> str:
 def timer_queue_arguments() -> dict[str, Any]:
     """Arguments of :func:`timer_queue`: one active consumer receives the token."""
     return {"x-single-active-consumer": True}
+
+
+# -- the result cache ------------------------------------------------------------
+
+#: Header of a call to a cached method that acts on its cache entry instead.
+HEADER_CACHE = "x-rpc-cache"
+#: Drop the entry of the call's arguments; the handler does not run.
+CACHE_INVALIDATE = "invalidate"
+#: Run the handler whatever is cached, and store its result.
+CACHE_REFRESH = "refresh"
