@@ -20,6 +20,7 @@ from rpc.dependencies import (
 )
 from rpc.entrypoints import event_handler, rpc
 from rpc.errors import (
+    AccessRefusedError,
     BrokerError,
     CallError,
     CallTimeoutError,
@@ -47,6 +48,7 @@ __all__ = [
     "SERVICE_POOL",
     "SINGLETON",
     "USE_DEFAULT",
+    "AccessRefusedError",
     "AsyncClusterProxy",
     "AsyncMethodProxy",
     "AsyncRpcFuture",

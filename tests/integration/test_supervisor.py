@@ -219,6 +219,11 @@ def test_sighup_replaces_every_child_without_losing_a_call(
     assert set(served) & old
     assert set(served) & new
     assert log.read_text().count("did not drain") == 0
+    # Each old worker's stop is told, not only the new ones' start.
+    text = log.read_text()
+    for pid in old:
+        assert f"stopping the old process (pid {pid})" in text
+        assert f"old process (pid {pid}) stopped" in text
 
 
 def test_a_crash_loop_is_restarted_with_growing_delays(tmp_path):
