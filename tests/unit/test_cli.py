@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from rpc import Config, ConfigError, __version__, cli, logs
 from rpc.call_log import CALL_LOG_PATH
-from rpc.cli_base import importable
+from rpc.cli_base import Progress, importable
 from rpc.cli_settings import FLAGS, WORKER
 
 MEMORY = "memory://"
@@ -247,3 +247,14 @@ def test_a_service_module_that_is_not_there_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     line = one_line_error(invoke("run", "nowhere_mod:Svc", "--broker", MEMORY), 2)
     assert "cannot import 'nowhere_mod'" in line
+
+
+def test_a_long_phase_says_how_far_it_is(caplog):
+    progress = Progress("requeued", every=0.0)
+    with caplog.at_level(logging.INFO, logger=logs.STATUS_LOGGER):
+        for done in range(1, 4):
+            progress(done, 3)
+    lines = [r.getMessage() for r in caplog.records if r.name == logs.STATUS_LOGGER]
+    # Not after the last one: the command's own summary says that.
+    assert lines == ["requeued 1 of 3 messages...", "requeued 2 of 3 messages..."]
+
