@@ -114,11 +114,20 @@ def settings(*names: str) -> Callable[[_Command], _Command]:
                 multiple=flag.multiple,
                 metavar=flag.metavar,
                 envvar=flag.envvar,
-                help=flag.help,
+                help=flag.help + _default_of(name),
             )(command)
         return config_option(command)
 
     return decorate
+
+
+def _default_of(name: str) -> str:
+    """`` [default: 30.0]`` for the help: the flag itself defaults to "not given",
+    so that the environment and the file can still set it."""
+    default = {field.name: field.default for field in dataclasses.fields(Config)}[name]
+    if default is dataclasses.MISSING or default in ((), None):
+        return ""
+    return f" [default: {default}]"
 
 
 def load_config(config_file: str | None, **values: Any) -> Config:

@@ -125,7 +125,8 @@ class Link:
                 break
             except BrokerError as exc:
                 refused = isinstance(exc, AccessRefusedError)
-                if refused or time.monotonic() + backoff > deadline:
+                remaining = deadline - time.monotonic()
+                if refused or remaining <= 0:
                     # The caller may start again later: leave no sockets behind.
                     self.close_wake_sockets()
                     if refused or attempts == 1:
@@ -136,7 +137,8 @@ class Link:
                     ) from exc
                 if attempts == 1:
                     status.info(RETRYING, exc, self._connect_timeout)
-                time.sleep(backoff)
+                # The last attempt is made at the deadline, not a backoff before it.
+                time.sleep(min(backoff, remaining))
                 backoff = min(backoff * 2, MAX_BACKOFF)
         self.thread = threading.Thread(
             target=self._run, name=f"rpc-io-{self.name}", daemon=True
