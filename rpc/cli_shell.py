@@ -19,7 +19,6 @@ import click
 from rpc.cli_base import RpcCommand
 from rpc.cli_settings import CLIENT, load_config, settings
 from rpc.config import Config
-from rpc.logs import status
 from rpc.proxy import ClusterProxy
 
 
@@ -86,7 +85,7 @@ def interact(text: str, namespace: dict[str, Any], *, plain: bool) -> None:
 def shell(config_file: str | None, plain: bool, **values: Any) -> None:
     """An interactive Python with `cluster`, a ClusterProxy on the broker."""
     config = load_config(config_file, **values)
-    status.info("connecting to %s...", masked(config.broker_url))
+    # A broker slow to answer says so itself: the connection logs "retrying...".
     cluster = ClusterProxy(config=config).start()
     try:
         services = cluster.discover()

@@ -18,6 +18,7 @@ from services.greeter import Greeter
 from services.shop import Stock
 from tests.integration.daemons import PROJECT_ROOT, project_env, rpc_command, stop
 from tests.integration.faults import wait_for
+from tests.readme import README
 
 SLOW = "tests.integration.sample_services:Echo"
 
@@ -288,3 +289,23 @@ def test_the_shell_has_a_connected_cluster_and_lists_what_runs(broker_url):
     assert "`cluster` is a ClusterProxy connected to amqp://guest:**@" in done.stderr
     assert "  greeter (1): hello" in done.stderr
     assert "  stock (1): sold; events: on_order" in done.stderr
+
+
+def test_the_readme_shell_session_runs_as_shown(broker_url):
+    text = README.read_text()
+    start = text.index("    $ rpc shell --plain\n")
+    shown = []
+    for line in text[start:].splitlines()[1:]:
+        if not line.startswith("    "):
+            break
+        shown.append(line[4:])
+    banner = [line for line in shown if not line.startswith(">>> ")][:-1]
+    typed = [line[4:] for line in shown if line.startswith(">>> ")]
+    with ServiceRunner([Greeter], Config(broker_url=broker_url)):
+        done, _ = rpc(broker_url, "shell", "--plain", stdin="\n".join(typed) + "\n")
+    assert done.returncode == 0, done.stderr
+    # The URL differs (the test's own vhost): the rest of the banner is as shown.
+    printed = done.stderr.splitlines()
+    assert printed[0].startswith(banner[0].rsplit(" ", 1)[0] + " amqp://guest:**@")
+    assert printed[1 : len(banner)] == banner[1:]
+    assert shown[-1] in done.stdout  # 'Hello, shell!'

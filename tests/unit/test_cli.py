@@ -257,4 +257,3 @@ def test_a_long_phase_says_how_far_it_is(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == logs.STATUS_LOGGER]
     # Not after the last one: the command's own summary says that.
     assert lines == ["requeued 1 of 3 messages...", "requeued 2 of 3 messages..."]
-
