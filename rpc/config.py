@@ -174,8 +174,10 @@ def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False}
-_BOOLEANS["no"] = False
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "yes"), True),
+    **dict.fromkeys(("0", "false", "no"), False),
+}
 _TYPE_NAMES = {
     int: "an integer",
     float: "a number",

@@ -168,13 +168,19 @@ def test_a_closed_port_says_retrying_then_fails_in_the_configured_time():
     assert took < 8
 
 
-def test_a_refused_login_fails_at_once_without_retrying(broker_url):
-    wrong = broker_url.replace("guest:guest@", "guest:wrong-password@", 1)
-    assert wrong != broker_url
-    done, took = rpc(wrong, "call", "greeter.hello")
+@pytest.mark.parametrize("wrong", ["password", "vhost"])
+def test_a_refused_login_fails_at_once_without_retrying(broker_url, wrong):
+    if wrong == "password":
+        url = broker_url.replace("guest:guest@", "guest:wrong-password@", 1)
+        refusal = "ACCESS_REFUSED"
+    else:
+        url = broker_url.rsplit("/", 1)[0] + "/no-such-vhost-for-rpc-tests"
+        refusal = "NOT_ALLOWED"
+    assert url != broker_url
+    done, took = rpc(url, "call", "greeter.hello")
     line = one_error_line(done)
     assert line.startswith("AccessRefusedError: the broker at amqp://guest:**@")
-    assert "ACCESS_REFUSED" in line
+    assert refusal in line
     assert "retrying" not in done.stderr
     assert took < 8  # connect_timeout is 10 s: no retry happened
 
