@@ -237,12 +237,16 @@ def _call_when_served(
 ) -> Any:
     # Only "no queue yet" is retried: any other failure is an answer.
     give_up = time.monotonic() + wait
+    said = False
     while True:
         try:
             return cluster.call(service, method, args, kwargs)
         except UnknownServiceError:
             if time.monotonic() >= give_up:
                 raise
+            if not said:
+                said = True
+                status.info("no worker of %s yet; waiting up to %g s...", service, wait)
             time.sleep(0.5)
 
 

@@ -257,3 +257,10 @@ def test_a_long_phase_says_how_far_it_is(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == logs.STATUS_LOGGER]
     # Not after the last one: the command's own summary says that.
     assert lines == ["requeued 1 of 3 messages...", "requeued 2 of 3 messages..."]
+
+
+def test_call_wait_says_it_is_waiting_for_a_worker(memory_broker_url):
+    result = invoke("call", "nobody.ping", "--broker", memory_broker_url, "--wait", "1")
+    assert result.exit_code == 1
+    assert "no worker of nobody yet; waiting up to 1 s..." in result.output
+    assert result.output.splitlines()[-1].startswith("UnknownServiceError: ")
