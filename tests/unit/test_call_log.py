@@ -69,3 +69,22 @@ def test_a_deadline_from_another_day_says_when_it_was():
         "was 1970-01-01 00:00:00 UTC, long past (is the caller's clock wrong?)"
     )
     assert "1796161200" not in text
+
+
+def test_discovery_keeps_timers_and_events_of_every_worker():
+    from rpc import protocol
+
+    timer = {"kind": "timer", "interval": 1.0}
+    event = {"kind": "event_handler", "source_service": "shop"}
+    with_timer = {"service": "s", "methods": {}, "timers": {"t": timer}}
+    with_event = {"service": "s", "methods": {}, "events": {"e": event}}
+    replies = [
+        {"worker": "a", "services": [with_timer]},
+        {"worker": "b", "services": [with_event]},
+        {"worker": "c", "services": [{"service": "plain", "methods": {"m": {}}}]},
+    ]
+    merged = protocol.merge_discovery(replies)
+    assert merged["s"] == {
+        "methods": {}, "workers": 2, "timers": {"t": timer}, "events": {"e": event}
+    }  # fmt: skip
+    assert merged["plain"] == {"methods": {"m": {}}, "workers": 1}
