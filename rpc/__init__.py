@@ -23,6 +23,7 @@ from rpc.dependencies import (
 )
 from rpc.entrypoints import event_handler, rpc
 from rpc.errors import (
+    AccessRefusedError,
     BrokerError,
     CacheUnavailableError,
     CallError,
@@ -51,6 +52,7 @@ __all__ = [
     "SERVICE_POOL",
     "SINGLETON",
     "USE_DEFAULT",
+    "AccessRefusedError",
     "AsyncClusterProxy",
     "AsyncMethodProxy",
     "AsyncRpcFuture",

@@ -10,9 +10,15 @@ import time
 from urllib.parse import urlsplit
 
 from rpc.errors import BrokerError
+from rpc.logs import status
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", ""})
 START_TIMEOUT = 90.0
+#: The port ``rabbitmq-server`` listens on unless configured otherwise: the only
+#: one a broker started here can be waited for on.
+DEFAULT_PORT = 5672
+#: Seconds between two "still waiting" lines while a broker starts.
+PROGRESS_EVERY = 5.0
 
 
 def address_of(url: str) -> tuple[str, int]:
@@ -59,6 +65,20 @@ def _ensure_reachable(url: str, *, install: bool, log: bool) -> str:
         raise BrokerError(
             f"no broker answers at {host}:{port}; start it, or set RPC_BROKER_URL"
         )
+    if port != DEFAULT_PORT:
+        # rabbitmq-server would start on 5672 (or clash with the node running
+        # there) and the wait for this port would never end: say so now.
+        where = f"[{host}]" if ":" in host else host
+        if is_reachable(f"amqp://{where}:{DEFAULT_PORT}/"):
+            raise BrokerError(
+                f"nothing listens on {host}:{port}, but a broker answers on "
+                f"{host}:{DEFAULT_PORT}: fix the port in the broker URL"
+            )
+        raise BrokerError(
+            f"nothing listens on {host}:{port}; rpc broker ensure starts a local "
+            f"RabbitMQ on port {DEFAULT_PORT} only: start the broker meant to "
+            "listen there, or fix the port in the broker URL"
+        )
     if shutil.which("rabbitmq-server") is None:
         if not install or shutil.which("apt-get") is None or os.geteuid() != 0:
             raise BrokerError(
@@ -67,14 +87,45 @@ def _ensure_reachable(url: str, *, install: bool, log: bool) -> str:
             )
         _run(["apt-get", "update", "-q"], log)
         _run(["apt-get", "install", "-y", "-q", "rabbitmq-server"], log)
-    if not is_reachable(url):
+    if _node_running():
+        # A node is up but not listening yet (still booting): a second one would
+        # only clash with it.
+        status.info("a RabbitMQ node runs here; waiting for it to listen on %d", port)
+    elif not is_reachable(url):
+        status.info("starting RabbitMQ (rabbitmq-server -detached)...")
         _run(["rabbitmq-server", "-detached"], log)
-    deadline = time.monotonic() + START_TIMEOUT
+    started = time.monotonic()
+    deadline = started + START_TIMEOUT
+    next_report = started + PROGRESS_EVERY
     while time.monotonic() < deadline:
         if is_reachable(url):
             return f"started RabbitMQ at {host}:{port}"
+        if time.monotonic() >= next_report:
+            next_report += PROGRESS_EVERY
+            waited = time.monotonic() - started
+            status.info(
+                "waiting for RabbitMQ to listen on %s:%d (%.0f s of %.0f)...",
+                host,
+                port,
+                waited,
+                START_TIMEOUT,
+            )
         time.sleep(0.5)
     raise BrokerError(f"RabbitMQ did not start listening on {host}:{port} in time")
+
+
+def _node_running() -> bool:
+    """Whether a RabbitMQ node named ``rabbit`` is registered with epmd here."""
+    epmd = shutil.which("epmd")
+    if epmd is None:
+        return False
+    try:
+        names = subprocess.run(
+            [epmd, "-names"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.startswith("name rabbit ") for line in names.splitlines())
 
 
 def _run(command: list[str], log: bool) -> None:

@@ -46,8 +46,8 @@ def reply_result(delivery: Delivery, service: str) -> JsonValue:
 def not_routed(service: str, label: str) -> UnknownServiceError:
     """The error of a cast or call that the broker could not route to a queue."""
     return UnknownServiceError(
-        f"no service {service!r} is listening: the broker could not route "
-        f"{label} to any queue"
+        f"no service {service!r}: no worker of it has declared its queue, so the "
+        f"broker could not route {label} to any"
     )
 
 

@@ -16,32 +16,24 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from rpc import __version__
 from rpc import dead_letters as dead_letter_tool
 from rpc.broker import ensure_broker
 from rpc.cache import commands as cache_commands
+from rpc.call_log import CALL_LOG_PATH
+from rpc.cli_base import Progress, RpcGroup, shared_options, verbosity
+from rpc.cli_settings import CLIENT, WORKER, load_config, settings
 from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
 from rpc.local_cluster import LocalCluster
+from rpc.logs import status
 from rpc.proxy import ClusterProxy
 from rpc.service import import_service
 from rpc.supervisor import Supervisor, process_count, serve
 from rpc.worker import ServiceRunner
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-
-broker_option = click.option(
-    "--broker", envvar="RPC_BROKER_URL", help="AMQP URL [env: RPC_BROKER_URL]"
-)
-config_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    envvar="RPC_CONFIG",
-    help="YAML settings file [env: RPC_CONFIG]",
-)
 
 
 def _seconds(
@@ -57,57 +49,41 @@ def _seconds(
     )
 
 
-def _load_config(config_file: str | None, **flags: Any) -> Config:
-    try:
-        return Config.load(config_file, **flags)
-    except RpcError as exc:
-        raise click.UsageError(str(exc)) from exc
+@click.group(cls=RpcGroup)
+@click.version_option(__version__, "--version", prog_name="rpc")
+def main() -> None:
+    """AMQP RPC microservices on RabbitMQ.
+
+    -v (before or after the command) logs each call and request, -vv everything.
+    """
 
 
-@click.group()
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def main(verbose: int) -> None:
-    """AMQP RPC microservices on RabbitMQ."""
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+# -v and --app-dir, taken before the subcommand too; they add up with its own.
+main.params.extend(shared_options())
 
 
 @main.command()
 @click.argument("services", nargs=-1, required=True)
-@broker_option
-@config_option
-@click.option("--max-workers", type=click.IntRange(min=1), help="Handler threads.")
-@click.option(
-    "--max-async", type=click.IntRange(min=1), help="async handlers run at once."
-)
+@settings(*WORKER)
 @click.option(
     "--processes",
     metavar="N|auto",
     help="Run N worker processes under a supervisor (auto: one per CPU).",
 )
-@click.option(
-    "--middleware",
-    multiple=True,
-    metavar="module:Class",
-    help="Wrap every handler run (repeatable; replaces the configured list).",
-)
 def run(
     services: tuple[str, ...],
-    broker: str | None,
     config_file: str | None,
-    max_workers: int | None,
-    max_async: int | None,
     processes: str | None,
-    middleware: tuple[str, ...],
+    **values: Any,
 ) -> None:
-    """Run a worker daemon for SERVICES, given as module:Class."""
-    config = _load_config(
-        config_file,
-        broker_url=broker,
-        max_workers=max_workers,
-        max_async=max_async,
-        middleware=middleware or None,
-    )
+    """Run a worker daemon for SERVICES, given as module:Class.
+
+    Modules are found in the current directory (or --app-dir) first.
+    """
+    config = load_config(config_file, **values)
+    if verbosity() >= 1 and CALL_LOG_PATH not in config.middleware:
+        # One line per handler run; without -v, nothing on the call path.
+        config = config.replace(middleware=(*config.middleware, CALL_LOG_PATH))
     try:
         classes = [import_service(path) for path in services]
         count = None if processes is None else process_count(processes)
@@ -121,8 +97,16 @@ def run(
         )
         sys.exit(Supervisor(classes, config, processes=count).run())
     stop = threading.Event()
+    received: list[signal.Signals] = []
+
+    def on_stop_signal(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signal.Signals(signum))
+            status.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_stop_signal)
     # SIGHUP would kill the process without draining; replacing workers needs a
     # supervisor, so a single process only says so.
     signal.signal(
@@ -143,31 +127,30 @@ def run(
     except RpcError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    reason = received[0].name if received else "its services stopped"
+    status.info("exiting with 0 (%s)", reason)
 
 
 @main.command()
 @click.argument("target", metavar="SERVICE.METHOD")
 @click.argument("arguments", default="{}", metavar="[JSON]")
-@broker_option
-@config_option
-@click.option("--timeout", type=float, help="Seconds to wait for the reply.")
+@settings(*CLIENT)
 @click.option(
     "--wait",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.0,
     help="Seconds to keep retrying while no worker of the service has started yet.",
 )
 def call(
     target: str,
     arguments: str,
-    broker: str | None,
     config_file: str | None,
-    timeout: float | None,
     wait: float,
+    **values: Any,
 ) -> None:
     """Call SERVICE.METHOD with JSON: an object for kwargs, a list for args."""
     service, method, args, kwargs = _parse_call(target, arguments)
-    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    config = load_config(config_file, **values)
     with _client(config) as cluster:
         result = _call_when_served(cluster, service, method, args, kwargs, wait)
     click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
@@ -211,19 +194,14 @@ def _parse_json(text: str) -> Any:
 @main.command()
 @click.argument("target", metavar="SERVICE.METHOD")
 @click.argument("arguments", default="{}", metavar="[JSON]")
-@broker_option
-@config_option
-@click.option("--timeout", type=float, help="Seconds to wait for the broker's confirm.")
-def cast(
-    target: str,
-    arguments: str,
-    broker: str | None,
-    config_file: str | None,
-    timeout: float | None,
-) -> None:
-    """Send SERVICE.METHOD a request wanting no reply; exit once the broker has it."""
+@settings(*CLIENT)
+def cast(target: str, arguments: str, config_file: str | None, **values: Any) -> None:
+    """Send SERVICE.METHOD a request wanting no reply; exit once the broker has it.
+
+    --timeout is how long to wait for the broker's confirm.
+    """
     service, method, args, kwargs = _parse_call(target, arguments)
-    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    config = load_config(config_file, **values)
     with _client(config) as cluster:
         cluster.cast(service, method, args, kwargs)
 
@@ -232,20 +210,20 @@ def cast(
 @click.argument("source", metavar="SOURCE_SERVICE")
 @click.argument("event_type")
 @click.argument("payload", default="null", metavar="[JSON]")
-@broker_option
-@config_option
-@click.option("--timeout", type=float, help="Seconds to wait for the broker's confirm.")
+@settings(*CLIENT)
 def dispatch(
     source: str,
     event_type: str,
     payload: str,
-    broker: str | None,
     config_file: str | None,
-    timeout: float | None,
+    **values: Any,
 ) -> None:
-    """Publish an event of EVENT_TYPE as SOURCE_SERVICE, with a JSON payload."""
+    """Publish an event of EVENT_TYPE as SOURCE_SERVICE, with a JSON payload.
+
+    --timeout is how long to wait for the broker's confirm.
+    """
     value = _parse_json(payload)
-    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    config = load_config(config_file, **values)
     with _client(config) as cluster:
         cluster.dispatch(source, event_type, value)
 
@@ -260,21 +238,23 @@ def _call_when_served(
 ) -> Any:
     # Only "no queue yet" is retried: any other failure is an answer.
     give_up = time.monotonic() + wait
+    said = False
     while True:
         try:
             return cluster.call(service, method, args, kwargs)
         except UnknownServiceError:
             if time.monotonic() >= give_up:
                 raise
+            if not said:
+                said = True
+                status.info("no worker of %s yet; waiting up to %g s...", service, wait)
             time.sleep(0.5)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@broker_option
-@config_option
-@click.option("--timeout", type=float, help="Seconds a call may take by default.")
+@settings(*CLIENT)
 @click.option(
     "--max-body",
     type=click.IntRange(min=1),
@@ -315,38 +295,47 @@ def _call_when_served(
 def gateway(
     host: str,
     port: int,
-    broker: str | None,
     config_file: str | None,
-    timeout: float | None,
     max_body: int,
     discovery_wait: float,
     discovery_quiet: float,
     header_timeout: float,
     idle_timeout: float,
     max_connections: int,
+    **values: Any,
 ) -> None:
-    """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service."""
-    from rpc.gateway import serve  # aiohttp is only needed here
+    """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service.
 
-    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
-    click.echo(f"gateway on http://{host}:{port}; Ctrl+C stops", err=True)
-    serve(
-        config,
-        host=host,
-        port=port,
-        max_body=max_body,
-        discovery_wait=discovery_wait,
-        discovery_quiet=discovery_quiet,
-        header_timeout=header_timeout,
-        idle_timeout=idle_timeout,
-        max_connections=max_connections,
-    )
+    -v logs every request (client, method, path, status, milliseconds).
+    """
+    from rpc.gateway import serve  # aiohttp is only needed here
+    from rpc.gateway_server import CannotListenError
+
+    config = load_config(config_file, **values)
+    try:
+        serve(
+            config,
+            host=host,
+            port=port,
+            # Said once it listens: a busy port or a bad host fails before.
+            on_listening=lambda bound, at: click.echo(
+                f"gateway on http://{bound}:{at}; Ctrl+C stops", err=True
+            ),
+            max_body=max_body,
+            discovery_wait=discovery_wait,
+            discovery_quiet=discovery_quiet,
+            header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )
+    except CannotListenError as exc:
+        click.echo(f"error: the gateway {exc.strerror}", err=True)
+        sys.exit(1)
 
 
 @main.command("dead-letters")
 @click.argument("service")
-@broker_option
-@config_option
+@settings("broker_url", "connect_timeout")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
     "--requeue",
@@ -356,16 +345,22 @@ def gateway(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dead_letters(
     service: str,
-    broker: str | None,
     config_file: str | None,
     limit: int,
     requeue: bool,
     as_json: bool,
+    **values: Any,
 ) -> None:
     """List the poison messages of SERVICE (they stay queued unless --requeue)."""
-    config = _load_config(config_file, broker_url=broker)
+    config = load_config(config_file, **values)
     try:
-        listing = dead_letter_tool.look(config, service, limit=limit, requeue=requeue)
+        listing = dead_letter_tool.look(
+            config,
+            service,
+            limit=limit,
+            requeue=requeue,
+            progress=Progress("requeued" if requeue else "read"),
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     except RpcError as exc:
@@ -419,14 +414,11 @@ def broker() -> None:
 
 
 @broker.command("ensure")
-@broker_option
-@config_option
+@settings("broker_url")
 @click.option("--no-install", is_flag=True, help="Never install RabbitMQ.")
-def broker_ensure(
-    broker: str | None, config_file: str | None, no_install: bool
-) -> None:
+def broker_ensure(config_file: str | None, no_install: bool, **values: Any) -> None:
     """Make sure the broker is reachable: start or install a local RabbitMQ."""
-    config = _load_config(config_file, broker_url=broker)
+    config = load_config(config_file, **values)
     try:
         click.echo(ensure_broker(config.broker_url, install=not no_install))
     except RpcError as exc:
@@ -476,4 +468,12 @@ def broker_cluster(nodes: int, base_port: int | None, directory: str | None) -> 
         cluster.stop()
 
 
-main.add_command(cache_commands.cache)
+def _register() -> None:
+    """Commands kept in modules of their own."""
+    from rpc.cli_shell import shell
+
+    main.add_command(shell)
+    main.add_command(cache_commands.cache)
+
+
+_register()

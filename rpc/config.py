@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -60,32 +61,36 @@ class Config:
     cache_max_item_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.default_timeout <= 0:
-            raise ConfigError("default_timeout must be positive")
+            raise _invalid("default_timeout", "must be positive")
         if self.max_workers < 1:
-            raise ConfigError("max_workers must be at least 1")
+            raise _invalid("max_workers", "must be at least 1")
         if self.max_async < 1:
-            raise ConfigError("max_async must be at least 1")
+            raise _invalid("max_async", "must be at least 1")
         if self.heartbeat < 0:
-            raise ConfigError("heartbeat must not be negative")
+            raise _invalid("heartbeat", "must not be negative")
+        if self.connect_timeout < 0:
+            raise _invalid("connect_timeout", "must not be negative")
         if self.max_message_bytes < 1024:
-            raise ConfigError("max_message_bytes must be at least 1024")
+            raise _invalid("max_message_bytes", "must be at least 1024")
         if self.queue_type not in QUEUE_TYPES:
-            raise ConfigError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}")
+            raise _invalid("queue_type", f"must be one of {', '.join(QUEUE_TYPES)}")
         if self.delivery_limit < 1:
-            raise ConfigError("delivery_limit must be at least 1")
+            raise _invalid("delivery_limit", "must be at least 1")
         if self.retry_delay < 0:
-            raise ConfigError("retry_delay must not be negative")
+            raise _invalid("retry_delay", "must not be negative")
         if self.retry_max_delay < 0:
-            raise ConfigError("retry_max_delay must not be negative")
+            raise _invalid("retry_max_delay", "must not be negative")
+        if self.shutdown_timeout < 0:
+            raise _invalid("shutdown_timeout", "must not be negative")
         if isinstance(self.middleware, str):
             # From the environment: RPC_MIDDLEWARE="a.b:One,c.d:Two".
             paths = tuple(p.strip() for p in self.middleware.split(",") if p.strip())
             object.__setattr__(self, "middleware", paths)
         elif not isinstance(self.middleware, tuple):
             object.__setattr__(self, "middleware", tuple(self.middleware))
-        if "://" not in self.broker_url:
-            raise ConfigError(f"broker_url is not a URL: {self.broker_url!r}")
+        _check_broker_url(self.broker_url)
         _check_cache_settings(self)
 
     def replace(self, **changes: Any) -> Config:
@@ -100,22 +105,43 @@ class Config:
         path: str | os.PathLike[str] | None = None,
         *,
         environ: Mapping[str, str] | None = None,
+        flag_names: Mapping[str, str] | None = None,
         **flags: Any,
     ) -> Config:
         """Build settings: flags win over ``RPC_*`` variables, which win over the file.
 
         The YAML file is ``path``, else the file named by ``RPC_CONFIG``, else none.
+        An error names the setting as the user gave it: the variable, the setting
+        and its file, or the flag ``flag_names`` gives for it (``--timeout``).
         """
         environ = os.environ if environ is None else environ
         path = path or environ.get(CONFIG_FILE_ENV)
         values: dict[str, Any] = dict(_read_file(Path(path))) if path else {}
-        values.update(_read_environ(environ))
-        values.update({key: value for key, value in flags.items() if value is not None})
+        #: What to call each setting in an error: where its value came from.
+        origins = {key: key for key in values}
+        in_file = set(values)
+        from_environ = _read_environ(environ)
+        values.update(from_environ)
+        origins.update({key: ENV_PREFIX + key.upper() for key in from_environ})
+        in_file -= set(from_environ)
+        given = {key: value for key, value in flags.items() if value is not None}
+        values.update(given)
+        origins.update({key: (flag_names or {}).get(key, key) for key in given})
+        in_file -= set(given)
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         try:
             return cls(**values)
+        except ConfigError as exc:
+            if exc.setting is None or exc.setting not in origins:
+                raise
+            where = f" (in {path})" if exc.setting in in_file else ""
+            raise ConfigError(
+                f"{origins[exc.setting]}: {exc.problem}{where}",
+                setting=exc.setting,
+                problem=exc.problem,
+            ) from None
         except TypeError as exc:
             raise ConfigError(str(exc)) from exc
 
@@ -135,17 +161,23 @@ def _read_file(path: Path) -> Mapping[str, Any]:
 
 
 def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``RPC_*`` variables set, as numbers where the setting is one.
+
+    A number that does not parse stays a string, which the type check then names.
+    """
     values: dict[str, Any] = {}
     for field in dataclasses.fields(Config):
         raw = environ.get(ENV_PREFIX + field.name.upper())
         if raw is None or field.name == "extra":
             continue
-        kind = type(getattr(Config, field.name, ""))
-        try:
-            values[field.name] = kind(raw) if kind in (int, float) else raw
-        except ValueError as exc:
-            name = ENV_PREFIX + field.name.upper()
-            raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
+        kind = _kind_of(field)
+        value: Any = raw
+        if kind in (int, float):
+            with contextlib.suppress(ValueError):
+                value = kind(raw)
+        elif kind is bool and raw.strip().lower() in _BOOLEANS:
+            value = _BOOLEANS[raw.strip().lower()]
+        values[field.name] = value
     return values
 
 
@@ -157,6 +189,61 @@ def _check_cache_settings(config: Config) -> None:
     servers = tuple(str(server).strip() for server in servers if str(server).strip())
     object.__setattr__(config, "cache_servers", servers)
     if config.cache_timeout <= 0:
-        raise ConfigError("cache_timeout must be positive")
+        raise _invalid("cache_timeout", "must be positive")
     if config.cache_max_item_bytes < 1024:
-        raise ConfigError("cache_max_item_bytes must be at least 1024")
+        raise _invalid("cache_max_item_bytes", "must be at least 1024")
+
+
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "yes"), True),
+    **dict.fromkeys(("0", "false", "no"), False),
+}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+}
+#: URL schemes of a broker: RabbitMQ's, and Kombu's in-memory one for tests.
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "memory")
+
+
+def _invalid(setting: str, problem: str) -> ConfigError:
+    return ConfigError(f"{setting}: {problem}", setting=setting, problem=problem)
+
+
+def _kind_of(field: dataclasses.Field[Any]) -> type | None:
+    """The plain type a field holds (``int`` for ``int | None``), or None."""
+    annotation = str(field.type).replace(" ", "")
+    name = annotation.removesuffix("|None").removeprefix("None|")
+    kinds: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+    return kinds.get(name)
+
+
+def _check_types(config: Config) -> None:
+    """Refuse a value of the wrong type by name, before any comparison trips on it.
+
+    An int is a fine float (and becomes one); a bool is no number.
+    """
+    for field in dataclasses.fields(config):
+        kind = _kind_of(field)
+        value = getattr(config, field.name)
+        if kind is None or (value is None and "None" in str(field.type)):
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, field.name, float(value))
+            continue
+        wrong_bool = isinstance(value, bool) and kind is not bool
+        if wrong_bool or not isinstance(value, kind):
+            raise _invalid(field.name, f"expected {_TYPE_NAMES[kind]}, got {value!r}")
+
+
+def _check_broker_url(url: str) -> None:
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise _invalid("broker_url", f"not a URL: {url!r}")
+    if scheme.lower() not in BROKER_SCHEMES:
+        raise _invalid(
+            "broker_url",
+            f"{scheme}:// is not a broker URL: use amqp:// (or amqps:// for TLS)",
+        )

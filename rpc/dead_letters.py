@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from amqp.exceptions import NotFound
+from kombu.exceptions import ChannelError as KombuChannelError
 
 from rpc import protocol
 from rpc.config import Config
+from rpc.errors import UnknownServiceError
 from rpc.transport import BrokerConnection
 
 
@@ -118,7 +122,12 @@ def inspect(
 
 
 def look(
-    config: Config, service: str, *, limit: int = 100, requeue: bool = False
+    config: Config,
+    service: str,
+    *,
+    limit: int = 100,
+    requeue: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Listing:
     """Up to ``limit`` messages of ``service``'s dead-letter queue, and its depth.
 
@@ -128,6 +137,10 @@ def look(
     is it removed from the dead-letter queue. A failure in between duplicates a
     message rather than losing it, and one whose queue is gone (the broadcast queue
     of a worker that stopped) stays, with ``requeued`` false.
+
+    ``progress(done, total)`` hears of each message taken. A service whose
+    dead-letter queue does not exist (no worker of it ever ran on this broker)
+    raises UnknownServiceError.
     """
     queue = protocol.dead_letter_queue(protocol.check_service_name(service))
     connection = BrokerConnection(
@@ -135,7 +148,7 @@ def look(
         name="dead-letters",
         heartbeat=0,
         connect_timeout=config.connect_timeout,
-        on_connect=lambda channel: channel.queue_declare(queue=queue, passive=True),
+        on_connect=lambda channel: None,
         reconnect=False,
     )
     connection.start()
@@ -143,12 +156,21 @@ def look(
     waiting = 0
     try:
         with connection.channel() as channel:
+            # Only what is there now: a requeued message that fails again comes back.
+            try:
+                _, waiting, _ = channel.queue_declare(queue=queue, passive=True)
+            except (NotFound, KombuChannelError) as exc:
+                if "NOT_FOUND" not in str(exc) and not isinstance(exc, NotFound):
+                    raise
+                raise UnknownServiceError(
+                    f"no dead-letter queue {queue!r} on this broker: no worker of "
+                    f"{service!r} has ever run here (is the name or the vhost wrong?)"
+                ) from None
             returned: list[object] = []
             # A mandatory publish that no queue takes comes back before its confirm.
             channel.events["basic_return"].add(lambda *args: returned.append(args))
-            # Only what is there now: a requeued message that fails again comes back.
-            _, waiting, _ = channel.queue_declare(queue=queue, passive=True)
-            while len(found) < min(limit, waiting):
+            total = min(limit, waiting)
+            while len(found) < total:
                 message = channel.basic_get(queue=queue, no_ack=False)
                 if message is None:
                     break
@@ -165,6 +187,8 @@ def look(
                         channel.basic_ack(message.delivery_info["delivery_tag"])
                         letter = dataclasses.replace(letter, requeued=True)
                 found.append(letter)
+                if progress is not None:
+                    progress(len(found), total)
             # Hand back everything we looked at and kept, in its order.
             channel.basic_recover(requeue=True)
     finally:

@@ -4,6 +4,7 @@ RpcError                                 root: ``except RpcError`` catches all
 ├── ConfigError (ValueError)             bad settings, found at start-up
 ├── ServiceDefinitionError (TypeError)   a class that cannot be served
 ├── BrokerError (ConnectionError)        broker unreachable, or connection lost
+│   └── AccessRefusedError               the broker refused the login or vhost
 ├── SerializationError (ValueError)      payload cannot be encoded or decoded
 │   └── PayloadTooLargeError             payload over ``max_message_bytes``
 ├── CacheUnavailableError (ConnectionError)  a cache server did not answer
@@ -24,7 +25,18 @@ class RpcError(Exception):
 
 
 class ConfigError(RpcError, ValueError):
-    """A setting is missing or invalid."""
+    """A setting is missing or invalid.
+
+    ``setting`` names the field at fault and ``problem`` says what is wrong with
+    it, so that a command can name the flag or variable the user typed instead.
+    """
+
+    def __init__(
+        self, message: str, *, setting: str | None = None, problem: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.problem = problem if problem is not None else message
 
 
 class ServiceDefinitionError(RpcError, TypeError):
@@ -33,6 +45,10 @@ class ServiceDefinitionError(RpcError, TypeError):
 
 class BrokerError(RpcError, ConnectionError):
     """The broker could not be reached, or the connection to it was lost."""
+
+
+class AccessRefusedError(BrokerError):
+    """The broker refused the credentials or the vhost: trying again cannot help."""
 
 
 class SerializationError(RpcError, ValueError):

@@ -48,6 +48,7 @@ from rpc.gateway_server import (
     serving,
     unsupported_encoding,
 )
+from rpc.logs import status
 from rpc.serialization import JsonValue
 
 if TYPE_CHECKING:
@@ -240,20 +241,46 @@ class _AppOptions(TypedDict, total=False):
 
 
 def serve(
-    config: Config, *, host: str, port: int, **options: Unpack[_AppOptions]
+    config: Config,
+    *,
+    host: str,
+    port: int,
+    on_listening: Callable[[str, int], None] | None = None,
+    **options: Unpack[_AppOptions],
 ) -> None:
-    """Run the gateway until SIGINT or SIGTERM; ``options`` are create_app's."""
+    """Run the gateway until SIGINT or SIGTERM; ``options`` are create_app's.
+
+    ``on_listening(host, port)`` runs once connections are served. A port that is
+    taken or a host that is not this machine's raises OSError before anything else.
+    """
     app = create_app(config, **options)
-    asyncio.run(_serve_until_signalled(app, host=host, port=port))
+    asyncio.run(_serve_until_signalled(app, host=host, port=port, ready=on_listening))
 
 
-async def _serve_until_signalled(app: web.Application, *, host: str, port: int) -> None:
+async def _serve_until_signalled(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    ready: Callable[[str, int], None] | None = None,
+) -> None:
     stopping = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
+        stopping.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    async with serving(app, host=host, port=port):
+        loop.add_signal_handler(signum, on_signal, signum)
+    async with serving(app, host=host, port=port) as address:
+        if ready is not None:
+            ready(*address)
         await stopping.wait()
+        name = received[0].name if received else "asked to stop"
+        status.info("%s: the gateway stops", name)
+    status.info("gateway stopped")
 
 
 async def _cluster_lifecycle(app: web.Application) -> AsyncIterator[None]:

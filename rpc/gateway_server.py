@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -22,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import _ErrInfo  # private: see data_received
 
@@ -333,6 +336,18 @@ async def request_phase(request: web.Request, handler: Handler) -> web.StreamRes
         connection.request_finished()
 
 
+class CannotListenError(OSError):
+    """The gateway's address cannot be listened on: taken, or not this machine's."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        if isinstance(cause, socket.gaierror) or not cause.errno:
+            reason = str(cause.strerror or cause)
+        else:
+            reason = os.strerror(cause.errno)
+        reason = reason[:1].lower() + reason[1:]
+        super().__init__(cause.errno, f"cannot listen on {host}:{port}: {reason}")
+
+
 @asynccontextmanager
 async def serving(
     app: web.Application, *, host: str, port: int
@@ -343,25 +358,62 @@ async def serving(
     Port 0 picks a free port: the address yielded says which.
     """
     limits = app.get(LIMITS, ConnectionLimits())
+    census = _Census(limits)
+    loop = asyncio.get_running_loop()
     runner = web.AppRunner(app)
-    await runner.setup()
-    try:
+    options: dict[str, Any] = {
+        "loop": loop,
+        "access_log_class": AccessLog,
+        "access_log": access_log,
+    }
+
+    def connection() -> GatewayConnection:
         server = runner.server
-        assert server is not None
-        census = _Census(limits)
-        loop = asyncio.get_running_loop()
-        # No access log, as before: the gateway logs what it refuses and what fails.
-        options: dict[str, Any] = {"loop": loop, "access_log": None}
+        assert server is not None  # connections are served only once it is set up
+        return GatewayConnection(server, census=census, **options)
+
+    # Bound first, so that a busy port or a bad host fails at once, before the
+    # app's start-up (which connects to the broker); served once that is done.
+    try:
         listener = await loop.create_server(
-            lambda: GatewayConnection(server, census=census, **options),
-            host,
-            port,
-            reuse_address=True,
+            connection, host, port, reuse_address=True, start_serving=False
         )
+    except OSError as exc:
+        raise CannotListenError(host, port, exc) from exc
+    try:
+        await runner.setup()
         try:
+            await listener.start_serving()
             address = listener.sockets[0].getsockname()
             yield str(address[0]), int(address[1])
         finally:
             listener.close()
     finally:
+        listener.close()
         await runner.cleanup()
+
+
+#: One line per request at INFO (``rpc gateway -v``): client, method, path,
+#: status, milliseconds.
+access_log = logging.getLogger("rpc.gateway.access")
+
+
+class AccessLog(AbstractAccessLogger):
+    """The gateway's access log; asked once per connection whether it is on, so a
+    gateway that does not log requests spends nothing on them."""
+
+    def log(
+        self, request: web.BaseRequest, response: web.StreamResponse, time: float
+    ) -> None:
+        self.logger.info(
+            "%s %s %s %d %.1f ms",
+            request.remote or "-",
+            request.method,
+            request.path_qs,
+            response.status,
+            time * 1000,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)

@@ -376,8 +376,9 @@ def discovery_reply(
 def merge_discovery(replies: Sequence[JsonValue]) -> dict[str, Any]:
     """Fold the replies of many workers into one listing, by service name.
 
-    Each service lists its methods and how many workers answered for it. Replies that
-    do not have the expected shape are skipped: one odd worker must not hide the rest.
+    Each service lists its methods (and its event handlers and timers, when it has
+    any) and how many workers answered for it. Replies that do not have the
+    expected shape are skipped: one odd worker must not hide the rest.
     """
     merged: dict[str, Any] = {}
     for reply in replies:
@@ -393,6 +394,10 @@ def merge_discovery(replies: Sequence[JsonValue]) -> dict[str, Any]:
             entry = merged.setdefault(name, {"methods": {}, "workers": 0})
             entry["workers"] += 1
             entry["methods"].update(methods)
+            for part in ("events", "timers"):
+                handlers = service.get(part)
+                if isinstance(handlers, dict):
+                    entry.setdefault(part, {}).update(handlers)
     return dict(sorted(merged.items()))
 
 

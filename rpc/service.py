@@ -10,7 +10,12 @@ from typing import Any
 
 from rpc.cache.invalidation import PAYLOAD_SIGNATURE, invalidation_handlers
 from rpc.dependencies import Dependency
-from rpc.entrypoints import Entrypoint, RpcEntrypoint, entrypoints_of
+from rpc.entrypoints import (
+    Entrypoint,
+    EventHandlerEntrypoint,
+    RpcEntrypoint,
+    entrypoints_of,
+)
 from rpc.errors import ServiceDefinitionError
 from rpc.protocol import check_service_name
 
@@ -111,8 +116,9 @@ class ServiceDefinition:
         return cls(service_class, name, rpc_handlers, tuple(others), dependencies)
 
     def describe(self) -> dict[str, Any]:
-        """Methods, signatures and docstrings, as discovery reports them; timers
-        too, apart, since nobody calls them."""
+        """Methods, signatures and docstrings, as discovery reports them; event
+        handlers (source, filters, handler type) and timers too, apart, since
+        nobody calls them."""
         described: dict[str, Any] = {
             "service": self.name,
             "methods": {
@@ -127,6 +133,13 @@ class ServiceDefinition:
         }
         if timers:
             described["timers"] = dict(sorted(timers.items()))
+        events = {
+            handler.name: _describe(handler)
+            for handler in self.other_handlers
+            if isinstance(handler.entrypoint, EventHandlerEntrypoint)
+        }
+        if events:
+            described["events"] = dict(sorted(events.items()))
         return described
 
 

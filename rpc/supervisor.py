@@ -29,6 +29,7 @@ from typing import Any
 
 from rpc.config import Config
 from rpc.errors import ConfigError, RpcError
+from rpc.logs import status
 from rpc.worker import ServiceRunner
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ EXIT_GRACE = 15.0
 FORWARDED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 CHILD_EXITED = "worker %d (pid %d) exited with %s; restarting in %.1fs"
+OLD_STOPPING = "worker %d: stopping the old process (pid %d), replaced by pid %d"
+OLD_STOPPED = "worker %d: old process (pid %d) stopped%s"
 
 
 def restart_delay(
@@ -164,6 +167,7 @@ class Supervisor:
         self._context = multiprocessing.get_context("fork")
         self._slots = [_Slot(index) for index in range(1, processes + 1)]
         self._stop_requested = 0
+        self._stop_signal: int | None = None
         self._reload_requested = False
 
     @property
@@ -202,6 +206,8 @@ class Supervisor:
             self._reload_requested = True
             return
         self._stop_requested += 1
+        if self._stop_signal is None:
+            self._stop_signal = signum
         if self._stop_requested > 1:
             # Asked twice: the operator does not want to wait for the drain.
             for pid in self.pids:
@@ -227,7 +233,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
         # Our copy of the write end must go, or a dead child would not read as EOF.
         writer.close()
-        log.info("worker %d started (pid %d)", index, process.pid)
+        status.info("worker %d started (pid %d)", index, process.pid)
         return process, reader
 
     def _start(self, slot: _Slot) -> None:
@@ -284,7 +290,7 @@ class Supervisor:
             self._close_ready(slot)  # died before it was ready: _reap sees it
             return False
         self._close_ready(slot)
-        log.info("worker %d (pid %d) is consuming", slot.index, slot.process.pid)
+        status.info("worker %d (pid %d) is consuming", slot.index, slot.process.pid)
         return True
 
     @staticmethod
@@ -295,7 +301,7 @@ class Supervisor:
 
     def _replace_all(self) -> None:
         """Replace each child with a fresh one: start the new, then drain the old."""
-        log.info("reloading: replacing %d workers one by one", len(self._slots))
+        status.info("SIGHUP: replacing %d workers one by one", len(self._slots))
         for slot in self._slots:
             if self._stop_requested:
                 return
@@ -313,8 +319,12 @@ class Supervisor:
             self._close_ready(slot)
             slot.restart_at = None
             if old is not None:
-                self._terminate([old])
-        log.info("reload done")
+                status.info(OLD_STOPPING, slot.index, old.pid, new.pid)
+                clean = self._terminate([old])
+                status.info(
+                    OLD_STOPPED, slot.index, old.pid, "" if clean else " (not cleanly)"
+                )
+        status.info("SIGHUP: reload done, every worker replaced")
 
     def _wait_ready(self, process: Any, ready: Connection) -> bool:
         deadline = time.monotonic() + self.config.connect_timeout + EXIT_GRACE
@@ -352,13 +362,17 @@ class Supervisor:
         return clean
 
     def _stop_all(self) -> int:
-        log.info("stopping %d workers", len(self.pids))
+        signum = self._stop_signal
+        reason = signal.Signals(signum).name if signum is not None else "asked to stop"
+        status.info("%s: stopping %d workers", reason, len(self.pids))
         processes = [slot.process for slot in self._slots if slot.process is not None]
         for slot in self._slots:
             self._close_ready(slot)
             slot.restart_at = None
         clean = self._terminate(processes)
-        return 0 if clean else 1
+        code = 0 if clean else 1
+        status.info("every worker stopped; exiting with %d", code)
+        return code
 
 
 def _describe(exitcode: int | None) -> str:

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from amqp.exceptions import AccessRefused, NotAllowed
 from kombu.connection import Connection as KombuConnection
 
-from rpc.errors import BrokerError
+from rpc.errors import AccessRefusedError, BrokerError
+from rpc.logs import status
 from rpc.transport import drivers
 from rpc.transport.confirms import Confirms
 from rpc.transport.dispatching import Dispatcher
@@ -44,6 +46,10 @@ READER_DIED = "%s: the thread reading the broker connection died; exiting with %
 #: (``rpc run``'s, or systemd) starts it again.
 READER_DIED_EXIT = 70
 RECONNECTED = "%s: connected to %s"
+RETRYING = "%s; retrying for up to %g s..."
+#: What the broker answers to bad credentials (403) or a vhost it does not have or
+#: allow (530): the same again would get the same answer.
+_REFUSALS = (AccessRefused, NotAllowed)
 
 
 class Link:
@@ -108,18 +114,31 @@ class Link:
             raise BrokerError(f"{self.name}: a stopped connection cannot start again")
         self.wake_reader, self._wake_writer = socket.socketpair()
         self.wake_reader.setblocking(False)
-        deadline = time.monotonic() + self._connect_timeout
+        started = time.monotonic()
+        deadline = started + self._connect_timeout
         backoff = FIRST_BACKOFF
+        attempts = 0
         while True:
+            attempts += 1
             try:
                 self._connect()
                 break
-            except BrokerError:
-                if time.monotonic() + backoff > deadline:
+            except BrokerError as exc:
+                refused = isinstance(exc, AccessRefusedError)
+                remaining = deadline - time.monotonic()
+                if refused or remaining <= 0:
                     # The caller may start again later: leave no sockets behind.
                     self.close_wake_sockets()
-                    raise
-                time.sleep(backoff)
+                    if refused or attempts == 1:
+                        raise
+                    took = time.monotonic() - started
+                    raise BrokerError(
+                        f"{exc} (gave up after {attempts} attempts in {took:.1f} s)"
+                    ) from exc
+                if attempts == 1:
+                    status.info(RETRYING, exc, self._connect_timeout)
+                # The last attempt is made at the deadline, not a backoff before it.
+                time.sleep(min(backoff, remaining))
                 backoff = min(backoff * 2, MAX_BACKOFF)
         self.thread = threading.Thread(
             target=self._run, name=f"rpc-io-{self.name}", daemon=True
@@ -209,7 +228,7 @@ class Link:
             self.url,
             transport=drivers.kombu_transport(self.url),
             heartbeat=self.heartbeat or None,
-            connect_timeout=min(self._connect_timeout, 5.0),
+            connect_timeout=min(max(self._connect_timeout, 1.0), 5.0),
             # SO_SNDTIMEO and SO_RCVTIMEO: a socket call blocked this long means a
             # dead link (frames are read only once select() saw bytes).
             transport_options={
@@ -218,12 +237,17 @@ class Link:
             },
         )
         try:
-            connection.connect()
+            # One attempt: the retries, their backoff and what they say are ours.
+            connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
             channel = connection.channel()
             driver = drivers.open_driver(connection, self._dispatcher)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 connection.release()
+            if isinstance(exc, _REFUSALS):
+                raise AccessRefusedError(
+                    f"the broker at {self.safe_url()} refused the connection: {exc}"
+                ) from exc
             raise BrokerError(f"cannot connect to {self.safe_url()}: {exc}") from exc
         with self.lock:
             self.connection = connection

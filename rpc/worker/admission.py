@@ -8,6 +8,7 @@ given up.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import cast
 
@@ -28,7 +29,25 @@ from rpc.worker.replies import ReplyPublisher, framework_error
 
 log = logging.getLogger(__name__)
 
-DROPPED_EXPIRED = "%s.%s: dropped, its caller's deadline passed %.3fs ago"
+DROPPED_EXPIRED = "%s.%s: dropped, its caller's deadline %s"
+#: Later than this, a deadline is no request that waited too long but a clock
+#: (or a client) that is wrong: say when it was rather than how long ago.
+LATE_BEYOND = 24 * 3600.0
+
+
+def lateness(deadline: float, late: float) -> str:
+    """How a passed deadline reads in the log: "passed 1.250 s ago", or, for one
+    from another day (a caller's clock far off, a deadline of 0), its UTC time."""
+    if late <= LATE_BEYOND:
+        return f"passed {late:.3f} s ago"
+    try:
+        when = datetime.datetime.fromtimestamp(deadline, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        moment = f"{deadline!r} (seconds since 1970)"
+    else:
+        moment = f"{when:%Y-%m-%d %H:%M:%S} UTC"
+    return f"was {moment}, long past (is the caller's clock wrong?)"
+
 
 #: Framework rejections of a request that wants no reply: dead-lettered, with why.
 REJECTIONS = {
@@ -95,7 +114,9 @@ class RequestAdmission:
             return None
         remaining = request.remaining()
         if remaining is not None and remaining < 0:
-            log.info(DROPPED_EXPIRED, service.name, method, -remaining)
+            assert request.deadline is not None
+            late = lateness(request.deadline, -remaining)
+            log.info(DROPPED_EXPIRED, service.name, method, late)
             self._connection.ack(delivery)
             return None
         if handler is not None and self._forward_to_shard(

@@ -18,6 +18,7 @@ from rpc.config import Config
 from rpc.context import CallContext
 from rpc.entrypoints import is_coroutine_function
 from rpc.errors import BrokerError, ServiceDefinitionError
+from rpc.logs import status
 from rpc.middleware import Middleware, load_middleware
 from rpc.proxy import BaseClusterProxy, ClusterProxy
 from rpc.serialization import JsonValue
@@ -35,6 +36,9 @@ from rpc.worker.retry_queues import RetryQueues
 log = logging.getLogger(__name__)
 
 HANDED_BACK = "%s: %d deliveries after cancel returned to the queue"
+DRAINING = "%s: draining %d calls (up to %g s)"
+STOPPED = "%s: stopped"
+DRAIN_LATE = "%s: %d calls still running after shutdown_timeout; waiting for them"
 
 #: Transports without message TTLs: failed events and casts run again at once.
 _NO_TTL_SCHEMES = ("memory",)
@@ -193,9 +197,14 @@ class ServiceRunner:
             # A connection that is gone took its consumers along.
             with contextlib.suppress(BrokerError):
                 consumer.stop()
-        self._dispatcher.wait_idle(self.config.shutdown_timeout)
+        in_flight = self._dispatcher.in_flight
+        if in_flight:
+            status.info(DRAINING, self._name, in_flight, self.config.shutdown_timeout)
+        if not self._dispatcher.wait_idle(self.config.shutdown_timeout):
+            log.warning(DRAIN_LATE, self._name, self._dispatcher.in_flight)
         self._dispatcher.shutdown(wait=True)
         self._close()
+        status.info(STOPPED, self._name)
 
     def kill(self) -> None:
         """Stop now: unacknowledged requests go back to the queue for other workers."""

@@ -219,6 +219,15 @@ def test_sighup_replaces_every_child_without_losing_a_call(
     assert set(served) & old
     assert set(served) & new
     assert log.read_text().count("did not drain") == 0
+    # Each old worker's stop is told, not only the new ones' start.
+    text = log.read_text()
+    for pid in old:
+        assert f"stopping the old process (pid {pid})" in text
+        assert f"old process (pid {pid}) stopped" in text
+    # And the stop that ended the test: the signal, each child's, the exit status.
+    assert "SIGTERM: stopping 2 workers" in text
+    assert text.count("faulty: stopped") >= 4  # two replaced, two stopped
+    assert "every worker stopped; exiting with 0" in text
 
 
 def test_a_crash_loop_is_restarted_with_growing_delays(tmp_path):

@@ -84,7 +84,7 @@ def test_retry_delays_follow_the_same_precedence(tmp_path):
 
 @pytest.mark.parametrize("field", ["retry_delay", "retry_max_delay"])
 def test_negative_retry_delays_are_refused(field):
-    with pytest.raises(ConfigError, match=f"{field} must not be negative"):
+    with pytest.raises(ConfigError, match=f"{field}: must not be negative"):
         Config.load(environ={}, **{field: -1})
     with pytest.raises(ConfigError, match=f"RPC_{field.upper()}"):
         Config.load(environ={f"RPC_{field.upper()}": "soon"})

@@ -20,7 +20,7 @@ def letters(count: int) -> list[dead_letter_tool.DeadLetter]:
 @pytest.fixture
 def queue_of(monkeypatch):
     def holding(waiting: int):
-        def look(config, service, *, limit, requeue):
+        def look(config, service, *, limit, requeue, progress=None):
             return dead_letter_tool.Listing(letters(min(limit, waiting)), waiting)
 
         monkeypatch.setattr(dead_letter_tool, "look", look)

@@ -77,6 +77,31 @@ def test_compose_has_a_healthy_rabbitmq_that_the_services_wait_for():
         assert condition == "service_healthy", name
 
 
+def test_compose_up_starts_what_the_readme_says_and_the_pi_mesh_on_request():
+    services = compose()
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == {
+        "rabbitmq", "gateway", "greeter", "frontend", "compute", "concierge",
+        "shop", "cache", "demo", "memcached-1", "memcached-2", "squares",
+    }  # fmt: skip
+    targets = " ".join(" ".join(services[name]["command"]) for name in default)
+    for service in ("Shop", "Stock", "Cache", "Concierge"):
+        assert f":{service}" in targets, service
+    pi = {name for name, service in services.items() if "profiles" in service}
+    assert pi == {"bitsource", "always_yes", "judge", "pythagoras", "tally", "pi"}
+    assert all(services[name]["profiles"] == ["pi"] for name in pi)
+    readme = (ROOT / "README.md").read_text()
+    assert "`docker compose --profile pi up`" in readme
+    said = readme[readme.index("With Docker, `docker compose up` starts exactly") :]
+    said = said[: said.index("\n\n")]
+    for name in (
+        "greeter", "frontend", "compute", "concierge", "shop", "stock", "squares",
+    ):  # fmt: skip
+        assert f"`{name}`" in said, name
+    assert "three `cache`" in said and "gateway" in said and "`demo`" in said
+    assert "two Memcached servers" in said
+
+
 def test_compose_scales_the_examples_and_runs_a_one_shot_demo():
     services = compose()
     for name in ("greeter", "frontend", "compute"):
@@ -118,3 +143,11 @@ def test_the_pytest_plugin_is_registered_through_an_entry_point():
     assert [p.value for p in plugins if p.name == "rpc.testing.pytest_plugin"] == [
         "rpc.testing.pytest_plugin"
     ]
+
+
+def test_the_readme_says_how_long_the_test_command_takes():
+    readme = (ROOT / "README.md").read_text()
+    development = readme[readme.index("## Development") :]
+    assert "about 15 to 20 minutes on 2 cores" in development
+    quick_start = readme[readme.index("## Quick start") : readme.index("## Writing")]
+    assert "about 15 to 20 minutes on 2 cores" in quick_start
