@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
+import random
 import threading
 import time
 import uuid
@@ -236,6 +237,8 @@ class CallBuilder:
         self._observing = bool(chain)
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
+        #: Partitioned services, by name: empty, and never looked at, unless set.
+        self._partitions = dict(config.partitions)
 
     def request(
         self,
@@ -265,6 +268,8 @@ class CallBuilder:
         )
         headers = protocol.request_headers(method, deadline, self.caller())
         key = _routing_key(service, method)
+        if self._partitions and service in self._partitions:
+            key = self.partition_key(service, method)
         if shard_key is not None:
             headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
             key = protocol.shard_routing_key(service, method)
@@ -304,6 +309,8 @@ class CallBuilder:
         protocol.check_service_name(service)
         protocol.check_method_name(method)
         key = _routing_key(service, method)
+        if self._partitions and service in self._partitions:
+            key = self.partition_key(service, method)
         body = serialization.encode(
             protocol.request_body(args, kwargs or {}),
             limit=self.config.max_message_bytes,
@@ -345,6 +352,17 @@ class CallBuilder:
             # The framework's own headers win: a middleware cannot break the protocol.
             headers = {**call.headers, **headers}
         return observed, headers
+
+    def partition_key(self, service: str, method: str) -> str:
+        """The routing key of a request to one partition of ``service``, at random.
+
+        Random per call spreads the load evenly over the partitions' queues, and
+        so over the nodes their leaders are on (see docs/cluster.md).
+        """
+        index = random.randrange(self._partitions[service])
+        key = protocol.partition_routing_key(service, method, index)
+        _fits(key)
+        return key
 
     def caller(self) -> str:
         """Who makes the call: the service being served, else the proxy's name."""

@@ -113,6 +113,7 @@ class BaseClusterProxy:
             on_disconnect=self._pending.connection_lost,
             on_tick=self._expire,
             confirms=True,
+            node_timeout=self.config.node_connect_timeout,
         )
 
     # -- sending -------------------------------------------------------------------
