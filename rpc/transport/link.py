@@ -287,13 +287,18 @@ class Link:
             except BrokerError:
                 self.close_connection()
                 raise
-            except connection.connection_errors + connection.channel_errors as exc:
+            except connection.channel_errors as exc:
                 self.close_connection()
                 # Not a node failing: a setting the broker refuses (a queue declared
                 # with other arguments, say), which no reconnection will mend.
                 log.warning(SET_UP_REFUSED, self.name, self.safe_url(), exc)
                 raise BrokerError(
                     f"{self.safe_url()} refused the set-up: {exc}"
+                ) from exc
+            except connection.connection_errors as exc:
+                self.close_connection()
+                raise BrokerError(
+                    f"connection to {self.safe_url()} lost during the set-up: {exc}"
                 ) from exc
             self.connected.set()
         log.debug(RECONNECTED, self.name, self.safe_url())

@@ -120,8 +120,9 @@ def test_a_reconnection_moves_past_the_node_it_lost(runner, config, nodes, broke
             generation = cluster._connection.generation
             lost.cut()
             wait_for(
-                lambda g=generation: cluster._connection.generation > g
-                and cluster.connected,
+                lambda g=generation: (
+                    cluster._connection.generation > g and cluster.connected
+                ),
                 15,
                 "the reconnection",
             )
@@ -154,7 +155,7 @@ def test_calls_on_a_frozen_node_fail_within_two_heartbeats_then_go_elsewhere(
         assert cluster.ledger.record("warm") == "warm"
         frozen = on(nodes, cluster._connection.node)
         token = uuid.uuid4().hex
-        future = cluster.ledger.record.call_async(token, seconds=20)
+        future = cluster.ledger.record.call_async(token, seconds=7)
         wait_for(lambda: Ledger.count(token), 10, "the handler to start")
         frozen.blackhole()
         started = time.monotonic()
