@@ -13,8 +13,10 @@ import pytest
 
 from rpc import BrokerError, ClusterProxy, Config, ServiceRunner, broker_urls, protocol
 from rpc.local_cluster import ClusterNode, LocalCluster
+from services.greeter import Greeter
 from tests.integration.faults import wait_for
 from tests.integration.ledger_service import Ledger
+from tests.readme import doc_blocks
 
 pytestmark = [
     pytest.mark.cluster,
@@ -204,3 +206,13 @@ def test_a_frozen_node_fails_its_calls_in_flight_and_the_rest_goes_on(
         f"\nfrozen node: call failed after {noticed:.1f}s, next call answered after "
         f"{served:.1f}s, a new connection took {connect:.1f}s"
     )
+
+
+def test_the_example_of_docs_cluster_md_runs(healthy_cluster, config, started, capsys):
+    run(started, Greeter, config)
+    code = doc_blocks("cluster.md")[0]
+    for index, url in enumerate(healthy_cluster.urls, start=1):
+        code = code.replace(f"amqp://guest:guest@rabbit{index}:5672//", url)
+    assert "rabbit" not in code
+    exec(compile(code, "docs/cluster.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines()[-1] == "Hello, cluster!"
