@@ -372,19 +372,35 @@ class PartitionQueueConsumer(RpcQueueConsumer):
     service queue stays, for the callers that do not.
     """
 
-    def __init__(self, worker: Worker, service: str, index: int) -> None:
+    def __init__(
+        self, worker: Worker, service: str, index: int, *, consumes: bool = True
+    ) -> None:
         super().__init__(worker, service)
         self.index = index
         self.queue = protocol.partition_queue(service, index)
         self.part = f"partition-{index}"
         self.label = f"{service} partition {index}"
+        self.consumes = consumes
 
     @classmethod
     def served(cls, worker: Worker, service: str) -> list[Consumer]:
-        """The partitions of ``service`` this worker consumes: all, or its subset."""
+        """Every partition of ``service``; this worker consumes all, or its subset.
+
+        The others are declared all the same, so that what a caller sends to a
+        partition waits there for its workers rather than come back unroutable.
+        """
         count = worker.config.partitions.get(service, 0)
-        wanted = worker.config.serve_partitions or range(count)
-        return [cls(worker, service, index) for index in wanted if index < count]
+        wanted = set(worker.config.serve_partitions or range(count))
+        return [
+            cls(worker, service, index, consumes=index in wanted)
+            for index in range(count)
+        ]
+
+    def start(self, channel: Any) -> None:
+        if self.consumes:
+            super().start(channel)
+        else:
+            self.declare(channel)
 
     def declare(self, channel: Any) -> str:
         return self._declare_service_queue(

@@ -8,6 +8,7 @@ the same against a real cluster.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 import uuid
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from rpc import BrokerError, ClusterProxy, Config, ServiceRunner
+from rpc import AsyncClusterProxy, BrokerError, ClusterProxy, Config, ServiceRunner
 from rpc.local_cluster import free_port
 from tests.integration import fixtures
 from tests.integration.faults import TcpProxy, wait_for
@@ -197,3 +198,13 @@ def test_a_worker_serves_through_a_list_and_logs_the_node_it_uses(
     serving = [r.getMessage() for r in caplog.records if "serving" in r.getMessage()]
     # The node in use, not the last of the list; no password.
     assert serving and f" on {masked(broker_url)} " in serving[0]
+
+
+def test_the_async_proxy_takes_a_list_too(runner, config, broker_url):
+    urls = node_list([dead_url(broker_url), dead_url(broker_url), broker_url])
+
+    async def call() -> str:
+        async with AsyncClusterProxy(config=config.replace(broker_url=urls)) as proxy:
+            return await proxy.ledger.record("async")
+
+    assert asyncio.run(call()) == "async"
