@@ -52,7 +52,7 @@ READER_DIED = "%s: the thread reading the broker connection died; exiting with %
 #: (``rpc run``'s, or systemd) starts it again.
 READER_DIED_EXIT = 70
 RECONNECTED = "%s: connected to %s"
-NODE_FAILED = "%s: cannot connect to %s: %s"
+NODE_FAILED = "%s: %s; trying the next node"
 SET_UP_REFUSED = "%s: %s refused the set-up: %s"
 
 
@@ -243,7 +243,7 @@ class Link:
             except BrokerError as exc:
                 failures.append(str(exc))
                 if len(nodes) > 1 and index < len(nodes) - 1:
-                    log.info(NODE_FAILED, self.name, self.safe_url(), exc.__cause__)
+                    log.info(NODE_FAILED, self.name, exc)
         if len(failures) == 1:
             raise BrokerError(failures[0])
         raise BrokerError(

@@ -152,9 +152,11 @@ class _FirstNode:
         return 0
 
 
-def starting_at(config: Config, node: ClusterNode) -> Config:
-    """``config`` with ``node`` first in its list: dialled first, with _FirstNode."""
-    urls = [node.url, *(url for url in config.broker_urls if url != node.url)]
+def starting_at(config: Config, *nodes: ClusterNode) -> Config:
+    """``config`` with ``nodes`` first in its list, in that order: with _FirstNode,
+    the first is dialled first, and the second next."""
+    first = [node.url for node in nodes]
+    urls = [*first, *(url for url in config.broker_urls if url not in first)]
     return config.replace(broker_urls=tuple(urls))
 
 
@@ -170,7 +172,7 @@ def test_a_frozen_node_fails_its_calls_in_flight_and_the_rest_goes_on(
     healthy = healthy_cluster.nodes[(index + 1) % 3]
     service = ledger_named()
     run(started, service, starting_at(config, healthy))
-    on_frozen = starting_at(config, frozen)
+    on_frozen = starting_at(config, frozen, healthy)
     with ClusterProxy(config=on_frozen) as cluster:
         ledger = getattr(cluster, service.name)
         assert ledger.record("warm") == "warm"
