@@ -248,6 +248,7 @@ class CallBuilder:
         kwargs: Mapping[str, JsonValue] | None,
         timeout: Timeout,
         shard_key: str | None = None,
+        partition: int | str | None = None,
     ) -> PreparedCall:
         """Check names, fix the deadline and encode the body.
 
@@ -269,7 +270,7 @@ class CallBuilder:
         headers = protocol.request_headers(method, deadline, self.caller())
         key = _routing_key(service, method)
         if self._partitions and service in self._partitions:
-            key = self.partition_key(service, method)
+            key = self.partition_key(service, method, partition)
         if shard_key is not None:
             headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
             key = protocol.shard_routing_key(service, method)
@@ -304,13 +305,14 @@ class CallBuilder:
         method: str,
         args: Sequence[JsonValue],
         kwargs: Mapping[str, JsonValue] | None,
+        partition: int | str | None = None,
     ) -> PreparedMessage:
         """A request that wants no reply: persistent, mandatory, no deadline."""
         protocol.check_service_name(service)
         protocol.check_method_name(method)
         key = _routing_key(service, method)
         if self._partitions and service in self._partitions:
-            key = self.partition_key(service, method)
+            key = self.partition_key(service, method, partition)
         body = serialization.encode(
             protocol.request_body(args, kwargs or {}),
             limit=self.config.max_message_bytes,
@@ -353,13 +355,23 @@ class CallBuilder:
             headers = {**call.headers, **headers}
         return observed, headers
 
-    def partition_key(self, service: str, method: str) -> str:
-        """The routing key of a request to one partition of ``service``, at random.
+    def partition_key(
+        self, service: str, method: str, partition: int | str | None = None
+    ) -> str:
+        """The routing key of a request to one partition of ``service``.
 
-        Random per call spreads the load evenly over the partitions' queues, and
-        so over the nodes their leaders are on (see docs/cluster.md).
+        The caller's pick: an index (modulo the count), a key (the same key, the
+        same partition: :func:`rpc.protocol.partition_for`), or None for a random
+        one, which spreads the load evenly over the partitions' queues, and so over
+        the nodes their leaders are on (see docs/cluster.md).
         """
-        index = random.randrange(self._partitions[service])
+        count = self._partitions[service]
+        if partition is None:
+            index = random.randrange(count)
+        elif isinstance(partition, int):
+            index = partition % count
+        else:
+            index = protocol.partition_for(partition, count)
         key = protocol.partition_routing_key(service, method, index)
         _fits(key)
         return key

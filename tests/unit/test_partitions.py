@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from rpc import calls, protocol, rpc
+from rpc import protocol, rpc
 from rpc.calls import CallBuilder
 from rpc.config import Config
 from rpc.errors import ConfigError
@@ -64,6 +64,20 @@ def test_cluster_settings_from_the_environment():
     }
 
 
+def test_a_caller_picks_a_partition_by_index_or_by_key():
+    builder = CallBuilder(
+        Config(broker_url="memory://", partitions={"orders": 3}), "c", ClientChain()
+    )
+    assert builder.request("orders", "put", [], {}, 5, partition=4).routing_key == (
+        "orders.put.partition-1"
+    )
+    by_key = {
+        builder.cast("orders", "put", [], {}, partition="user-42").routing_key
+        for _ in range(10)
+    }
+    assert by_key == {f"orders.put.partition-{protocol.partition_for('user-42', 3)}"}
+
+
 def counter_named() -> type:
     class Counter:
         name = f"counter-{uuid.uuid4().hex[:8]}"
@@ -75,33 +89,18 @@ def counter_named() -> type:
     return Counter
 
 
-class _Pick:
-    """Stands in for :mod:`random` in rpc.calls: the partition a test wants."""
-
-    index = 0
-
-    @classmethod
-    def randrange(cls, count: int) -> int:
-        return cls.index % count
-
-
-def test_workers_serve_every_partition_or_their_share_and_the_service_queue(
-    monkeypatch,
-):
-    monkeypatch.setattr(calls, "random", _Pick)
+def test_workers_serve_every_partition_or_their_share_and_the_service_queue():
     service = counter_named()
     name = service.name  # type: ignore[attr-defined]
     with ServiceCluster(partitions={name: 2}) as cluster:
         cluster.start(service, serve_partitions=(1,))
         add = getattr(cluster.proxy, name).add
-        _Pick.index = 1
-        assert add(1) == 1  # the worker serves partition 1
-        _Pick.index = 0
-        waiting = add.call_async(0)
+        assert add.partition(1)(1) == 1  # the worker serves partition 1
+        waiting = add.partition(0).call_async(0)
         with pytest.raises(TimeoutError):
-            waiting.result(timeout=0.5)  # nobody serves partition 0 yet
+            waiting.result(timeout=0.5)  # declared, but nobody serves it yet
         cluster.start(service)  # all partitions
         assert waiting.result(timeout=10) == 0
     with ServiceCluster() as plain:  # a caller that knows no partitions
         plain.start(service, partitions={name: 2})
-        assert getattr(plain.proxy, name).add(99) == 99
+        assert getattr(plain.proxy, name).add.partition(1)(99) == 99
