@@ -216,9 +216,12 @@ class AsyncClusterProxy(BaseClusterProxy):
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool | None = None,
         shard_key: str | None = None,
+        partition: int | str | None = None,
     ) -> AsyncRpcFuture:
         """Publish a request and return its future without waiting for the reply."""
-        call = self._calls.request(service, method, args, kwargs, timeout, shard_key)
+        call = self._calls.request(
+            service, method, args, kwargs, timeout, shard_key, partition
+        )
         loop = asyncio.get_running_loop()
         future = AsyncRpcFuture(
             self,
@@ -263,13 +266,16 @@ class AsyncClusterProxy(BaseClusterProxy):
         kwargs: Mapping[str, JsonValue] | None = None,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
+        partition: int | str | None = None,
     ) -> None:
         """Send a request that wants no reply; return once the broker confirms it.
 
         As :meth:`rpc.ClusterProxy.cast`: UnknownServiceError when no queue is
         bound, BrokerError when the broker does not confirm in time.
         """
-        await self._confirmed(self._calls.cast(service, method, args, kwargs), timeout)
+        await self._confirmed(
+            self._calls.cast(service, method, args, kwargs, partition), timeout
+        )
 
     async def dispatch(
         self,
@@ -381,17 +387,27 @@ class AsyncMethodProxy(BaseMethodProxy[AsyncClusterProxy]):
             timeout=self._timeout,
             idempotent=self._idempotent,
             shard_key=self._shard_key,
+            partition=self._partition,
         )
 
     async def cast(self, *args: JsonValue, **kwargs: JsonValue) -> None:
         """Send the request, wanting no reply: :meth:`AsyncClusterProxy.cast`."""
         await self._cluster.cast(
-            self.service, self.method, args, kwargs, timeout=self._timeout
+            self.service,
+            self.method,
+            args,
+            kwargs,
+            timeout=self._timeout,
+            partition=self._partition,
         )
 
     def shard(self, key: object) -> AsyncMethodProxy:
         """This method routed by ``key``, as :meth:`rpc.MethodProxy.shard`."""
         return self._replace(shard_key=str(key))
+
+    def partition(self, which: int | str) -> AsyncMethodProxy:
+        """This method sent to one partition, as :meth:`rpc.MethodProxy.partition`."""
+        return self._replace(partition=which)
 
     def with_options(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
+import random
 import threading
 import time
 import uuid
@@ -236,6 +237,8 @@ class CallBuilder:
         self._observing = bool(chain)
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
+        #: Partitioned services, by name: empty, and never looked at, unless set.
+        self._partitions = dict(config.partitions)
 
     def request(
         self,
@@ -245,6 +248,7 @@ class CallBuilder:
         kwargs: Mapping[str, JsonValue] | None,
         timeout: Timeout,
         shard_key: str | None = None,
+        partition: int | str | None = None,
     ) -> PreparedCall:
         """Check names, fix the deadline and encode the body.
 
@@ -265,6 +269,8 @@ class CallBuilder:
         )
         headers = protocol.request_headers(method, deadline, self.caller())
         key = _routing_key(service, method)
+        if self._partitions and service in self._partitions:
+            key = self.partition_key(service, method, partition)
         if shard_key is not None:
             headers[protocol.HEADER_SHARD_KEY] = str(shard_key)
             key = protocol.shard_routing_key(service, method)
@@ -299,11 +305,14 @@ class CallBuilder:
         method: str,
         args: Sequence[JsonValue],
         kwargs: Mapping[str, JsonValue] | None,
+        partition: int | str | None = None,
     ) -> PreparedMessage:
         """A request that wants no reply: persistent, mandatory, no deadline."""
         protocol.check_service_name(service)
         protocol.check_method_name(method)
         key = _routing_key(service, method)
+        if self._partitions and service in self._partitions:
+            key = self.partition_key(service, method, partition)
         body = serialization.encode(
             protocol.request_body(args, kwargs or {}),
             limit=self.config.max_message_bytes,
@@ -345,6 +354,27 @@ class CallBuilder:
             # The framework's own headers win: a middleware cannot break the protocol.
             headers = {**call.headers, **headers}
         return observed, headers
+
+    def partition_key(
+        self, service: str, method: str, partition: int | str | None = None
+    ) -> str:
+        """The routing key of a request to one partition of ``service``.
+
+        The caller's pick: an index (modulo the count), a key (the same key, the
+        same partition: :func:`rpc.protocol.partition_for`), or None for a random
+        one, which spreads the load evenly over the partitions' queues, and so over
+        the nodes their leaders are on (see docs/cluster.md).
+        """
+        count = self._partitions[service]
+        if partition is None:
+            index = random.randrange(count)
+        elif isinstance(partition, int):
+            index = partition % count
+        else:
+            index = protocol.partition_for(partition, count)
+        key = protocol.partition_routing_key(service, method, index)
+        _fits(key)
+        return key
 
     def caller(self) -> str:
         """Who makes the call: the service being served, else the proxy's name."""

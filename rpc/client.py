@@ -113,6 +113,7 @@ class BaseClusterProxy:
             on_disconnect=self._pending.connection_lost,
             on_tick=self._expire,
             confirms=True,
+            node_timeout=self.config.node_connect_timeout,
         )
 
     # -- sending -------------------------------------------------------------------
@@ -324,6 +325,7 @@ class BaseMethodProxy(Generic[_Cluster]):
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool | None = None,
         shard_key: str | None = None,
+        partition: int | str | None = None,
     ) -> None:
         self._cluster = cluster
         self.service = service
@@ -331,6 +333,7 @@ class BaseMethodProxy(Generic[_Cluster]):
         self._timeout = timeout
         self._idempotent = idempotent
         self._shard_key = shard_key
+        self._partition = partition
 
     def _replace(
         self: _Method,
@@ -338,6 +341,7 @@ class BaseMethodProxy(Generic[_Cluster]):
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool | None = None,
         shard_key: str | None = None,
+        partition: int | str | None = None,
     ) -> _Method:
         """A copy with the options given; those left out stay as they are here."""
         return type(self)(
@@ -347,6 +351,7 @@ class BaseMethodProxy(Generic[_Cluster]):
             timeout=self._timeout if timeout is USE_DEFAULT else timeout,
             idempotent=self._idempotent if idempotent is None else idempotent,
             shard_key=self._shard_key if shard_key is None else shard_key,
+            partition=self._partition if partition is None else partition,
         )
 
     def __repr__(self) -> str:

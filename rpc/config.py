@@ -11,12 +11,20 @@ from typing import Any
 
 import yaml
 
+from rpc import broker_urls as urls
+from rpc import protocol
 from rpc.errors import ConfigError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 ENV_PREFIX = "RPC_"
 CONFIG_FILE_ENV = "RPC_CONFIG"
 QUEUE_TYPES = ("classic", "quorum")
+#: Where RabbitMQ (3.10+) puts the leader of a new quorum queue: on the node with the
+#: fewest leaders, or on the node the declaring worker is connected to; "" sends no
+#: argument, and the broker's own ``queue_leader_locator`` decides.
+LEADER_LOCATORS = ("", "balanced", "client-local")
+#: Settings that name the broker: a layer that sets one replaces both of a lower one.
+_BROKER_SETTINGS = ("broker_url", "broker_urls")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +67,28 @@ class Config:
     cache_timeout: float = 0.25
     #: Largest item the cache servers keep (memcached ``-I``), key and value.
     cache_max_item_bytes: int = 1024 * 1024
+    #: The nodes of a RabbitMQ cluster, tried in turn from a random one; when set,
+    #: ``broker_url`` is these joined by ``;`` (see docs/cluster.md).
+    broker_urls: tuple[str, ...] = ()
+    #: Seconds one attempt on one node may take, TCP connect and AMQP handshake
+    #: together, before the next node of the list is tried.
+    node_connect_timeout: float = 2.0
+    #: Where a new quorum queue's leader goes: "balanced" or "client-local"; "" (the
+    #: default) leaves it to the broker. Queue arguments: see docs/cluster.md before
+    #: changing it on queues that exist.
+    quorum_leader_locator: str = ""
+    #: Nodes a new quorum queue is replicated on; 0 (the default) leaves it to the
+    #: broker. A queue argument too.
+    quorum_group_size: int = 0
+    #: Services spread over several queues, by name: ``{"orders": 3}``.
+    partitions: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: The partitions this worker consumes, of every partitioned service it runs;
+    #: empty for all of them.
+    serve_partitions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check_types(self)
+        self._check_cluster_settings()
         if self.default_timeout <= 0:
             raise _invalid("default_timeout", "must be positive")
         if self.max_workers < 1:
@@ -95,8 +122,43 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed; ``None`` values leave a field as it is."""
-        return dataclasses.replace(
-            self, **{key: value for key, value in changes.items() if value is not None}
+        changes = {key: value for key, value in changes.items() if value is not None}
+        if "broker_url" in changes and "broker_urls" not in changes:
+            changes["broker_urls"] = ()  # a new URL (or list) replaces the old list
+        return dataclasses.replace(self, **changes)
+
+    def quorum_placement(self) -> dict[str, Any]:
+        """Arguments every worker adds to the quorum queues it declares."""
+        return protocol.quorum_placement(
+            self.quorum_leader_locator, self.quorum_group_size
+        )
+
+    def _check_cluster_settings(self) -> None:
+        """Normalise and check the settings of docs/cluster.md.
+
+        ``broker_url`` and ``broker_urls`` end up saying the same: the list wins
+        when given, else the list is ``broker_url`` split at ``;``.
+        """
+        given = self.broker_urls
+        if isinstance(given, str):  # from the environment: RPC_BROKER_URLS="a;b"
+            given = (given,)
+        if given:
+            nodes = urls.split_urls(given)
+            object.__setattr__(self, "broker_url", urls.SEPARATOR.join(nodes))
+        else:
+            nodes = urls.split_urls(self.broker_url)
+        object.__setattr__(self, "broker_urls", nodes)
+        if self.node_connect_timeout <= 0:
+            raise ConfigError("node_connect_timeout must be positive")
+        if self.quorum_leader_locator not in LEADER_LOCATORS:
+            raise ConfigError(
+                "quorum_leader_locator must be balanced, client-local or empty"
+            )
+        if self.quorum_group_size < 0:
+            raise ConfigError("quorum_group_size must not be negative")
+        object.__setattr__(self, "partitions", _partitions(self.partitions))
+        object.__setattr__(
+            self, "serve_partitions", _partition_indexes(self.serve_partitions)
         )
 
     @classmethod
@@ -121,11 +183,11 @@ class Config:
         origins = {key: key for key in values}
         in_file = set(values)
         from_environ = _read_environ(environ)
-        values.update(from_environ)
+        _overlay(values, from_environ)
         origins.update({key: ENV_PREFIX + key.upper() for key in from_environ})
         in_file -= set(from_environ)
         given = {key: value for key, value in flags.items() if value is not None}
-        values.update(given)
+        _overlay(values, given)
         origins.update({key: (flag_names or {}).get(key, key) for key in given})
         in_file -= set(given)
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
@@ -241,9 +303,56 @@ def _check_types(config: Config) -> None:
 def _check_broker_url(url: str) -> None:
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise _invalid("broker_url", f"not a URL: {url!r}")
+        raise _invalid("broker_url", f"not a URL: {urls.masked(url)!r}")
     if scheme.lower() not in BROKER_SCHEMES:
         raise _invalid(
             "broker_url",
             f"{scheme}:// is not a broker URL: use amqp:// (or amqps:// for TLS)",
         )
+
+
+def _overlay(values: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """Put ``layer`` over ``values``: a broker setting in it replaces both below."""
+    if any(name in layer for name in _BROKER_SETTINGS):
+        for name in _BROKER_SETTINGS:
+            values.pop(name, None)
+    values.update(layer)
+
+
+def _partitions(value: object) -> dict[str, int]:
+    """``{"orders": 3}``, from a mapping or from ``RPC_PARTITIONS="orders=3,b=2"``."""
+    if isinstance(value, str):
+        pairs: list[tuple[str, object]] = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, count = item.partition("=")
+            if not sep:
+                raise ConfigError(f"partitions: {item!r} is not SERVICE=COUNT")
+            pairs.append((name.strip(), count.strip()))
+        value = dict(pairs)
+    if not isinstance(value, Mapping):
+        raise ConfigError("partitions must map service names to partition counts")
+    counts: dict[str, int] = {}
+    for name, count in value.items():
+        try:
+            number = int(count)
+        except (TypeError, ValueError):
+            number = 0
+        if not isinstance(name, str) or isinstance(count, bool) or number < 1:
+            raise ConfigError(f"partitions: {name!r} needs a count of at least 1")
+        counts[name] = number
+    return counts
+
+
+def _partition_indexes(value: object) -> tuple[int, ...]:
+    """``(0, 2)``, from a list or from ``RPC_SERVE_PARTITIONS="0,2"``."""
+    if isinstance(value, (str, int)):
+        value = [part for part in str(value).split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("serve_partitions must be a list of partition numbers")
+    try:
+        indexes = tuple(sorted({int(part) for part in value}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"serve_partitions: {exc}") from exc
+    if any(index < 0 for index in indexes):
+        raise ConfigError("serve_partitions must not be negative")
+    return indexes

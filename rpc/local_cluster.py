@@ -33,6 +33,13 @@ DEBIAN_SCRIPTS = "/usr/lib/rabbitmq/bin"
 #: Seconds a node may take to boot, or a command to answer, on a busy small machine.
 BOOT_TIMEOUT = 180.0
 COMMAND_TIMEOUT = 120.0
+#: What docs/cluster.md asks an operator to set on every node: a frozen or cut-off
+#: node is declared down after about 10 s (not 60), and a node that finds itself
+#: in the minority of a partition pauses rather than serve a split cluster.
+OPERATOR_SETTINGS = (
+    "net_ticktime = 10",
+    "cluster_partition_handling = pause_minority",
+)
 
 
 def rabbitmq_script(name: str) -> str:
@@ -161,7 +168,8 @@ class LocalCluster:
 
     Ports are free ones unless ``base_port`` is given (node *i* then listens on
     ``base_port + i``). Node 1 is the seed the others join; every node enables
-    the plugins the framework uses.
+    the plugins the framework uses. ``settings`` are more ``rabbitmq.conf`` lines
+    for every node, such as :data:`OPERATOR_SETTINGS`.
     """
 
     def __init__(
@@ -171,11 +179,13 @@ class LocalCluster:
         nodes: int = 3,
         base_port: int | None = None,
         name: str | None = None,
+        settings: Sequence[str] = (),
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.directory = directory
         self.name = name or f"rpc-{uuid.uuid4().hex[:8]}"
+        self.settings = tuple(settings)
         directory.mkdir(parents=True, exist_ok=True)
         cookie = directory / ".erlang.cookie"
         if not cookie.exists():
@@ -197,6 +207,7 @@ class LocalCluster:
             "loopback_users.guest = true\n"
             # A small shared machine may be short of disk: never block publishers.
             "disk_free_limit.absolute = 1\n"
+            + "".join(f"{line}\n" for line in self.settings)
         )
         (home / "enabled_plugins").write_text(f"[{','.join(PLUGINS)}].\n")
         node = f"{self.name}-{index}@localhost"

@@ -11,6 +11,7 @@ import math
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -493,10 +494,13 @@ def consumer_tag(service: str, part: str, owner: str) -> str:
     return f"rpc-{service}-{part}-{owner}" if part else f"rpc-{service}-{owner}"
 
 
-def typed_queue_arguments(queue_type: str) -> dict[str, Any]:
-    """``queue.declare`` arguments that make a durable queue of ``queue_type``."""
+def typed_queue_arguments(
+    queue_type: str, placement: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``queue.declare`` arguments that make a durable queue of ``queue_type``;
+    a quorum queue takes the ``placement`` arguments (:func:`quorum_placement`)."""
     if queue_type == "quorum":
-        return {"x-queue-type": "quorum"}
+        return {"x-queue-type": "quorum", **(placement or {})}
     return {}
 
 
@@ -518,3 +522,50 @@ HEADER_CACHE = "x-rpc-cache"
 CACHE_INVALIDATE = "invalidate"
 #: Run the handler whatever is cached, and store its result.
 CACHE_REFRESH = "refresh"
+
+
+#: ``queue.declare`` arguments that place a new quorum queue (RabbitMQ 3.10+): where
+#: its leader goes, and on how many nodes it keeps a replica.
+LEADER_LOCATOR_ARGUMENT = "x-queue-leader-locator"
+GROUP_SIZE_ARGUMENT = "x-quorum-initial-group-size"
+
+
+def quorum_placement(leader_locator: str, group_size: int) -> dict[str, Any]:
+    """The placement arguments a worker adds to every quorum queue it declares.
+
+    ``group_size`` 0 leaves the replica count to RabbitMQ (every node); an empty
+    ``leader_locator`` leaves the leader to the broker's ``queue_leader_locator``.
+    """
+    arguments: dict[str, Any] = {}
+    if leader_locator:
+        arguments[LEADER_LOCATOR_ARGUMENT] = leader_locator
+    if group_size:
+        arguments[GROUP_SIZE_ARGUMENT] = group_size
+    return arguments
+
+
+def partition_queue(service: str, index: int) -> str:
+    """One of the queues a partitioned service's calls and casts are spread over."""
+    return f"{service_queue(service)}.partition.{index}"
+
+
+def partition_routing_key(service: str, method: str, index: int) -> str:
+    """Routing key of a request for partition ``index`` of ``service``.
+
+    Three words, so neither the service queue's ``<service>.*`` binding nor the
+    shard binding ``<service>.*.shard`` match it: only :func:`partition_binding`.
+    """
+    return f"{service}.{method}.partition-{index}"
+
+
+def partition_binding(service: str, index: int) -> str:
+    """Binding key of :func:`partition_queue`: every method, that partition only."""
+    return f"{service}.*.partition-{index}"
+
+
+def partition_for(key: str, count: int) -> int:
+    """The partition of ``key`` among ``count``: CRC-32 of its UTF-8, modulo count.
+
+    A plain checksum, so that a caller in any language picks the same partition.
+    """
+    return zlib.crc32(key.encode()) % count

@@ -161,6 +161,7 @@ class ClusterProxy(BaseClusterProxy):
         timeout: float | _UseDefault | None = USE_DEFAULT,
         idempotent: bool | None = None,
         shard_key: str | None = None,
+        partition: int | str | None = None,
     ) -> RpcFuture:
         """Publish a request and return its future at once.
 
@@ -172,7 +173,9 @@ class ClusterProxy(BaseClusterProxy):
             BrokerError: not connected (an idempotent call waits for the next
                 connection instead, within its deadline).
         """
-        call = self._calls.request(service, method, args, kwargs, timeout, shard_key)
+        call = self._calls.request(
+            service, method, args, kwargs, timeout, shard_key, partition
+        )
         future = RpcFuture(
             self,
             service,
@@ -219,6 +222,7 @@ class ClusterProxy(BaseClusterProxy):
         kwargs: Mapping[str, JsonValue] | None = None,
         *,
         timeout: float | _UseDefault | None = USE_DEFAULT,
+        partition: int | str | None = None,
     ) -> None:
         """Send a request that wants no reply; return once the broker has it.
 
@@ -235,7 +239,9 @@ class ClusterProxy(BaseClusterProxy):
                 time, or the connection was lost first (it may then have arrived:
                 cast again only what is safe to run twice).
         """
-        self._confirmed(self._calls.cast(service, method, args, kwargs), timeout)
+        self._confirmed(
+            self._calls.cast(service, method, args, kwargs, partition), timeout
+        )
 
     def dispatch(
         self,
@@ -353,7 +359,12 @@ class MethodProxy(BaseMethodProxy[ClusterProxy]):
     def cast(self, *args: JsonValue, **kwargs: JsonValue) -> None:
         """Send the request without wanting a reply; see :meth:`ClusterProxy.cast`."""
         self._cluster.cast(
-            self.service, self.method, args, kwargs, timeout=self._timeout
+            self.service,
+            self.method,
+            args,
+            kwargs,
+            timeout=self._timeout,
+            partition=self._partition,
         )
 
     def shard(self, key: object) -> MethodProxy:
@@ -365,6 +376,13 @@ class MethodProxy(BaseMethodProxy[ClusterProxy]):
         UnknownServiceError.
         """
         return self._replace(shard_key=str(key))
+
+    def partition(self, which: int | str) -> MethodProxy:
+        """This method sent to one partition of a partitioned service (see
+        ``Config.partitions``): ``which`` is its index, or a key that always picks
+        the same one. For a service that is not partitioned, it changes nothing.
+        """
+        return self._replace(partition=which)
 
     def map(
         self,
@@ -413,6 +431,7 @@ class MethodProxy(BaseMethodProxy[ClusterProxy]):
             timeout=self._timeout,
             idempotent=self._idempotent,
             shard_key=self._shard_key,
+            partition=self._partition,
         )
 
     def with_options(

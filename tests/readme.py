@@ -16,3 +16,9 @@ def code_blocks(section: str, language: str = "python") -> list[str]:
     end = text.find("\n## ", start + 1)
     body = text[start : end if end != -1 else None]
     return [code for lang, code in _BLOCK.findall(body) if lang == language]
+
+
+def doc_blocks(page: str, language: str = "python") -> list[str]:
+    """The ``language`` blocks of ``docs/<page>``, in order."""
+    text = (README.parent / "docs" / page).read_text()
+    return [code for lang, code in _BLOCK.findall(text) if lang == language]

@@ -23,7 +23,7 @@ from rpc.transport.confirms import Confirms
 from rpc.transport.delivery import Delivery, DeliveryCallback
 from rpc.transport.dispatching import Dispatcher
 from rpc.transport.drivers import ONE_WRITE_MAX
-from rpc.transport.link import Link
+from rpc.transport.link import NODE_CONNECT_TIMEOUT, Link
 from rpc.transport.loop_reading import LoopReader
 from rpc.transport.reading import ReadingRole
 
@@ -40,6 +40,10 @@ class BrokerConnection:
     die, it logs a CRITICAL line and exits the process with status 70 so that its
     supervisor starts it again, rather than stay alive but deaf. A client leaves it
     off: its connection then stops, and its calls fail with BrokerError.
+
+    ``url`` may list several nodes of a cluster, ``;``-separated: each connection
+    goes to one, starting at a random one, each attempt bounded by ``node_timeout``
+    seconds, and a reconnection starts with the node after the one it lost.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class BrokerConnection:
         reconnect: bool = True,
         confirms: bool = False,
         exit_on_reader_death: bool = False,
+        node_timeout: float = NODE_CONNECT_TIMEOUT,
     ) -> None:
         self.url = url
         self.name = name
@@ -72,6 +77,7 @@ class BrokerConnection:
             confirms=self._confirms,
             dispatcher=self._dispatcher,
             exit_on_death=exit_on_reader_death,
+            node_timeout=node_timeout,
         )
         self._reading = link.reading = ReadingRole(link, self._dispatcher)
         self._lock = link.lock
@@ -97,6 +103,11 @@ class BrokerConnection:
     @property
     def connected(self) -> bool:
         return self._link.connected.is_set()
+
+    @property
+    def node(self) -> str:
+        """The URL of the node in use (or last tried), its password masked."""
+        return self._link.safe_url()
 
     @property
     def generation(self) -> int:

@@ -2,7 +2,9 @@
 
 A :class:`Link` owns one Kombu connection at a time, its driver and its channel,
 and the I/O thread that keeps them alive: every failure of the link ends up on that
-thread, which tells the owner, drops the connection and dials again.
+thread, which tells the owner, drops the connection and dials again. The broker may
+be a list of nodes (:mod:`rpc.broker_urls`): each attempt dials one node, with its
+own short timeout, and the next attempt dials the next node.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from amqp.exceptions import AccessRefused, NotAllowed
 from kombu.connection import Connection as KombuConnection
 
+from rpc.broker_urls import BrokerNodes
 from rpc.errors import AccessRefusedError, BrokerError
 from rpc.logs import status
 from rpc.transport import drivers
@@ -39,8 +42,13 @@ FIRST_BACKOFF = 0.1
 WRITE_TIMEOUT = 10.0
 #: Seconds a clean close waits for the broker to answer before dropping the socket.
 CLOSE_TIMEOUT = 2.0
+#: Seconds an attempt may take (TCP connect, then AMQP handshake) when the broker
+#: is a single node: with no other node to try, a slow one is worth the wait.
+SINGLE_NODE_TIMEOUT = 5.0
+#: The same for each node of a list, unless the owner says otherwise.
+NODE_CONNECT_TIMEOUT = 2.0
 
-RECONNECTING = "%s: connection lost (%s); reconnecting"
+RECONNECTING = "%s: connection to %s lost (%s); reconnecting"
 READER_DIED = "%s: the thread reading the broker connection died; exiting with %d"
 #: Exit status of a process whose reading thread died (EX_SOFTWARE): its supervisor
 #: (``rpc run``'s, or systemd) starts it again.
@@ -50,6 +58,8 @@ RETRYING = "%s; retrying for up to %g s..."
 #: What the broker answers to bad credentials (403) or a vhost it does not have or
 #: allow (530): the same again would get the same answer.
 _REFUSALS = (AccessRefused, NotAllowed)
+NODE_FAILED = "%s: %s; trying the next node"
+SET_UP_REFUSED = "%s: %s refused the set-up: %s"
 
 
 class Link:
@@ -76,8 +86,14 @@ class Link:
         confirms: Confirms | None,
         dispatcher: Dispatcher,
         exit_on_death: bool = False,
+        node_timeout: float = NODE_CONNECT_TIMEOUT,
     ) -> None:
         self.url = url
+        #: The nodes ``url`` lists (one, or a cluster's), and whose turn it is.
+        self.nodes = BrokerNodes(url)
+        self._node_timeout = (
+            node_timeout if len(self.nodes) > 1 else SINGLE_NODE_TIMEOUT
+        )
         self._exit_on_death = exit_on_death
         self.name = name
         self.heartbeat = heartbeat
@@ -121,7 +137,7 @@ class Link:
         while True:
             attempts += 1
             try:
-                self._connect()
+                self._connect(deadline)
                 break
             except BrokerError as exc:
                 refused = isinstance(exc, AccessRefusedError)
@@ -190,7 +206,7 @@ class Link:
         """Mark the link broken: the I/O thread notices and reconnects."""
         self.connected.clear()
         self.interrupt()
-        return BrokerError(f"broker connection failed: {exc}")
+        return BrokerError(f"broker connection to {self.safe_url()} failed: {exc}")
 
     def errors(self) -> tuple[type[BaseException], ...]:
         """What a broken link raises on the current connection."""
@@ -205,10 +221,8 @@ class Link:
         )
 
     def safe_url(self) -> str:
-        connection = self.connection
-        if connection is not None:
-            return str(connection.as_uri())
-        return str(KombuConnection(self.url).as_uri())
+        """The node in use, or last tried, with its password masked."""
+        return self.nodes.safe_current
 
     def tick_interval(self) -> float:
         return min(1.0, self.heartbeat / 4) if self.heartbeat else 1.0
@@ -223,12 +237,49 @@ class Link:
             self._next_heartbeat_check = now + self.tick_interval()
             self.connection.heartbeat_check(rate=2)
 
-    def _connect(self) -> None:
+    def _connect(self, deadline: float | None = None) -> None:
+        """One round over the nodes: connected to one of them, or BrokerError.
+
+        Each node gets its own attempt, bounded by the node timeout (and by
+        ``deadline``, the time start-up may take in all), so a node that accepts
+        TCP but never answers (frozen, or partitioned away) costs that much only.
+        """
+        failures: list[BrokerError] = []
+        nodes = self.nodes.round()
+        for index, url in enumerate(nodes):
+            if failures and self.stopping.is_set():
+                break
+            timeout = self._node_timeout
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 and failures:
+                    break
+                timeout = max(min(timeout, left), 0.1)
+            self.nodes.taking(url)
+            try:
+                self._connect_to(url, timeout)
+                return
+            except BrokerError as exc:
+                failures.append(exc)
+                if len(nodes) > 1 and index < len(nodes) - 1:
+                    log.info(NODE_FAILED, self.name, exc)
+        if len(failures) == 1:
+            raise failures[0]
+        # Refused by every node: retrying cannot help, and the caller must know it.
+        refused = all(isinstance(exc, AccessRefusedError) for exc in failures)
+        kind = AccessRefusedError if refused else BrokerError
+        raise kind(
+            f"cannot connect to any of the {len(nodes)} broker nodes: "
+            + "; ".join(str(exc) for exc in failures)
+        )
+
+    def _connect_to(self, url: str, timeout: float) -> None:
         connection = KombuConnection(
-            self.url,
-            transport=drivers.kombu_transport(self.url),
+            url,
+            transport=drivers.kombu_transport(url),
             heartbeat=self.heartbeat or None,
-            connect_timeout=min(max(self._connect_timeout, 1.0), 5.0),
+            # py-amqp bounds both the TCP connect and each read of the handshake.
+            connect_timeout=min(self._connect_timeout, timeout),
             # SO_SNDTIMEO and SO_RCVTIMEO: a socket call blocked this long means a
             # dead link (frames are read only once select() saw bytes).
             transport_options={
@@ -237,7 +288,8 @@ class Link:
             },
         )
         try:
-            # One attempt: the retries, their backoff and what they say are ours.
+            # One attempt, at this node only: the rounds over nodes, and the waits
+            # between them, are ours (Kombu's connect() would retry after 2 s).
             connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
             channel = connection.channel()
             driver = drivers.open_driver(connection, self._dispatcher)
@@ -261,9 +313,19 @@ class Link:
             except BrokerError:
                 self.close_connection()
                 raise
-            except connection.connection_errors + connection.channel_errors as exc:
+            except connection.channel_errors as exc:
                 self.close_connection()
-                raise BrokerError(f"broker refused the set-up: {exc}") from exc
+                # Not a node failing: a setting the broker refuses (a queue declared
+                # with other arguments, say), which no reconnection will mend.
+                log.warning(SET_UP_REFUSED, self.name, self.safe_url(), exc)
+                raise BrokerError(
+                    f"{self.safe_url()} refused the set-up: {exc}"
+                ) from exc
+            except connection.connection_errors as exc:
+                self.close_connection()
+                raise BrokerError(
+                    f"connection to {self.safe_url()} lost during the set-up: {exc}"
+                ) from exc
             self.connected.set()
         log.debug(RECONNECTED, self.name, self.safe_url())
 
@@ -343,10 +405,12 @@ class Link:
         assert self.reading is not None
         with self.reading.token, self.lock:
             self.close_connection()
-        log.warning(RECONNECTING, self.name, exc)
+        node = self.safe_url()
+        log.warning(RECONNECTING, self.name, node, exc)
         if self._on_disconnect is not None:
             try:
-                self._on_disconnect(exc)
+                # Named after the node, for the errors of the calls it fails.
+                self._on_disconnect(BrokerError(f"{node}: {exc}"))
             except Exception:
                 log.exception("%s: disconnect handler failed", self.name)
         if not self._reconnect:

@@ -228,25 +228,32 @@ class RpcQueueConsumer(HandlerConsumer):
         consumers: list[Consumer] = [cls(worker, service.name)]
         if any(rpc_entrypoint(handler).shard_by is not None for handler in handlers):
             consumers.append(ShardQueueConsumer(worker, service.name))
+        consumers.extend(PartitionQueueConsumer.served(worker, service.name))
         return consumers
 
     def declare(self, channel: Any) -> str:
+        return self._declare_service_queue(
+            channel, protocol.service_binding(self.service)
+        )
+
+    def _declare_service_queue(self, channel: Any, binding: str) -> str:
         config = self.worker.config
+        arguments = deadletter.queue_arguments(
+            self.service,
+            queue_type=config.queue_type,
+            delivery_limit=config.delivery_limit,
+        )
+        if config.queue_type == "quorum":
+            arguments.update(config.quorum_placement())
         channel.queue_declare(
             queue=self.queue,
             durable=True,
             auto_delete=False,
             exclusive=False,
-            arguments=deadletter.queue_arguments(
-                self.service,
-                queue_type=config.queue_type,
-                delivery_limit=config.delivery_limit,
-            ),
+            arguments=arguments,
         )
         channel.queue_bind(
-            queue=self.queue,
-            exchange=protocol.RPC_EXCHANGE,
-            routing_key=protocol.service_binding(self.service),
+            queue=self.queue, exchange=protocol.RPC_EXCHANGE, routing_key=binding
         )
         return self.queue
 
@@ -356,6 +363,51 @@ class ShardQueueConsumer(RpcQueueConsumer):
         return queue
 
 
+class PartitionQueueConsumer(RpcQueueConsumer):
+    """One of the queues a partitioned service is spread over (``Config.partitions``).
+
+    Declared as the service queue is, so each is a quorum queue of its own whose
+    leader RabbitMQ places apart from the others' (``quorum_leader_locator``).
+    Callers that know the service is partitioned publish to one of them; the
+    service queue stays, for the callers that do not.
+    """
+
+    def __init__(
+        self, worker: Worker, service: str, index: int, *, consumes: bool = True
+    ) -> None:
+        super().__init__(worker, service)
+        self.index = index
+        self.queue = protocol.partition_queue(service, index)
+        self.part = f"partition-{index}"
+        self.label = f"{service} partition {index}"
+        self.consumes = consumes
+
+    @classmethod
+    def served(cls, worker: Worker, service: str) -> list[Consumer]:
+        """Every partition of ``service``; this worker consumes all, or its subset.
+
+        The others are declared all the same, so that what a caller sends to a
+        partition waits there for its workers rather than come back unroutable.
+        """
+        count = worker.config.partitions.get(service, 0)
+        wanted = set(worker.config.serve_partitions or range(count))
+        return [
+            cls(worker, service, index, consumes=index in wanted)
+            for index in range(count)
+        ]
+
+    def start(self, channel: Any) -> None:
+        if self.consumes:
+            super().start(channel)
+        else:
+            self.declare(channel)
+
+    def declare(self, channel: Any) -> str:
+        return self._declare_service_queue(
+            channel, protocol.partition_binding(self.service, self.index)
+        )
+
+
 @register_consumer(EventHandlerEntrypoint)
 class EventConsumer(HandlerConsumer):
     """The queue of one ``@event_handler``: its handler type says who shares it."""
@@ -385,7 +437,9 @@ class EventConsumer(HandlerConsumer):
             self.service,
             self.entrypoint,
             instance=self.worker.instance_id,
-            arguments=protocol.typed_queue_arguments(self.worker.config.queue_type),
+            arguments=protocol.typed_queue_arguments(
+                self.worker.config.queue_type, self.worker.config.quorum_placement()
+            ),
         )
 
     def handler_for(

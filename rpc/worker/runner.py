@@ -109,6 +109,7 @@ class ServiceRunner:
             on_connect=self._set_up,
             # Alive but deaf is worse than dead: the supervisor restarts a worker.
             exit_on_reader_death=True,
+            node_timeout=self.config.node_connect_timeout,
         )
         self._invoker = Invoker(self, self.middleware)
         self._dispatcher = Dispatcher(
@@ -185,7 +186,7 @@ class ServiceRunner:
         log.info(
             "serving %s on %s (max_workers=%d, prefetch=%d)",
             ", ".join(self.services),
-            self._connection.url.rsplit("@", 1)[-1],
+            self._connection.node,
             self.config.max_workers,
             self.prefetch,
         )
@@ -266,7 +267,10 @@ class ServiceRunner:
         )
         for service in self.services.values():
             topology.declare_dead_letter_queue(
-                channel, service.name, queue_type=self.config.queue_type
+                channel,
+                service.name,
+                queue_type=self.config.queue_type,
+                placement=self.config.quorum_placement(),
             )
         for consumer in consumers:
             consumer.start(channel)

@@ -3,6 +3,7 @@ service needs, the channel's prefetch, and each service's dead-letter queue."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rpc import deadletter, protocol
@@ -45,7 +46,13 @@ def _declare_dead_letter_exchanges(channel: Any, queue_type: str) -> None:
         )
 
 
-def declare_dead_letter_queue(channel: Any, service: str, *, queue_type: str) -> None:
+def declare_dead_letter_queue(
+    channel: Any,
+    service: str,
+    *,
+    queue_type: str,
+    placement: Mapping[str, Any] | None = None,
+) -> None:
     """Declare the queue an operator finds ``service``'s poison messages in."""
     queue = protocol.dead_letter_queue(service)
     channel.queue_declare(
@@ -53,7 +60,7 @@ def declare_dead_letter_queue(channel: Any, service: str, *, queue_type: str) ->
         durable=True,
         auto_delete=False,
         exclusive=False,
-        arguments=protocol.typed_queue_arguments(queue_type),
+        arguments=protocol.typed_queue_arguments(queue_type, placement),
     )
     channel.queue_bind(
         queue=queue,

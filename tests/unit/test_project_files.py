@@ -50,11 +50,18 @@ def test_ci_runs_the_readme_test_command_word_for_word():
     assert TEST_COMMAND in indented_commands(section("development"))
 
 
-def compose() -> dict[str, Any]:
+def compose(profile: str | None = None) -> dict[str, Any]:
+    """The services of docker-compose.yml in ``profile`` (None: the default ones)."""
     services: dict[str, Any] = yaml.safe_load(
         (ROOT / "docker-compose.yml").read_text()
     )["services"]
-    return services
+    return {
+        name: service
+        for name, service in services.items()
+        if (profile in service.get("profiles", [])) or (
+            profile is None and not service.get("profiles")
+        )
+    }
 
 
 def memcached_services() -> dict[str, Any]:
@@ -87,9 +94,9 @@ def test_compose_up_starts_what_the_readme_says_and_the_pi_mesh_on_request():
     targets = " ".join(" ".join(services[name]["command"]) for name in default)
     for service in ("Shop", "Stock", "Cache", "Concierge"):
         assert f":{service}" in targets, service
-    pi = {name for name, service in services.items() if "profiles" in service}
-    assert pi == {"bitsource", "always_yes", "judge", "pythagoras", "tally", "pi"}
-    assert all(services[name]["profiles"] == ["pi"] for name in pi)
+    pi = compose("pi")
+    assert set(pi) == {"bitsource", "always_yes", "judge", "pythagoras", "tally", "pi"}
+    assert all(service["profiles"] == ["pi"] for service in pi.values())
     readme = (ROOT / "README.md").read_text()
     assert "`docker compose --profile pi up`" in readme
     said = readme[readme.index("With Docker, `docker compose up` starts exactly") :]
@@ -123,12 +130,31 @@ def test_compose_runs_two_memcached_servers_that_the_cached_example_uses():
     assert sorted(configured) == sorted(f"{name}:11211" for name in servers)
     for name in servers:
         assert name in squares["depends_on"]
+def test_the_cluster_profile_runs_quorum_services_on_all_three_nodes():
+    services = compose("cluster")
+    nodes = [name for name in services if name.startswith("rabbit")]
+    assert len(nodes) == 3
+    conf = " ".join(services[nodes[0]]["command"])
+    assert "cluster_partition_handling = pause_minority" in conf
+    for node in nodes:
+        assert services[node]["hostname"] == node
+        assert services[node]["healthcheck"]["test"]
+    workers = {name: s for name, s in services.items() if name not in nodes}
+    assert any(s["command"][:2] == ["rpc", "run"] for s in workers.values())
+    for name, service in workers.items():
+        urls = service["environment"]["RPC_BROKER_URL"].split(";")
+        assert sorted(url.split("@")[1].split(":")[0] for url in urls) == nodes
+        assert service["environment"]["RPC_QUEUE_TYPE"] == "quorum"
+        assert {n: c["condition"] for n, c in service["depends_on"].items()} == {
+            node: "service_healthy" for node in nodes
+        }, name
 
 
 def test_every_service_compose_runs_can_be_imported():
     targets = [
         target
-        for service in compose().values()
+        for profile in (None, "cluster", "pi")
+        for service in compose(profile).values()
         if service.get("command", [])[:2] == ["rpc", "run"]
         for target in service["command"][2:]
         if re.fullmatch(r"[\w.]+:\w+", target)
