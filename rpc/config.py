@@ -16,6 +16,10 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 ENV_PREFIX = "RPC_"
 CONFIG_FILE_ENV = "RPC_CONFIG"
 QUEUE_TYPES = ("classic", "quorum")
+#: ``copies``: how a worker publishes the copy it sends in place of a message.
+COPY_MODES = ("confirmed", "unconfirmed")
+#: ``reply_queue``: where a caller's replies come back.
+REPLY_QUEUES = ("auto", "direct", "private")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,16 @@ class Config:
     #: Middlewares around every handler run and send, as ``module:Class`` paths;
     #: a runner or a proxy puts them after the ones it is given in code.
     middleware: tuple[str, ...] = ()
+    #: "confirmed": every copy a worker sends in place of a message (retry, counted
+    #: requeue, dead letter, shard forward) is confirmed by the broker before the
+    #: original is acknowledged. "unconfirmed" saves a round trip per copy, and on
+    #: a cluster loses copies sent to a queue whose node just died.
+    copies: str = "confirmed"
+    #: "direct": RabbitMQ's direct reply-to, the fastest. "private": a reply queue
+    #: of each caller's own, which a worker can always publish to, even once the
+    #: caller's node is gone. "auto": private with quorum queues or several broker
+    #: URLs (a cluster), else direct.
+    reply_queue: str = "auto"
     #: Free-form settings for services, read through the ``Config`` dependency.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -72,6 +86,10 @@ class Config:
             raise ConfigError("retry_delay must not be negative")
         if self.retry_max_delay < 0:
             raise ConfigError("retry_max_delay must not be negative")
+        if self.copies not in COPY_MODES:
+            raise ConfigError(f"copies must be one of {', '.join(COPY_MODES)}")
+        if self.reply_queue not in REPLY_QUEUES:
+            raise ConfigError(f"reply_queue must be one of {', '.join(REPLY_QUEUES)}")
         if isinstance(self.middleware, str):
             # From the environment: RPC_MIDDLEWARE="a.b:One,c.d:Two".
             paths = tuple(p.strip() for p in self.middleware.split(",") if p.strip())
@@ -86,6 +104,13 @@ class Config:
         return dataclasses.replace(
             self, **{key: value for key, value in changes.items() if value is not None}
         )
+
+    @property
+    def private_replies(self) -> bool:
+        """Whether callers take replies on a queue of their own (``reply_queue``)."""
+        if self.reply_queue == "auto":
+            return self.queue_type == "quorum" or ";" in self.broker_url
+        return self.reply_queue == "private"
 
     @classmethod
     def load(
