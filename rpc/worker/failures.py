@@ -197,8 +197,9 @@ class FailurePolicy:
         if deadline is not None:
             properties["expiration"] = protocol.expiration_ms(deadline)
         # The copy is confirmed before the original is acknowledged (unless
-        # ``copies: unconfirmed``): a copy in a queue whose node died is refused
-        # (nack), and the original is then still ours to send elsewhere. While the
+        # ``copies: unconfirmed``): a copy to a queue whose node died comes back
+        # unroutable (or nacked), and the original is then still ours to send
+        # elsewhere. While the
         # confirm is on its way, the copy may already run: at-least-once, as always.
         if retry_queue is not None:
             taken = self.copy(
