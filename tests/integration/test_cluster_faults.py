@@ -65,23 +65,9 @@ class Run:
         return lambda: entries(self.journal, name)
 
 
-@pytest.fixture(scope="module")
-def quorum_vhost(rabbit_cluster: LocalCluster) -> Iterator[str]:
-    """One vhost for the tests on quorum queues: each vhost costs rabbitmqctl calls."""
-    with private_vhost(rabbit_cluster) as vhost:
-        yield vhost
-
-
 @pytest.fixture
-def run(healthy_cluster: LocalCluster, quorum_vhost: str, tmp_path: Path) -> Run:
-    journal = tmp_path / "journal"
-    journal.mkdir()
-    return Run(healthy_cluster, quorum_vhost, journal, tmp_path)
-
-
-@pytest.fixture
-def classic_run(healthy_cluster: LocalCluster, tmp_path: Path) -> Iterator[Run]:
-    """A vhost of its own: a classic queue cannot take a quorum queue's name."""
+def run(healthy_cluster: LocalCluster, tmp_path: Path) -> Iterator[Run]:
+    """Queues of the test's own, in a vhost of its own: none left by a fault before."""
     journal = tmp_path / "journal"
     journal.mkdir()
     with private_vhost(healthy_cluster) as vhost:
@@ -247,7 +233,7 @@ def test_freezing_the_callers_node_for_longer_than_the_heartbeat(run: Run):
     assert all(outcome.ended - fault < 2 * HEARTBEAT + 2 for outcome in caught)
 
 
-def test_killing_a_classic_retry_queues_home_node(classic_run: Run):
+def test_killing_a_classic_retry_queues_home_node(run: Run):
     """A failed cast waits in a retry queue on node 3; node 3 dies mid-run.
 
     The worker (on node 1) keeps its connection: copies the dead queue refuses go
@@ -256,10 +242,10 @@ def test_killing_a_classic_retry_queues_home_node(classic_run: Run):
     """
     origin = protocol.service_queue("journal")
     retry_queue = protocol.retry_queue(origin, 500)
-    node3 = classic_run.cluster.node(3)
+    node3 = run.cluster.node(3)
     with amqp.Connection(
         f"127.0.0.1:{node3.port}",
-        virtual_host=classic_run.vhost,
+        virtual_host=run.vhost,
         userid="guest",
         password="guest",
         connect_timeout=10,
@@ -270,9 +256,7 @@ def test_killing_a_classic_retry_queues_home_node(classic_run: Run):
             auto_delete=False,
             arguments=protocol.retry_queue_arguments(origin, 500),
         )
-    with under_load(
-        classic_run, [[1]], [1], queue_type="classic", cast_method="flaky"
-    ) as (
+    with under_load(run, [[1]], [1], queue_type="classic", cast_method="flaky") as (
         started,
         load,
     ):
@@ -280,8 +264,8 @@ def test_killing_a_classic_retry_queues_home_node(classic_run: Run):
         node3.kill()
         after_the_fault(load, fault)
         load.stop()
-        classic_run.cluster.restart(3)
-        check(classic_run, started, load, fault)
+        run.cluster.restart(3)
+        check(run, started, load, fault)
     assert started[0].reconnects() == 0
     log = started[0].text()
     assert "retry queue unavailable" in log or "did not take the copy" in log
