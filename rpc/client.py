@@ -191,7 +191,10 @@ class BaseClusterProxy:
             durable=True,
             auto_delete=False,
         )
-        if connection.supports_direct_reply_to:
+        # A reply to the direct reply-to address of a node that is gone makes
+        # RabbitMQ 3.10 close the worker's whole connection; a private queue that
+        # is gone just leaves the reply unrouted (see docs/cluster-faults.md).
+        if connection.supports_direct_reply_to and not self.config.private_replies:
             self._reply_to = protocol.DIRECT_REPLY_TO
         else:
             self._reply_to = protocol.fallback_reply_queue(self.name)

@@ -25,6 +25,10 @@ QUEUE_TYPES = ("classic", "quorum")
 LEADER_LOCATORS = ("", "balanced", "client-local")
 #: Settings that name the broker: a layer that sets one replaces both of a lower one.
 _BROKER_SETTINGS = ("broker_url", "broker_urls")
+#: ``copies``: how a worker publishes the copy it sends in place of a message.
+COPY_MODES = ("confirmed", "unconfirmed")
+#: ``reply_queue``: where a caller's replies come back.
+REPLY_QUEUES = ("auto", "direct", "private")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,16 @@ class Config:
     #: Middlewares around every handler run and send, as ``module:Class`` paths;
     #: a runner or a proxy puts them after the ones it is given in code.
     middleware: tuple[str, ...] = ()
+    #: "confirmed": every copy a worker sends in place of a message (retry, counted
+    #: requeue, dead letter, shard forward) is confirmed by the broker before the
+    #: original is acknowledged. "unconfirmed" saves a round trip per copy, and on
+    #: a cluster loses copies sent to a queue whose node just died.
+    copies: str = "confirmed"
+    #: "direct": RabbitMQ's direct reply-to, the fastest. "private": a reply queue
+    #: of each caller's own, which a worker can always publish to, even once the
+    #: caller's node is gone. "auto": private with quorum queues or several broker
+    #: URLs (a cluster), else direct.
+    reply_queue: str = "auto"
     #: Free-form settings for services, read through the ``Config`` dependency.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Memcached servers of the result cache (``host:port``); none: nothing cached.
@@ -111,6 +125,10 @@ class Config:
             raise _invalid("retry_max_delay", "must not be negative")
         if self.shutdown_timeout < 0:
             raise _invalid("shutdown_timeout", "must not be negative")
+        if self.copies not in COPY_MODES:
+            raise _invalid("copies", f"must be one of {', '.join(COPY_MODES)}")
+        if self.reply_queue not in REPLY_QUEUES:
+            raise _invalid("reply_queue", f"must be one of {', '.join(REPLY_QUEUES)}")
         if isinstance(self.middleware, str):
             # From the environment: RPC_MIDDLEWARE="a.b:One,c.d:Two".
             paths = tuple(p.strip() for p in self.middleware.split(",") if p.strip())
@@ -149,17 +167,24 @@ class Config:
             nodes = urls.split_urls(self.broker_url)
         object.__setattr__(self, "broker_urls", nodes)
         if self.node_connect_timeout <= 0:
-            raise ConfigError("node_connect_timeout must be positive")
+            raise _invalid("node_connect_timeout", "must be positive")
         if self.quorum_leader_locator not in LEADER_LOCATORS:
-            raise ConfigError(
-                "quorum_leader_locator must be balanced, client-local or empty"
+            raise _invalid(
+                "quorum_leader_locator", "must be balanced, client-local or empty"
             )
         if self.quorum_group_size < 0:
-            raise ConfigError("quorum_group_size must not be negative")
+            raise _invalid("quorum_group_size", "must not be negative")
         object.__setattr__(self, "partitions", _partitions(self.partitions))
         object.__setattr__(
             self, "serve_partitions", _partition_indexes(self.serve_partitions)
         )
+
+    @property
+    def private_replies(self) -> bool:
+        """Whether callers take replies on a queue of their own (``reply_queue``)."""
+        if self.reply_queue == "auto":
+            return self.queue_type == "quorum" or ";" in self.broker_url
+        return self.reply_queue == "private"
 
     @classmethod
     def load(

@@ -250,20 +250,33 @@ def retry_queue(origin: str, delay_ms: int) -> str:
     return f"{origin}.retry.{delay_ms}"
 
 
-def retry_queue_arguments(origin: str, delay_ms: int) -> dict[str, Any]:
+def retry_queue_arguments(
+    origin: str, delay_ms: int, queue_type: str = "classic"
+) -> dict[str, Any]:
     """``queue.declare`` arguments of :func:`retry_queue`, the same for every worker.
 
     The queue deletes itself once nobody has declared it for
     :data:`RETRY_QUEUE_IDLE_MS` longer than its TTL: workers declare it again well
     within that, so what waits in it is always moved back before it could go.
+
+    With ``queue_type`` "quorum" it is a quorum queue (RabbitMQ 3.10+ gives those
+    message TTLs), so a copy waiting in it survives the loss of any one node. Its
+    dead-lettering is at-least-once: a copy leaves only once ``origin`` confirmed
+    it, where the default (at-most-once) would drop it if ``origin`` could not take
+    it right then. RabbitMQ allows that only with ``reject-publish`` overflow.
     """
-    return {
+    arguments: dict[str, Any] = {
         "x-queue-type": "classic",
+        **typed_queue_arguments(queue_type),
         "x-message-ttl": delay_ms,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": origin,
         "x-expires": delay_ms + RETRY_QUEUE_IDLE_MS,
     }
+    if queue_type == "quorum":
+        arguments["x-dead-letter-strategy"] = "at-least-once"
+        arguments["x-overflow"] = "reject-publish"
+    return arguments
 
 
 def routing_key(service: str, method: str) -> str:

@@ -7,8 +7,14 @@ modules of this package (link, reading, dispatching, confirms, drivers, and
 
 from __future__ import annotations
 
-from rpc.transport.connection import BrokerConnection
+from rpc.transport.connection import BrokerConnection, QueueRefusedError
 from rpc.transport.delivery import Delivery, DeliveryCallback
 from rpc.transport.drivers import reset_memory_broker
 
-__all__ = ["BrokerConnection", "Delivery", "DeliveryCallback", "reset_memory_broker"]
+__all__ = [
+    "BrokerConnection",
+    "Delivery",
+    "DeliveryCallback",
+    "QueueRefusedError",
+    "reset_memory_broker",
+]

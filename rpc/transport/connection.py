@@ -28,6 +28,14 @@ from rpc.transport.loop_reading import LoopReader
 from rpc.transport.reading import ReadingRole
 
 
+class QueueRefusedError(BrokerError):
+    """The broker refused to declare one queue; the connection is still up.
+
+    RabbitMQ answers a declare with a channel error when, for instance, a classic
+    queue's home node is down (404) or the queue exists with other arguments (406).
+    """
+
+
 class BrokerConnection:
     """One broker connection, kept alive and shared by every thread of its owner.
 
@@ -82,6 +90,8 @@ class BrokerConnection:
         self._reading = link.reading = ReadingRole(link, self._dispatcher)
         self._lock = link.lock
         self._loop_readers: dict[asyncio.AbstractEventLoop, LoopReader] = {}
+        #: (generation, channel) of the channel :meth:`declare_queue` uses.
+        self._side: tuple[int, Any] | None = None
 
     def _down(self) -> bool:
         return self._link.stopping.is_set() or not self._link.connected.is_set()
@@ -145,6 +155,42 @@ class BrokerConnection:
                 # A synchronous method (a declare, basic.get) read its answer
                 # through the buffer: frames after it left the socket, and a reader
                 # waiting in select() would not see them until its timeout.
+                driver = link.driver
+                reader = driver.reader if driver is not None else None
+                if reader is not None and reader.has_frame():
+                    link.interrupt()
+
+    def declare_queue(self, queue: str, *, arguments: Mapping[str, Any]) -> None:
+        """Declare a durable queue on a channel of its own, not the consumers'.
+
+        A refusal closes that side channel only: QueueRefusedError, and the
+        consumers, their unacknowledged deliveries and the connection stay as they
+        are (a refusal on the main channel would take them all down). BrokerError
+        when the connection itself fails.
+        """
+        link = self._link
+        with self._lock:
+            link.live_channel()
+            connection = link.connection
+            assert connection is not None
+            side = self._side
+            try:
+                if side is None or side[0] != link.generation or not _is_open(side[1]):
+                    side = self._side = (link.generation, connection.channel())
+                side[1].queue_declare(
+                    queue=queue,
+                    durable=True,
+                    auto_delete=False,
+                    exclusive=False,
+                    arguments=dict(arguments),
+                )
+            except tuple(connection.channel_errors) as exc:
+                # py-amqp opens the closed channel again by itself (or marks it
+                # closed, and the next declare opens another).
+                raise QueueRefusedError(f"queue {queue} refused: {exc}") from exc
+            except link.errors() as exc:
+                raise link.failed(exc) from exc
+            finally:
                 driver = link.driver
                 reader = driver.reader if driver is not None else None
                 if reader is not None and reader.has_frame():
@@ -392,3 +438,8 @@ def _message(
         "application_headers": headers or None,
         **properties,
     }
+
+
+def _is_open(channel: Any) -> bool:
+    """Whether a channel may still be used (py-amqp and Kombu's memory channels)."""
+    return bool(getattr(channel, "is_open", True))

@@ -8,16 +8,20 @@ is asked of the consumer it came from, its :class:`Origin`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
+import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from rpc import deadletter, protocol, serialization
 from rpc.config import Config
-from rpc.errors import MalformedRequestError, SerializationError
+from rpc.errors import BrokerError, MalformedRequestError, SerializationError
 from rpc.protocol import Request
-from rpc.transport import BrokerConnection, Delivery
+from rpc.transport import BrokerConnection, Delivery, QueueRefusedError
 from rpc.worker.retry_queues import RetryQueues
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,15 @@ DROPPED = "%s: %s could not even be dead-lettered (%s): rejected, not requeued"
 RAW_PROPERTIES_KEPT = 64 * 1024
 POISON = "%s: %s was delivered %d times and never acknowledged: poison"
 DEAD_LETTERED = "%s: message moved to the dead-letter queue (%s): %s"
+COPY_NOT_TAKEN = "%s: the broker did not take the copy of %s sent to %r (%s)"
+RETRY_QUEUE_UNAVAILABLE = "%s: retry queue unavailable (%s): requeued without a wait"
+#: Seconds a worker waits for the broker to confirm a copy before it gives the
+#: original back to its queue instead.
+COPY_CONFIRM_TIMEOUT = 10.0
+#: Seconds a handler thread pauses before it gives back an original whose copy
+#: the broker did not take: what refused the copy (a node down) is rarely back
+#: sooner, and the original would come straight back to be copied again.
+GIVE_BACK_PAUSE = 0.5
 #: What a dead letter kept as it came says of its body: bytes, whatever they are.
 RAW_CONTENT_TYPE = "application/octet-stream"
 RAW_CONTENT_ENCODING = "binary"
@@ -94,6 +107,9 @@ class FailurePolicy:
         self._config = config
         self._retry_queues = retry_queues
         self._delays_retries = delays_retries
+        #: Copies wait for the broker's publisher confirm before the original is
+        #: acknowledged (``copies: confirmed``, the default).
+        self._confirmed = config.copies == "confirmed"
 
     def count(
         self, origin: Origin, delivery: Delivery, *, queue_type: str
@@ -171,18 +187,35 @@ class FailurePolicy:
         headers = origin.copy_headers(delivery, count)
         exchange, routing_key, may_wait = origin.requeue_route(headers)
         properties = copied_properties(delivery)
+        retry_queue = None
         if after_failure and may_wait:
-            routing_key = self._retry_route(routing_key, count, properties)
+            retry_queue = self._retry_route(origin, routing_key, count, properties)
         try:
             deadline = protocol.parse_deadline(headers.get(protocol.HEADER_DEADLINE))
         except MalformedRequestError:
             deadline = None  # refused when it runs; the copy just keeps no TTL
         if deadline is not None:
             properties["expiration"] = protocol.expiration_ms(deadline)
-        # Copy and ack in one lock hold on one channel: the ack leaves right behind
-        # the copy, before the copy can reach a handler. Waiting for a publisher
-        # confirm in between would let a handler that kills its process run the
-        # copy first, and the original would come back and be copied again.
+        # The copy is confirmed before the original is acknowledged (unless
+        # ``copies: unconfirmed``): a copy to a queue whose node died comes back
+        # unroutable (or nacked), and the original is then still ours to send
+        # elsewhere. While the
+        # confirm is on its way, the copy may already run: at-least-once, as always.
+        if retry_queue is not None:
+            taken = self.copy(
+                origin,
+                delivery,
+                exchange="",
+                routing_key=retry_queue,
+                headers=headers,
+                properties=properties,
+                give_back=False,
+            )
+            if taken:
+                return
+            # Declared again before the next copy: a queue on a dead node is then
+            # refused at once. This one goes straight back to its queue.
+            self._retry_queues.forget(retry_queue)
         self.copy(
             origin,
             delivery,
@@ -248,25 +281,80 @@ class FailurePolicy:
         headers: Mapping[str, Any],
         properties: dict[str, Any],
         content_type: str = serialization.CONTENT_TYPE,
-    ) -> None:
-        """:func:`copy_and_ack`; a copy that cannot be encoded (a header of no
-        AMQP type, a property too long) dead-letters the original's bytes instead:
-        requeueing it would come back here, again and again."""
+        give_back: bool = True,
+    ) -> bool:
+        """Publish a copy of ``delivery`` in its place, then ack it; True when done.
+
+        The copy keeps the original's content type (``content_type`` when it had
+        none) and encoding. False when the broker did not take the copy (refused,
+        unroutable, not confirmed in time): the original is then not acknowledged,
+        and ``give_back`` returns it to its queue. A copy that cannot be encoded (a
+        header of no AMQP type, a property too long) dead-letters the original's
+        bytes instead: requeueing it would come back here, again and again.
+        """
         try:
-            copy_and_ack(
-                self._connection,
+            failure = self._publish_copy(
                 delivery,
+                delivery.body,
                 exchange=exchange,
                 routing_key=routing_key,
+                content_type=delivery.content_type or content_type,
+                content_encoding=str(
+                    delivery.properties.get("content_encoding") or "utf-8"
+                ),
                 headers=headers,
                 properties=properties,
-                content_type=content_type,
             )
         except SerializationError as exc:
             log.error(UNENCODABLE, origin.label, origin.what, exc)
             self._dead_letter_raw(
                 origin, delivery, f"its copy cannot be encoded: {exc}"
             )
+            return True
+        if failure is None:
+            return True
+        log.warning(COPY_NOT_TAKEN, origin.label, origin.what, routing_key, failure)
+        if give_back:
+            self._give_back(delivery)
+        return False
+
+    def _publish_copy(
+        self, delivery: Delivery, body: bytes, **publish: Any
+    ) -> str | None:
+        """Publish a copy, then ack ``delivery``; None when done, else why not.
+
+        Confirmed and mandatory unless ``copies: unconfirmed``: the unconfirmed
+        copy and the ack leave in one lock hold on one channel, the ack right
+        behind the copy, and a copy the broker then drops is lost.
+        """
+        connection = self._connection
+        if not self._confirmed:
+            connection.publish_and_ack(delivery, body, **publish)
+            return None
+        properties = dict(publish.pop("properties"))
+        future = connection.publish_confirmed(
+            body, mandatory=True, **publish, **properties
+        )
+        try:
+            routed = wait_confirmed(connection, future, COPY_CONFIRM_TIMEOUT)
+        except BrokerError as exc:
+            return str(exc)
+        if not routed:
+            return "no queue to route it to"
+        connection.ack(delivery)
+        return None
+
+    def _give_back(self, delivery: Delivery) -> None:
+        """Return an original whose copy was not taken to its queue, after a pause.
+
+        It comes back flagged as redelivered, so it is counted: an original the
+        broker keeps refusing copies of ends in the dead-letter queue.
+        """
+        if not _on_event_loop():  # never block an event loop
+            time.sleep(GIVE_BACK_PAUSE)
+        # A connection lost meanwhile has given it back already.
+        with contextlib.suppress(BrokerError):
+            self._connection.reject(delivery, requeue=True)
 
     def _dead_letter_raw(self, origin: Origin, delivery: Delivery, detail: str) -> None:
         """Dead-letter ``delivery``'s body as it came, with headers of our own only
@@ -278,12 +366,13 @@ class FailurePolicy:
         raw = delivery.raw_properties
         if raw and len(raw) <= RAW_PROPERTIES_KEPT:
             headers[protocol.HEADER_RAW_PROPERTIES] = base64.b64encode(raw).decode()
+        routing_key = protocol.service_queue(origin.service)
         try:
-            self._connection.publish_and_ack(
+            failure = self._publish_copy(
                 delivery,
                 delivery.body,
                 exchange=protocol.DEAD_LETTER_EXCHANGE,
-                routing_key=protocol.service_queue(origin.service),
+                routing_key=routing_key,
                 content_type=RAW_CONTENT_TYPE,
                 content_encoding=RAW_CONTENT_ENCODING,
                 headers=headers,
@@ -292,13 +381,21 @@ class FailurePolicy:
         except SerializationError as exc:
             log.error(DROPPED, origin.label, origin.what, exc)
             self._connection.reject(delivery, requeue=False)
+            return
+        if failure is not None:
+            log.warning(COPY_NOT_TAKEN, origin.label, origin.what, routing_key, failure)
+            self._give_back(delivery)
 
-    def _retry_route(self, origin: str, count: int, properties: dict[str, Any]) -> str:
-        """The queue a copy for run ``count`` goes to: a retry queue, or ``origin``.
+    def _retry_route(
+        self, origin: Origin, queue: str, count: int, properties: dict[str, Any]
+    ) -> str | None:
+        """The retry queue a copy for run ``count`` waits in, or None for none.
 
         The copy waits there for :func:`rpc.deadletter.retry_delay`, then RabbitMQ
-        moves it back to ``origin`` by itself. ``origin`` when there is no wait
-        (``retry_delay`` 0, or a transport without message TTLs).
+        moves it back to ``queue`` by itself. None when there is no wait
+        (``retry_delay`` 0, a transport without message TTLs), or when the broker
+        refused the retry queue (a classic one whose home node is down): the copy
+        then goes straight back to ``queue``, and the connection stays up.
         """
         delay = deadletter.retry_delay(
             count - 1,
@@ -306,39 +403,42 @@ class FailurePolicy:
             cap=self._config.retry_max_delay,
         )
         if delay <= 0 or not self._delays_retries:
-            return origin
-        queue = self._retry_queues.route(origin, max(1, round(delay * 1000)))
+            return None
+        try:
+            retry_queue = self._retry_queues.route(queue, max(1, round(delay * 1000)))
+        except QueueRefusedError as exc:
+            log.warning(RETRY_QUEUE_UNAVAILABLE, origin.label, exc)
+            return None
         # Persistent: a copy waiting through a broker restart is not lost.
         properties["delivery_mode"] = 2
-        return queue
+        return retry_queue
 
 
-def copy_and_ack(
+def wait_confirmed(
     connection: BrokerConnection,
-    delivery: Delivery,
-    *,
-    exchange: str,
-    routing_key: str,
-    headers: Mapping[str, Any],
-    properties: dict[str, Any],
-    content_type: str = serialization.CONTENT_TYPE,
-) -> None:
-    """Publish ``delivery``'s body elsewhere, then ack it, in one lock hold.
+    future: concurrent.futures.Future[bool],
+    timeout: float,
+) -> bool:
+    """Wait for a publisher confirm, reading it on this thread when nobody else
+    reads; True when a queue took the message, False when it was unroutable.
 
-    The copy keeps the original's content type (``content_type`` when it had none)
-    and encoding; a crash between the two runs the message twice at worst, never
-    loses it.
+    BrokerError when it was refused, its connection lost, or ``timeout`` passed.
     """
-    connection.publish_and_ack(
-        delivery,
-        delivery.body,
-        exchange=exchange,
-        routing_key=routing_key,
-        content_type=delivery.content_type or content_type,
-        content_encoding=str(delivery.properties.get("content_encoding") or "utf-8"),
-        headers=headers,
-        properties=properties,
-    )
+    began = time.monotonic()
+    connection.read_until(future.done, timeout)
+    left = max(timeout - (time.monotonic() - began), 0.0)
+    try:
+        return future.result(timeout=left)
+    except concurrent.futures.TimeoutError:
+        raise BrokerError(f"not confirmed within {timeout:g}s") from None
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def copied_properties(delivery: Delivery) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The retry queues a worker has declared lately: each once per connection, then
-now and then to renew its lease."""
+now and then to renew its lease, and again at once after one failed to take a copy."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ RETRY_QUEUE_REDECLARE = 60.0
 class RetryQueues:
     """Declares :func:`rpc.protocol.retry_queue` queues on demand, remembering when."""
 
-    def __init__(self, connection: BrokerConnection) -> None:
+    def __init__(
+        self, connection: BrokerConnection, *, queue_type: str = "classic"
+    ) -> None:
         self._connection = connection
+        self._queue_type = queue_type
         # Retry queues declared on connection generation _generation: name -> when
         # (monotonic), so each is declared once per connection, then now and then.
         self._declared: dict[str, float] = {}
@@ -26,7 +29,11 @@ class RetryQueues:
         self._lock = threading.Lock()
 
     def route(self, origin: str, delay_ms: int) -> str:
-        """The retry queue in front of ``origin`` for ``delay_ms``, declared."""
+        """The retry queue in front of ``origin`` for ``delay_ms``, declared.
+
+        QueueRefusedError when the broker refuses the declare (a classic queue
+        whose home node is down), BrokerError when the connection fails.
+        """
         queue = protocol.retry_queue(origin, delay_ms)
         self.declare(queue, origin, delay_ms)
         return queue
@@ -44,14 +51,23 @@ class RetryQueues:
                 return
         # Declaring again renews the queue's x-expires lease: a queue that expired
         # with copies in it would take them along, and later ones would go nowhere.
-        with self._connection.channel() as channel:
-            channel.queue_declare(
-                queue=queue,
-                durable=True,
-                auto_delete=False,
-                exclusive=False,
-                arguments=protocol.retry_queue_arguments(origin, delay_ms),
-            )
+        # On a channel of its own: a refusal must not close the consumers' channel.
+        self._connection.declare_queue(
+            queue,
+            arguments=protocol.retry_queue_arguments(
+                origin, delay_ms, self._queue_type
+            ),
+        )
         with self._lock:
             if generation == self._generation:
                 self._declared[queue] = now
+
+    def forget(self, queue: str) -> None:
+        """``queue`` did not take a copy: declare it again before the next one.
+
+        A classic queue whose node went down still routes, and the broker refuses
+        each copy (nack); declared again, it is refused at once, which tells the
+        worker to look elsewhere.
+        """
+        with self._lock:
+            self._declared.pop(queue, None)

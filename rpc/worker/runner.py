@@ -107,6 +107,8 @@ class ServiceRunner:
             heartbeat=self.config.heartbeat,
             connect_timeout=self.config.connect_timeout,
             on_connect=self._set_up,
+            # Copies sent in place of a message are confirmed before its ack.
+            confirms=self.config.copies == "confirmed",
             # Alive but deaf is worse than dead: the supervisor restarts a worker.
             exit_on_reader_death=True,
             node_timeout=self.config.node_connect_timeout,
@@ -123,7 +125,7 @@ class ServiceRunner:
         failures = FailurePolicy(
             self._connection,
             self.config,
-            RetryQueues(self._connection),
+            RetryQueues(self._connection, queue_type=self.config.queue_type),
             delays_retries=scheme not in _NO_TTL_SCHEMES,
         )
         replies = ReplyPublisher(self._connection, limit=self.config.max_message_bytes)

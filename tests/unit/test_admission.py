@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,6 +42,22 @@ class Recording:
             raise SerializationError("message properties cannot be encoded: test")
         self.published.append({"body": body, **publish})
         self.acked.append(delivery)
+
+    def publish_confirmed(self, body: bytes, *, mandatory: bool = False, **publish):
+        """A confirmed copy, as the failure policy sends it by default."""
+        if self.unencodable:
+            self.unencodable -= 1
+            raise SerializationError("message properties cannot be encoded: test")
+        known = ("exchange", "routing_key", "content_type", "content_encoding")
+        published = {name: publish.pop(name) for name in known if name in publish}
+        published["headers"] = publish.pop("headers", None)
+        self.published.append({"body": body, **published, "properties": publish})
+        future: Future[bool] = Future()
+        future.set_result(True)
+        return future
+
+    def read_until(self, done, timeout: float) -> bool:
+        return bool(done())
 
     def ack(self, delivery: Delivery) -> None:
         self.acked.append(delivery)

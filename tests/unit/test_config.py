@@ -104,3 +104,19 @@ def test_the_retry_example_of_the_dead_letter_docs_waits_as_it_says(tmp_path):
     ]
     assert waits == [0.5, 1, 2, 2]
     assert "0.5, 1, 2, 2 s" in block
+
+
+@pytest.mark.parametrize(
+    "setting", [{"copies": "fast"}, {"reply_queue": "amq.rabbitmq.reply-to"}]
+)
+def test_copies_and_reply_queue_take_only_their_named_values(setting):
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        Config(**setting)
+
+
+def test_copies_and_reply_queue_come_from_the_environment():
+    config = Config.load(
+        environ={"RPC_COPIES": "unconfirmed", "RPC_REPLY_QUEUE": "private"}
+    )
+    assert config.copies == "unconfirmed"
+    assert config.private_replies
