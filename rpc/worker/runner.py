@@ -7,17 +7,21 @@ import logging
 import os
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import rpc
 from rpc.async_proxy import AsyncClusterProxy
 from rpc.config import Config
 from rpc.context import CallContext
 from rpc.entrypoints import is_coroutine_function
 from rpc.errors import BrokerError, ServiceDefinitionError
 from rpc.middleware import Middleware, load_middleware
+from rpc.observability import middleware_for
+from rpc.observability.observers import QUIET, WorkerObserver
 from rpc.proxy import BaseClusterProxy, ClusterProxy
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
@@ -51,7 +55,9 @@ class ServiceRunner:
     the queue for other workers.
 
     ``middleware`` wraps every handler run, before those ``config.middleware``
-    names; the clients handlers call other services with get the same list.
+    names; the clients handlers call other services with get the same list. Those
+    the config turns on (tracing, slow-call logs) come first. ``observer`` hears
+    of what no middleware sees (see :mod:`rpc.observability.observers`).
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class ServiceRunner:
         config: Config | None = None,
         *,
         middleware: Iterable[Middleware] = (),
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.config = config if config is not None else Config.load()
         definitions = [ServiceDefinition.from_class(cls) for cls in services]
@@ -76,9 +83,12 @@ class ServiceRunner:
         #: ``config.middleware`` themselves.
         self._given_middleware = tuple(middleware)
         self.middleware: tuple[Middleware, ...] = (
+            *middleware_for(self.config),
             *self._given_middleware,
             *load_middleware(self.config.middleware),
         )
+        self._observer = QUIET if observer is None else observer
+        self._started_at = time.time()
         #: Names this process's own queues (broadcast events, sharded calls).
         self.instance_id = uuid.uuid4().hex[:12]
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.instance_id}"
@@ -98,6 +108,7 @@ class ServiceRunner:
             heartbeat=self.config.heartbeat,
             connect_timeout=self.config.connect_timeout,
             on_connect=self._set_up,
+            on_disconnect=lambda exc: self._observer.disconnected(),
             # Alive but deaf is worse than dead: the supervisor restarts a worker.
             exit_on_reader_death=True,
         )
@@ -115,8 +126,13 @@ class ServiceRunner:
             self.config,
             RetryQueues(self._connection),
             delays_retries=scheme not in _NO_TTL_SCHEMES,
+            observer=self._observer,
         )
-        replies = ReplyPublisher(self._connection, limit=self.config.max_message_bytes)
+        replies = ReplyPublisher(
+            self._connection,
+            limit=self.config.max_message_bytes,
+            observer=self._observer,
+        )
         self._worker = Worker(
             connection=self._connection,
             config=self.config,
@@ -126,10 +142,12 @@ class ServiceRunner:
             dispatcher=self._dispatcher,
             invoker=self._invoker,
             admission=RequestAdmission(
-                self._connection, self.config, failures, replies
+                self._connection, self.config, failures, replies, self._observer
             ),
             failures=failures,
             replies=replies,
+            observer=self._observer,
+            live=self.live,
         )
 
     # -- what dependencies see (the Runtime protocol) ------------------------------
@@ -168,6 +186,7 @@ class ServiceRunner:
 
     def start(self) -> None:
         """Connect, declare the service queues and start consuming."""
+        self._started_at = time.time()
         self._worker.accepting = True
         self._dispatcher.stopping = False
         self._dispatcher.start_loop()
@@ -232,6 +251,19 @@ class ServiceRunner:
         """Requests taken from the broker and not yet acknowledged."""
         return self._dispatcher.in_flight
 
+    def live(self) -> dict[str, Any]:
+        """What this worker is doing now, as ``rpc status`` shows it."""
+        dispatcher = self._dispatcher
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": rpc.__version__,
+            "uptime": round(time.time() - self._started_at, 3),
+            "in_flight": dispatcher.in_flight,
+            "served": dispatcher.served,
+            "errors": dispatcher.errors,
+        }
+
     # -- the consumers -------------------------------------------------------------
 
     def _set_up(self, channel: Any) -> None:
@@ -255,6 +287,7 @@ class ServiceRunner:
         for consumer in consumers:
             consumer.start(channel)
         self._consumers = consumers
+        self._observer.connected()
 
     # -- handler runs --------------------------------------------------------------
 
