@@ -22,9 +22,11 @@ from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
 from rpc.local_cluster import LocalCluster
+from rpc.observability.cli import configure_log_format, observability_options, supervise
+from rpc.observability.status import status_command
 from rpc.proxy import ClusterProxy
 from rpc.service import import_service
-from rpc.supervisor import Supervisor, process_count, serve
+from rpc.supervisor import process_count, serve
 from rpc.worker import ServiceRunner
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -90,6 +92,7 @@ def main(verbose: int) -> None:
     metavar="module:Class",
     help="Wrap every handler run (repeatable; replaces the configured list).",
 )
+@observability_options
 def run(
     services: tuple[str, ...],
     broker: str | None,
@@ -98,6 +101,7 @@ def run(
     max_async: int | None,
     processes: str | None,
     middleware: tuple[str, ...],
+    **observed: Any,
 ) -> None:
     """Run a worker daemon for SERVICES, given as module:Class."""
     config = _load_config(
@@ -106,7 +110,9 @@ def run(
         max_workers=max_workers,
         max_async=max_async,
         middleware=middleware or None,
+        **observed,
     )
+    configure_log_format(config.log_format)
     try:
         classes = [import_service(path) for path in services]
         count = None if processes is None else process_count(processes)
@@ -118,7 +124,12 @@ def run(
         click.echo(
             f"serving {', '.join(names)} in {count} processes; Ctrl+C stops", err=True
         )
-        sys.exit(Supervisor(classes, config, processes=count).run())
+        try:
+            code = supervise(classes, config, count)
+        except RpcError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        sys.exit(code)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -311,6 +322,7 @@ def _call_when_served(
     show_default=True,
     help="Connections served at once; past it, new ones are answered 503.",
 )
+@observability_options
 def gateway(
     host: str,
     port: int,
@@ -323,11 +335,15 @@ def gateway(
     header_timeout: float,
     idle_timeout: float,
     max_connections: int,
+    **observed: Any,
 ) -> None:
     """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service."""
     from rpc.gateway import serve  # aiohttp is only needed here
 
-    config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
+    config = _load_config(
+        config_file, broker_url=broker, default_timeout=timeout, **observed
+    )
+    configure_log_format(config.log_format)
     click.echo(f"gateway on http://{host}:{port}; Ctrl+C stops", err=True)
     serve(
         config,
@@ -473,3 +489,6 @@ def broker_cluster(nodes: int, base_port: int | None, directory: str | None) -> 
     finally:
         click.echo("stopping the cluster ...", err=True)
         cluster.stop()
+
+
+main.add_command(status_command)

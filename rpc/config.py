@@ -16,6 +16,8 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 ENV_PREFIX = "RPC_"
 CONFIG_FILE_ENV = "RPC_CONFIG"
 QUEUE_TYPES = ("classic", "quorum")
+LOG_FORMATS = ("text", "json")
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,17 @@ class Config:
     middleware: tuple[str, ...] = ()
     #: Free-form settings for services, read through the ``Config`` dependency.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # -- observability (rpc.observability) --
+    #: Port of the worker's (or gateway's) Prometheus ``/metrics``; 0: none.
+    metrics_port: int = 0
+    #: Address ``/metrics`` listens on; 0.0.0.0 lets a Prometheus elsewhere scrape.
+    metrics_host: str = "127.0.0.1"
+    #: OpenTelemetry spans for every call, cast and event (needs ``rpc[otel]``).
+    tracing: bool = False
+    #: "text" (for people) or "json" (one object per line, for log collectors).
+    log_format: str = "text"
+    #: A handler run longer than this many seconds is logged at WARNING; 0: never.
+    slow_call_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.default_timeout <= 0:
@@ -80,6 +93,23 @@ class Config:
             object.__setattr__(self, "middleware", tuple(self.middleware))
         if "://" not in self.broker_url:
             raise ConfigError(f"broker_url is not a URL: {self.broker_url!r}")
+        self._check_observability()
+
+    def _check_observability(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port must be between 0 and 65535")
+        if isinstance(self.tracing, str):
+            # From the environment: RPC_TRACING=1, true, yes (or 0, false, no).
+            flag = self.tracing.strip().lower()
+            if flag not in _FLAGS:
+                raise ConfigError(
+                    f"tracing must be true or false, not {self.tracing!r}"
+                )
+            object.__setattr__(self, "tracing", _FLAGS[flag])
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if self.slow_call_seconds < 0:
+            raise ConfigError("slow_call_seconds must not be negative")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed; ``None`` values leave a field as it is."""

@@ -48,6 +48,7 @@ from rpc.gateway_server import (
     serving,
     unsupported_encoding,
 )
+from rpc.observability.gateway import gateway_middlewares
 from rpc.serialization import JsonValue
 
 if TYPE_CHECKING:
@@ -203,6 +204,7 @@ def create_app(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    metrics_registry: Any | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application, for :func:`serve` or any runner.
 
@@ -212,11 +214,27 @@ def create_app(
     ``idle_timeout``, ``max_connections``) hold when the app is served by
     :func:`serve` or :func:`rpc.gateway_server.serving`; another runner serves it
     with aiohttp's own.
+
+    With ``tracing`` configured each request is an HTTP SERVER span; with
+    ``metrics_registry`` (a prometheus-client registry; the global one when
+    ``metrics_port`` is set) requests and calls are counted there.
     """
+    config = config if config is not None else Config.load()
+    if metrics_registry is None and config.metrics_port:
+        from prometheus_client import REGISTRY
+
+        metrics_registry = REGISTRY
     app = web.Application(
-        client_max_size=max_body, middlewares=[_json_errors, request_phase]
+        client_max_size=max_body,
+        middlewares=[
+            *gateway_middlewares(config, metrics_registry),
+            _json_errors,
+            request_phase,
+        ],
     )
-    app[CLUSTER] = AsyncClusterProxy(config=config, name="gateway")
+    app[CLUSTER] = AsyncClusterProxy(
+        config=config, name="gateway", metrics_registry=metrics_registry
+    )
     app[STATE] = _State(max_body, max_timeout, discovery_wait, discovery_quiet)
     app[LIMITS] = ConnectionLimits(header_timeout, idle_timeout, max_connections)
     app.cleanup_ctx.append(_cluster_lifecycle)
@@ -242,9 +260,23 @@ class _AppOptions(TypedDict, total=False):
 def serve(
     config: Config, *, host: str, port: int, **options: Unpack[_AppOptions]
 ) -> None:
-    """Run the gateway until SIGINT or SIGTERM; ``options`` are create_app's."""
+    """Run the gateway until SIGINT or SIGTERM; ``options`` are create_app's.
+
+    With ``metrics_port``, ``/metrics`` is served on that port as well.
+    """
     app = create_app(config, **options)
-    asyncio.run(_serve_until_signalled(app, host=host, port=port))
+    stop_metrics = None
+    if config.metrics_port:
+        from prometheus_client import REGISTRY
+
+        from rpc.observability.exporter import serve_registry
+
+        stop_metrics = serve_registry(config, REGISTRY)
+    try:
+        asyncio.run(_serve_until_signalled(app, host=host, port=port))
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 async def _serve_until_signalled(app: web.Application, *, host: str, port: int) -> None:

@@ -503,3 +503,15 @@ def timer_queue(service: str, method: str) -> str:
 def timer_queue_arguments() -> dict[str, Any]:
     """Arguments of :func:`timer_queue`: one active consumer receives the token."""
     return {"x-single-active-consumer": True}
+
+
+# -- observability (docs/protocol.md, "Tracing and timing headers") ------------------
+
+#: Header: when the caller published the message, seconds since the epoch (a
+#: float). Set by callers that measure; the worker's queue wait is read from it.
+HEADER_SENT_AT = "x-rpc-sent-at"
+#: W3C Trace Context and Baggage headers, carried as AMQP string headers.
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
+HEADER_BAGGAGE = "baggage"
+TRACE_HEADERS = (HEADER_TRACEPARENT, HEADER_TRACESTATE, HEADER_BAGGAGE)
