@@ -96,3 +96,28 @@ def test_the_pytest_plugin_is_registered_through_an_entry_point():
     assert [p.value for p in plugins if p.name == "rpc.testing.pytest_plugin"] == [
         "rpc.testing.pytest_plugin"
     ]
+
+
+def test_compose_runs_a_prometheus_that_scrapes_every_daemon():
+    services = compose()
+    prometheus = services["prometheus"]
+    mount = "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert mount in prometheus["volumes"]
+    scraped = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {
+        name: config["port"]
+        for job in scraped["scrape_configs"]
+        for config in job["dns_sd_configs"]
+        for name in config["names"]
+    }
+    daemons = [
+        name
+        for name, service in services.items()
+        if service.get("command", [])[:2] in (["rpc", "run"], ["rpc", "gateway"])
+    ]
+    assert "gateway" in daemons
+    for name in daemons:
+        assert targets.get(name) == 9100, name
+    app = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-app"]
+    assert app["environment"]["RPC_METRICS_PORT"] == "9100"
+    assert app["environment"]["RPC_METRICS_HOST"] == "0.0.0.0"
