@@ -515,3 +515,17 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_TRACESTATE = "tracestate"
 HEADER_BAGGAGE = "baggage"
 TRACE_HEADERS = (HEADER_TRACEPARENT, HEADER_TRACESTATE, HEADER_BAGGAGE)
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(headers: Mapping[str, Any]) -> str | None:
+    """The trace id a message's ``traceparent`` names, or None (absent, malformed)."""
+    value = headers.get(HEADER_TRACEPARENT)
+    if not isinstance(value, str):
+        return None
+    match = _TRACEPARENT.match(value)
+    if match is None or match.group(1) == "0" * 32:
+        return None
+    return match.group(1)

@@ -123,7 +123,14 @@ class TracingMiddleware(Middleware):
                 span.set_attribute(
                     "messaging.message.conversation_id", call.correlation_id
                 )
-        propagate.inject(call.headers, context=trace.set_span_in_context(span))
+        # With no SDK the span is a no-op: pass on the context we are in, so a
+        # trace still goes through a service that records none of it.
+        sending = (
+            trace.set_span_in_context(span)
+            if span.get_span_context().is_valid
+            else None
+        )
+        propagate.inject(call.headers, context=sending)
         call.state[_SPAN] = span
 
     def after_send(self, call: ClientCall, outcome: Outcome) -> None:
@@ -167,10 +174,14 @@ class TracingMiddleware(Middleware):
                     "messaging.message.conversation_id", request.correlation_id
                 )
         # Current on this thread or task while the handler runs: its calls are the
-        # span's children.
-        call.state[_TOKEN] = otel_context.attach(
+        # span's children. A no-op span (no SDK) leaves the caller's context
+        # current, which its calls then pass on.
+        current = (
             trace.set_span_in_context(span, parent)
+            if span.get_span_context().is_valid
+            else parent
         )
+        call.state[_TOKEN] = otel_context.attach(current)
         call.state[_SPAN] = span
         return None
 

@@ -300,7 +300,7 @@ class RpcQueueConsumer(HandlerConsumer):
                 request.method,
                 exc,
                 exc_info=exc,
-                extra=call_fields(request),
+                extra=call_fields(request, delivery),
             )
             self.worker.replies.reply(
                 delivery,

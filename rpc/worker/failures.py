@@ -149,7 +149,7 @@ class FailurePolicy:
             request.method,
             exc,
             exc_info=exc,
-            extra=call_fields(request),
+            extra=call_fields(request, delivery),
         )
         verdict = deadletter.failure_verdict(
             delivery_count=request.delivery_count,
@@ -386,10 +386,11 @@ def observed_labels(origin: Origin, delivery: Delivery) -> tuple[str, str]:
     return method, "call" if delivery.reply_to else "cast"
 
 
-def call_fields(request: Request) -> dict[str, Any]:
+def call_fields(request: Request, delivery: Delivery) -> dict[str, Any]:
     """The fields a log line about ``request`` carries (see rpc.observability.logs)."""
     return {
         "service": request.service,
         "method": request.method,
         "correlation_id": request.correlation_id,
+        "trace_id": protocol.trace_id(delivery.headers),
     }
