@@ -34,12 +34,12 @@ class SendsTrace(Middleware):
 
 
 def rpc(
-    broker_url: str, *args: str, timeout: float = 60
+    broker_url: str, *args: str, timeout: float = 60, **env: str
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         rpc_command(*args),
         cwd=PROJECT_ROOT,
-        env=project_env(broker_url),
+        env=project_env(broker_url, **env),
         capture_output=True,
         text=True,
         timeout=timeout,
