@@ -237,3 +237,53 @@ def test_a_supervisor_serves_exact_totals_that_survive_a_restart(
         assert_exact_server_counts(found, 2)
         assert len(matching(found, "rpc_worker_info")) == 1
     assert list(tmp_path.glob("rpc-metrics-*")) == []
+
+
+def test_the_gateway_serves_its_own_metrics(broker_url, tmp_path):
+    import urllib.request
+
+    from tests.integration.daemons import daemons, project_env, wait_until_served
+
+    http, metrics = free_port(), free_port()
+    command = ["gateway", "--port", str(http), "--metrics-port", str(metrics)]
+    with daemons(broker_url, ["services.greeter:Greeter"]):
+        with ClusterProxy(config=Config(broker_url=broker_url)) as cluster:
+            wait_until_served(cluster, "greeter", "hello", ("ready",))
+        gateway = subprocess.Popen(
+            rpc_command(*command),
+            cwd=PROJECT_ROOT,
+            env=project_env(broker_url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_metrics(metrics)
+            wait_for("the gateway", lambda: healthy(http))
+            for _ in range(3):
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{http}/greeter/hello",
+                    data=b'{"name": "m"}',
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    assert response.status == 200
+            found = wait_for_metrics(metrics)
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(timeout=30)
+    routed = {"route": "/{service}/{method}", "status": "200"}
+    assert value(found, "rpc_gateway_requests_total", **routed) == 3
+    calls = {"service": "greeter", "method": "hello", "outcome": "ok"}
+    assert value(found, "rpc_client_requests_total", **calls) == 3
+    assert value(found, "rpc_broker_connected", role="client") == 1
+
+
+def healthy(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
