@@ -52,6 +52,7 @@ class Plan:
             + self.throughput_repetitions * throughput
             + self.startup_repetitions
             + 1
+            + self.repetitions  # observability's overhead
         )
 
 

@@ -89,9 +89,14 @@ def test_quick_benchmark_writes_json_markdown_and_plot(
         "idle worker resident memory (MiB)",
     }
     assert all(isinstance(row["met"], bool) for row in results["targets"])
+    observed = results["observability"]
+    for side in ("plain", "observed", "ratio"):
+        assert set(observed[side]) == {"p50_us", "calls_per_s_x32"}
+        assert all(value > 0 for value in observed[side].values())
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| framework |" in markdown and "**Throughput**" in markdown
+    assert "| metrics + tracing |" in markdown
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The table printed at the end is the one written to disk.
     assert markdown.strip() in completed.stdout
