@@ -34,8 +34,7 @@ from rpc.pending import PendingCall, PendingCalls, Waiter
 from rpc.transport import BrokerConnection, Delivery
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
+    from rpc.observability import MetricsRegistry
     from rpc.observability.metrics import ClientMetrics
 
 
@@ -76,7 +75,7 @@ class BaseClusterProxy:
         config: Config | None = None,
         name: str = "client",
         middleware: Iterable[Middleware] = (),
-        metrics_registry: CollectorRegistry | None = None,
+        metrics_registry: MetricsRegistry | None = None,
     ) -> None:
         base = config if config is not None else Config.load()
         self.config = base.replace(broker_url=broker_url, default_timeout=timeout)

@@ -48,6 +48,7 @@ from rpc.gateway_server import (
     serving,
     unsupported_encoding,
 )
+from rpc.observability import default_registry
 from rpc.observability.gateway import gateway_middlewares
 from rpc.serialization import JsonValue
 
@@ -221,9 +222,7 @@ def create_app(
     """
     config = config if config is not None else Config.load()
     if metrics_registry is None and config.metrics_port:
-        from prometheus_client import REGISTRY
-
-        metrics_registry = REGISTRY
+        metrics_registry = default_registry()
     app = web.Application(
         client_max_size=max_body,
         middlewares=[
@@ -267,11 +266,9 @@ def serve(
     app = create_app(config, **options)
     stop_metrics = None
     if config.metrics_port:
-        from prometheus_client import REGISTRY
-
         from rpc.observability.exporter import serve_registry
 
-        stop_metrics = serve_registry(config, REGISTRY)
+        stop_metrics = serve_registry(config, default_registry())
     try:
         asyncio.run(_serve_until_signalled(app, host=host, port=port))
     finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from rpc.config import Config
 from rpc.errors import ConfigError
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from rpc.observability.metrics import ClientMetrics
+
+#: A prometheus-client ``CollectorRegistry``, named without importing it.
+MetricsRegistry: TypeAlias = "CollectorRegistry"
 
 #: Set by a supervisor that serves its children's metrics: where they write them.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -54,6 +57,15 @@ def client_metrics(registry: CollectorRegistry | None) -> ClientMetrics:
     except ImportError as exc:
         raise ConfigError(_MISSING.format(extra="metrics", exc=exc)) from exc
     return ClientMetrics.of(registry)
+
+
+def default_registry() -> CollectorRegistry:
+    """prometheus-client's global registry, where ``metrics_port`` serves from."""
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError as exc:
+        raise ConfigError(_MISSING.format(extra="metrics", exc=exc)) from exc
+    return REGISTRY
 
 
 _MISSING = "this needs the {extra} extra: pip install 'rpc[{extra}]' ({exc})"

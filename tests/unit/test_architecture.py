@@ -7,6 +7,8 @@ rewritten behind its facade without touching its users.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,12 +104,25 @@ def toolkit_uses_internals(module: str, target: str, name: str) -> bool:
     return inner or name.startswith("_")
 
 
+#: Optional libraries of the ``metrics`` and ``otel`` extras.
+OBSERVABILITY_LIBRARIES = ("prometheus_client", "opentelemetry")
+
+
+def extras_outside_observability(module: str, target: str, name: str) -> bool:
+    return within(target, OBSERVABILITY_LIBRARIES) and not within(
+        module, ("rpc.observability",)
+    )
+
+
 RULES = {
     "the wire contract imports no runtime layer": wire_contract_imports_runtime,
     "only the drivers import the in-memory transport": in_memory_outside_drivers,
     "the worker sees only the transport facade": worker_inside_transport,
     "proxies never import the worker": proxy_imports_worker,
     "rpc.testing uses public facades only": toolkit_uses_internals,
+    "only rpc.observability imports the extras' libraries": (
+        extras_outside_observability
+    ),
 }
 
 
@@ -139,6 +154,12 @@ def test_import_rule(rule):
             "rpc.service",
             "_x",
         ),
+        (
+            "only rpc.observability imports the extras' libraries",
+            "rpc.worker.runner",
+            "prometheus_client",
+            "Counter",
+        ),
     ],
 )
 def test_each_rule_catches_a_forbidden_import(rule, module, target, name):
@@ -147,3 +168,20 @@ def test_each_rule_catches_a_forbidden_import(rule, module, target, name):
         found.add((f"{target}.{name}", ""))
     caught = offenders({module: found}, RULES[rule])
     assert caught and all(line.startswith(f"{module} imports ") for line in caught)
+
+
+def test_importing_rpc_imports_no_extra():
+    # With nothing configured, neither library is loaded (or needed at all).
+    code = (
+        "import sys, rpc, rpc.cli, rpc.gateway, rpc.observability; "
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('prometheus_client', 'opentelemetry')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    )
+    assert done.stdout.strip() == "[]"
