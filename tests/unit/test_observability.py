@@ -267,3 +267,21 @@ def test_rates_are_calls_per_second_between_two_looks():
     later = dict(REPLIES[0], live={**REPLIES[0]["live"], "served": 30})
     after = [ServiceStatus("g", [], [worker_status(later)], None, None)]
     assert served_rates(before, after, 2.0) == {"web-1:41:abc": 10.0}
+
+
+def test_calls_from_an_async_handler_are_children_of_its_span(rpc_cluster):
+    from services.concierge import Concierge
+
+    exporter = span_exporter()
+    rpc_cluster.start(Greeter, Concierge, tracing=True)
+    with ClusterProxy(config=rpc_cluster.config) as cluster:
+        assert cluster.concierge.greet_all(["a", "b"]) == ["Hello, a!", "Hello, b!"]
+    spans = wait_for_spans(exporter, 5)
+    (concierge,) = [s for s in spans if s.name == "concierge/greet_all"]
+    calls = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert len(calls) == 2
+    assert all(s.parent.span_id == concierge.context.span_id for s in calls)
+    servers = [
+        s for s in spans if s.name == "greeter/hello" and s.kind == SpanKind.SERVER
+    ]
+    assert {s.parent.span_id for s in servers} == {s.context.span_id for s in calls}
