@@ -222,8 +222,17 @@ class _ConnectionWatch:
                 self._connected.dec()
 
 
+#: Seconds between two samples of the in-flight and handler-slot gauges.
+SAMPLE_INTERVAL = 0.5
+
+
 class ServerMetrics(Middleware, WorkerObserver):
-    """The worker side: a server middleware and the worker's observer in one."""
+    """The worker side: a server middleware and the worker's observer in one.
+
+    A handler run counts itself in a plain dictionary; the gauges made from it
+    (in flight, busy and idle slots) are set by a sampler every
+    :data:`SAMPLE_INTERVAL` seconds, so a run pays for one lock, not six gauges.
+    """
 
     measures_sizes = True
 
@@ -241,19 +250,54 @@ class ServerMetrics(Middleware, WorkerObserver):
         self._idle = {kind: slots.labels(kind, "idle") for kind in ("thread", "async")}
         self._connection = _ConnectionWatch(metrics, "worker")
         self._info = metrics.worker_info.labels(rpc.__version__)
+        #: Handlers running now, by (service, "thread" or "async").
+        self._running: dict[tuple[str, str], int] = {}
+        self._running_lock = threading.Lock()
+        self._slots = {"thread": 0, "async": 0}
+        self._stop_sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
 
     def running(self, *, threads: int, async_slots: int) -> None:
         """This worker runs now, with so many handler threads and loop slots."""
         self._info.set(1)
-        self._idle["thread"].set(threads)
-        self._idle["async"].set(async_slots)
+        self._slots = {"thread": threads, "async": async_slots}
+        self.sample()
+        if self._sampler is None:
+            self._stop_sampling.clear()
+            self._sampler = threading.Thread(
+                target=self._sample_until_stopped, name="rpc-metrics", daemon=True
+            )
+            self._sampler.start()
 
     def stopped(self) -> None:
         """This worker stopped: its gauges no longer count."""
+        self._stop_sampling.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+            self._sampler = None
         self._info.set(0)
         self._connection.disconnected()
         for gauge in (*self._idle.values(), *self._busy.values()):
             gauge.set(0)
+
+    def sample(self) -> None:
+        """Set the in-flight and handler-slot gauges from the runs counted now."""
+        with self._running_lock:
+            running = dict(self._running)
+        services: dict[str, int] = {}
+        busy = {"thread": 0, "async": 0}
+        for (service, kind), count in running.items():
+            services[service] = services.get(service, 0) + count
+            busy[kind] += count
+        for service, count in services.items():
+            self._in_flight(service).set(count)
+        for kind, count in busy.items():
+            self._busy[kind].set(count)
+            self._idle[kind].set(max(self._slots[kind] - count, 0))
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop_sampling.wait(SAMPLE_INTERVAL):
+            self.sample()
 
     # -- middleware ----------------------------------------------------------------
 
@@ -264,10 +308,9 @@ class ServerMetrics(Middleware, WorkerObserver):
         if type(sent) is float:
             waited = time.time() - sent
             self._queue_wait(context.service, call.method).observe(max(waited, 0.0))
-        self._in_flight(context.service).inc()
-        kind = "async" if context.asynchronous else "thread"
-        self._busy[kind].inc()
-        self._idle[kind].dec()
+        key = (context.service, "async" if context.asynchronous else "thread")
+        with self._running_lock:
+            self._running[key] = self._running.get(key, 0) + 1
         return None
 
     def after_handler(self, call: ServerCall, outcome: Outcome) -> None:
@@ -281,10 +324,9 @@ class ServerMetrics(Middleware, WorkerObserver):
         self._requests(
             service, method, call.kind, "ok" if outcome.error is None else "error"
         ).inc()
-        self._in_flight(service).dec()
-        kind = "async" if context.asynchronous else "thread"
-        self._busy[kind].dec()
-        self._idle[kind].inc()
+        key = (service, "async" if context.asynchronous else "thread")
+        with self._running_lock:
+            self._running[key] -= 1
 
     # -- observer ------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
@@ -60,6 +60,8 @@ def extract(headers: Mapping[str, Any]) -> otel_context.Context:
     A malformed ``traceparent`` gives an empty context, and so a new trace: what
     arrives on the wire never fails a call.
     """
+    if not any(name in headers for name in protocol.TRACE_HEADERS):
+        return otel_context.Context()  # the common case without an SDK: no work
     try:
         return propagate.extract(headers, getter=HEADERS)
     except Exception:
@@ -125,12 +127,10 @@ class TracingMiddleware(Middleware):
                 )
         # With no SDK the span is a no-op: pass on the context we are in, so a
         # trace still goes through a service that records none of it.
-        sending = (
-            trace.set_span_in_context(span)
-            if span.get_span_context().is_valid
-            else None
-        )
-        propagate.inject(call.headers, context=sending)
+        if span.get_span_context().is_valid:
+            propagate.inject(call.headers, context=trace.set_span_in_context(span))
+        elif trace.get_current_span().get_span_context().is_valid or baggage.get_all():
+            propagate.inject(call.headers)
         call.state[_SPAN] = span
 
     def after_send(self, call: ClientCall, outcome: Outcome) -> None:

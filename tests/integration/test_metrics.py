@@ -114,6 +114,9 @@ def settled(rounds: int):
             server(found, "note", "cast", "ok") == CASTS * rounds
             and server(found, "note", "cast", "error") == 2 * rounds
             and server(found, "on_ping", "event", "ok") == EVENTS * rounds
+            # Sampled every half second: settled once the sample says so too.
+            and value(found, "rpc_server_in_flight", service="counted") == 0
+            and value(found, "rpc_handler_slots", kind="thread", state="busy") == 0
         )
 
     return check
@@ -226,7 +229,7 @@ def test_a_supervisor_serves_exact_totals_that_survive_a_restart(
             "the replacement to serve",
             lambda: client.counted.whoami() == replacement,
         )
-        found = wait_for_metrics(port)
+        found = wait_for_metrics(port, settled(1))
         # The dead child's gauges went with it; its counters stayed in the sums.
         assert value(found, "rpc_worker_info", version="0.1.0") == 2
         assert value(found, "rpc_handler_slots", kind="thread", state="idle") == 20
