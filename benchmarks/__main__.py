@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks import harness, report, workloads
+from benchmarks import harness, observability, report, workloads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with harness.private_vhost(options.broker) as url:
             results = workloads.run_all(url, plan, progress)
+            results["observability"] = observability.overhead(url, plan, progress)
     finally:
         bar.close()
     results["meta"] = {

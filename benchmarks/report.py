@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cache as cache_benchmark
+from benchmarks import observability
 
 #: (name, where the value is, goal, True if higher is better)
 TARGETS = (
@@ -31,6 +32,18 @@ TARGETS = (
     ),
     ("CPU scaling with 2 processes (speedup)", ("cpu_scaling", "speedup"), 1.8, True),
     ("idle worker resident memory (MiB)", ("cost", "worker_rss_mb"), 40.0, False),
+    (
+        "latency p50 with metrics and tracing on, observed/plain",
+        ("observability", "ratio", "p50_us"),
+        1.05,
+        False,
+    ),
+    (
+        "throughput at 32 in flight with metrics and tracing on, observed/plain",
+        ("observability", "ratio", "calls_per_s_x32"),
+        0.95,
+        True,
+    ),
 )
 
 
@@ -196,6 +209,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if "cache" in results:
         lines += cache_benchmark.markdown(results["cache"])
+    lines += observability.markdown(results)
     lines += [
         "**Targets**",
         "",

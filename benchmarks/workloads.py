@@ -54,6 +54,7 @@ class Plan:
             + self.startup_repetitions
             + 1
             + 1  # the result cache
+            + self.repetitions  # observability's overhead
         )
 
 

@@ -22,15 +22,17 @@ from rpc.broker import ensure_broker
 from rpc.cache import commands as cache_commands
 from rpc.call_log import CALL_LOG_PATH
 from rpc.cli_base import Progress, RpcGroup, shared_options, verbosity
-from rpc.cli_settings import CLIENT, WORKER, load_config, settings
+from rpc.cli_settings import CLIENT, OBSERVING, WORKER, load_config, settings
 from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
 from rpc.local_cluster import LocalCluster
 from rpc.logs import status
+from rpc.observability.cli import configure_log_format, supervise
+from rpc.observability.status import status_command
 from rpc.proxy import ClusterProxy
 from rpc.service import import_service
-from rpc.supervisor import Supervisor, process_count, serve
+from rpc.supervisor import process_count, serve
 from rpc.worker import ServiceRunner
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -84,6 +86,7 @@ def run(
     if verbosity() >= 1 and CALL_LOG_PATH not in config.middleware:
         # One line per handler run; without -v, nothing on the call path.
         config = config.replace(middleware=(*config.middleware, CALL_LOG_PATH))
+    configure_log_format(config.log_format)
     try:
         classes = [import_service(path) for path in services]
         count = None if processes is None else process_count(processes)
@@ -95,7 +98,12 @@ def run(
         click.echo(
             f"serving {', '.join(names)} in {count} processes; Ctrl+C stops", err=True
         )
-        sys.exit(Supervisor(classes, config, processes=count).run())
+        try:
+            code = supervise(classes, config, count)
+        except RpcError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        sys.exit(code)
     stop = threading.Event()
     received: list[signal.Signals] = []
 
@@ -254,7 +262,7 @@ def _call_when_served(
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@settings(*CLIENT)
+@settings(*CLIENT, *OBSERVING)
 @click.option(
     "--max-body",
     type=click.IntRange(min=1),
@@ -312,6 +320,7 @@ def gateway(
     from rpc.gateway_server import CannotListenError
 
     config = load_config(config_file, **values)
+    configure_log_format(config.log_format)
     try:
         serve(
             config,
@@ -474,6 +483,7 @@ def _register() -> None:
 
     main.add_command(shell)
     main.add_command(cache_commands.cache)
+    main.add_command(status_command)
 
 
 _register()

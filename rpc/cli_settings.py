@@ -81,12 +81,75 @@ FLAGS: dict[str, Flag] = {
     "cache_max_item_bytes": Flag(
         "--cache-max-item-bytes", int, "Largest item the cache servers keep, in bytes."
     ),
+    "copies": Flag(
+        "--copies",
+        click.Choice(("confirmed", "unconfirmed")),
+        "Whether a copy sent in place of a message is confirmed before its ack.",
+    ),
+    "reply_queue": Flag(
+        "--reply-queue",
+        click.Choice(("auto", "direct", "private")),
+        "Where replies come back: direct reply-to, or a queue of the caller's own.",
+    ),
     "extra": Flag(
         "--extra",
         str,
         "A free-form setting for services, read through Settings() (repeatable).",
         multiple=True,
         metavar="KEY=VALUE",
+    ),
+    "broker_urls": Flag(
+        "--broker-node",
+        str,
+        "A node of a RabbitMQ cluster (repeatable; tried from a random one).",
+        multiple=True,
+        metavar="URL",
+    ),
+    "node_connect_timeout": Flag(
+        "--node-connect-timeout", float, "Seconds one attempt on one node may take."
+    ),
+    "quorum_leader_locator": Flag(
+        "--quorum-leader-locator",
+        click.Choice(("", "balanced", "client-local")),
+        "Where a new quorum queue's leader goes.",
+    ),
+    "quorum_group_size": Flag(
+        "--quorum-group-size", int, "Nodes a new quorum queue is replicated on."
+    ),
+    "partitions": Flag(
+        "--partitions",
+        str,
+        "A service spread over several queues (repeatable).",
+        multiple=True,
+        metavar="SERVICE=COUNT",
+    ),
+    "serve_partitions": Flag(
+        "--serve-partition",
+        int,
+        "A partition this worker consumes (repeatable; default: all).",
+        multiple=True,
+        metavar="N",
+    ),
+    "metrics_port": Flag(
+        "--metrics-port",
+        click.IntRange(0, 65535),
+        "Serve Prometheus /metrics on this port (0: none).",
+    ),
+    "metrics_host": Flag("--metrics-host", str, "Address /metrics listens on."),
+    "tracing": Flag(
+        "--tracing/--no-tracing",
+        bool,
+        "OpenTelemetry spans for calls, casts and events (rpc[otel]).",
+    ),
+    "log_format": Flag(
+        "--log-format",
+        click.Choice(("text", "json")),
+        "Log lines for people (text) or one JSON object each (json).",
+    ),
+    "slow_call_seconds": Flag(
+        "--slow-call-seconds",
+        float,
+        "Log a handler run longer than this at WARNING (0: never).",
     ),
 }
 
@@ -98,7 +161,13 @@ CLIENT = (
     "connect_timeout",
     "max_message_bytes",
     "middleware",
+    "broker_urls",
+    "node_connect_timeout",
+    "reply_queue",
+    "partitions",
 )
+#: What the gateway takes besides the client's: how it is observed.
+OBSERVING = ("metrics_port", "metrics_host", "tracing", "log_format")
 #: What ``rpc run`` takes: every setting.
 WORKER = tuple(FLAGS)
 
@@ -149,6 +218,8 @@ def load_config(config_file: str | None, **values: Any) -> Config:
     flags = {key: value for key, value in values.items() if value not in (None, ())}
     if "extra" in flags:
         flags["extra"] = _extra(flags["extra"])
+    if "partitions" in flags:  # SERVICE=COUNT flags, read as the environment's are
+        flags["partitions"] = ",".join(flags["partitions"])
     names = {key: FLAGS[key].name for key in flags if key in FLAGS}
     try:
         return Config.load(config_file, flag_names=names, **flags)

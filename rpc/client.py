@@ -14,7 +14,7 @@ import concurrent.futures
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rpc import events, protocol, serialization
 from rpc.calls import (
@@ -29,8 +29,13 @@ from rpc.config import Config
 from rpc.discovery import DiscoveryAnswers
 from rpc.errors import BrokerError
 from rpc.middleware import ClientChain, Middleware, Outcome, load_middleware
-from rpc.pending import PendingCalls, Waiter
+from rpc.observability import client_metrics, middleware_for
+from rpc.pending import PendingCall, PendingCalls, Waiter
 from rpc.transport import BrokerConnection, Delivery
+
+if TYPE_CHECKING:
+    from rpc.observability import MetricsRegistry
+    from rpc.observability.metrics import ClientMetrics
 
 
 class BaseClusterProxy:
@@ -53,6 +58,10 @@ class BaseClusterProxy:
     event sent: see :mod:`rpc.middleware`. A call sent again after a reconnection is
     still the same call to them. ``after_send`` runs on the thread that learns the
     outcome, for a call often the connection's I/O thread: it must be quick.
+
+    ``metrics_registry`` (a prometheus-client ``CollectorRegistry``) gets the
+    proxy's client metrics: calls, their durations and outcomes, sends, resends and
+    the broker connection (see :mod:`rpc.observability.metrics`).
     """
 
     #: Workers that answered the last discovery: the next one waits for them.
@@ -66,11 +75,24 @@ class BaseClusterProxy:
         config: Config | None = None,
         name: str = "client",
         middleware: Iterable[Middleware] = (),
+        metrics_registry: MetricsRegistry | None = None,
     ) -> None:
         base = config if config is not None else Config.load()
         self.config = base.replace(broker_url=broker_url, default_timeout=timeout)
         self.name = name
-        chain = ClientChain([*middleware, *load_middleware(self.config.middleware)])
+        self._metrics: ClientMetrics | None = None
+        watching: list[Middleware] = []
+        if metrics_registry is not None:
+            self._metrics = client_metrics(metrics_registry)
+            watching.append(self._metrics)
+        chain = ClientChain(
+            [
+                *watching,
+                *middleware_for(self.config),
+                *middleware,
+                *load_middleware(self.config.middleware),
+            ]
+        )
         self._calls = CallBuilder(self.config, name, chain)
         self._pending = PendingCalls()
         self._start_lock = threading.Lock()
@@ -110,7 +132,7 @@ class BaseClusterProxy:
             heartbeat=self.config.heartbeat,
             connect_timeout=self.config.connect_timeout,
             on_connect=self._set_up,
-            on_disconnect=self._pending.connection_lost,
+            on_disconnect=self._disconnected,
             on_tick=self._expire,
             confirms=True,
             node_timeout=self.config.node_connect_timeout,
@@ -138,9 +160,19 @@ class BaseClusterProxy:
     def _send_again(self, publish: Callable[..., None]) -> None:
         """Publish the idempotent calls a lost connection took with it."""
         reply_to = self._reply_to
-        self._pending.send_again(
-            lambda entry: publish_request(publish, entry.call, reply_to, entry.attempts)
-        )
+        metrics = self._metrics
+
+        def resend(entry: PendingCall) -> None:
+            publish_request(publish, entry.call, reply_to, entry.attempts)
+            if metrics is not None:
+                metrics.resent(entry.call.service, entry.call.method)
+
+        self._pending.send_again(resend)
+
+    def _disconnected(self, exc: BaseException) -> None:
+        self._pending.connection_lost(exc)
+        if self._metrics is not None:
+            self._metrics.disconnected()
 
     def _send_discovery(self, listener: Callable[[Delivery], None]) -> str:
         """Ask every running worker to describe itself; replies go to ``listener``.
@@ -209,6 +241,8 @@ class BaseClusterProxy:
         self._send_again(
             lambda body, **options: connection.publish_on(channel, body, **options)
         )
+        if self._metrics is not None:
+            self._metrics.connected()
 
     def _expire(self) -> None:
         pending = self._pending

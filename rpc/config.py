@@ -29,6 +29,8 @@ _BROKER_SETTINGS = ("broker_url", "broker_urls")
 COPY_MODES = ("confirmed", "unconfirmed")
 #: ``reply_queue``: where a caller's replies come back.
 REPLY_QUEUES = ("auto", "direct", "private")
+LOG_FORMATS = ("text", "json")
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +101,17 @@ class Config:
     #: The partitions this worker consumes, of every partitioned service it runs;
     #: empty for all of them.
     serve_partitions: tuple[int, ...] = ()
+    # -- observability (rpc.observability) --
+    #: Port of the worker's (or gateway's) Prometheus ``/metrics``; 0: none.
+    metrics_port: int = 0
+    #: Address ``/metrics`` listens on; 0.0.0.0 lets a Prometheus elsewhere scrape.
+    metrics_host: str = "127.0.0.1"
+    #: OpenTelemetry spans for every call, cast and event (needs ``rpc[otel]``).
+    tracing: bool = False
+    #: "text" (for people) or "json" (one object per line, for log collectors).
+    log_format: str = "text"
+    #: A handler run longer than this many seconds is logged at WARNING; 0: never.
+    slow_call_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -137,6 +150,23 @@ class Config:
             object.__setattr__(self, "middleware", tuple(self.middleware))
         _check_broker_url(self.broker_url)
         _check_cache_settings(self)
+        self._check_observability()
+
+    def _check_observability(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise _invalid("metrics_port", "must be between 0 and 65535")
+        if isinstance(self.tracing, str):
+            # From the environment: RPC_TRACING=1, true, yes (or 0, false, no).
+            flag = self.tracing.strip().lower()
+            if flag not in _FLAGS:
+                raise _invalid(
+                    "tracing", f"expected true or false, got {self.tracing!r}"
+                )
+            object.__setattr__(self, "tracing", _FLAGS[flag])
+        if self.log_format not in LOG_FORMATS:
+            raise _invalid("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+        if self.slow_call_seconds < 0:
+            raise _invalid("slow_call_seconds", "must not be negative")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed; ``None`` values leave a field as it is."""

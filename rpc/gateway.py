@@ -49,6 +49,8 @@ from rpc.gateway_server import (
     unsupported_encoding,
 )
 from rpc.logs import status
+from rpc.observability import default_registry
+from rpc.observability.gateway import gateway_middlewares
 from rpc.serialization import JsonValue
 
 if TYPE_CHECKING:
@@ -204,6 +206,7 @@ def create_app(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    metrics_registry: Any | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application, for :func:`serve` or any runner.
 
@@ -213,11 +216,25 @@ def create_app(
     ``idle_timeout``, ``max_connections``) hold when the app is served by
     :func:`serve` or :func:`rpc.gateway_server.serving`; another runner serves it
     with aiohttp's own.
+
+    With ``tracing`` configured each request is an HTTP SERVER span; with
+    ``metrics_registry`` (a prometheus-client registry; the global one when
+    ``metrics_port`` is set) requests and calls are counted there.
     """
+    config = config if config is not None else Config.load()
+    if metrics_registry is None and config.metrics_port:
+        metrics_registry = default_registry()
     app = web.Application(
-        client_max_size=max_body, middlewares=[_json_errors, request_phase]
+        client_max_size=max_body,
+        middlewares=[
+            *gateway_middlewares(config, metrics_registry),
+            _json_errors,
+            request_phase,
+        ],
     )
-    app[CLUSTER] = AsyncClusterProxy(config=config, name="gateway")
+    app[CLUSTER] = AsyncClusterProxy(
+        config=config, name="gateway", metrics_registry=metrics_registry
+    )
     app[STATE] = _State(max_body, max_timeout, discovery_wait, discovery_quiet)
     app[LIMITS] = ConnectionLimits(header_timeout, idle_timeout, max_connections)
     app.cleanup_ctx.append(_cluster_lifecycle)
@@ -252,9 +269,21 @@ def serve(
 
     ``on_listening(host, port)`` runs once connections are served. A port that is
     taken or a host that is not this machine's raises OSError before anything else.
+    With ``metrics_port``, ``/metrics`` is served on that port as well.
     """
     app = create_app(config, **options)
-    asyncio.run(_serve_until_signalled(app, host=host, port=port, ready=on_listening))
+    stop_metrics = None
+    if config.metrics_port:
+        from rpc.observability.exporter import serve_registry
+
+        stop_metrics = serve_registry(config, default_registry())
+    try:
+        asyncio.run(
+            _serve_until_signalled(app, host=host, port=port, ready=on_listening)
+        )
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 async def _serve_until_signalled(

@@ -582,3 +582,29 @@ def partition_for(key: str, count: int) -> int:
     A plain checksum, so that a caller in any language picks the same partition.
     """
     return zlib.crc32(key.encode()) % count
+
+
+# -- observability (docs/protocol.md, "Tracing and timing headers") ------------------
+
+#: Header: when the caller published the message, seconds since the epoch (a
+#: float). Set by callers that measure; the worker's queue wait is read from it.
+HEADER_SENT_AT = "x-rpc-sent-at"
+#: W3C Trace Context and Baggage headers, carried as AMQP string headers.
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
+HEADER_BAGGAGE = "baggage"
+TRACE_HEADERS = (HEADER_TRACEPARENT, HEADER_TRACESTATE, HEADER_BAGGAGE)
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(headers: Mapping[str, Any]) -> str | None:
+    """The trace id a message's ``traceparent`` names, or None (absent, malformed)."""
+    value = headers.get(HEADER_TRACEPARENT)
+    if not isinstance(value, str):
+        return None
+    match = _TRACEPARENT.match(value)
+    if match is None or match.group(1) == "0" * 32:
+        return None
+    return match.group(1)

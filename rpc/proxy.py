@@ -270,6 +270,21 @@ class ClusterProxy(BaseClusterProxy):
         ``quiet`` seconds pass without a new one, once every worker that answered the
         previous discovery has answered again; and for ``wait`` seconds at most.
         """
+        answers = self._collect_answers(wait, quiet)
+        return self._discovered(answers)
+
+    def workers(
+        self, *, wait: float = DISCOVERY_WAIT, quiet: float = DISCOVERY_QUIET
+    ) -> list[dict[str, Any]]:
+        """Each running worker's own answer: its id, services and live counters.
+
+        Collected as :meth:`discover` does; ``rpc status`` shows them.
+        """
+        answers = self._collect_answers(wait, quiet)
+        self._discovered(answers)
+        return [reply for reply in answers.replies if isinstance(reply, dict)]
+
+    def _collect_answers(self, wait: float, quiet: float) -> DiscoveryAnswers:
         connection = self._connected_within(wait)
         lock = threading.Lock()
         arrived = threading.Event()
@@ -298,7 +313,7 @@ class ClusterProxy(BaseClusterProxy):
         finally:
             self._forget(correlation_id)
         with lock:
-            return self._discovered(answers)
+            return answers
 
     def _connected_within(self, seconds: float) -> BrokerConnection:
         """The connection, started if need be; after a blip, waited for a while."""

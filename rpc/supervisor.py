@@ -30,6 +30,8 @@ from typing import Any
 from rpc.config import Config
 from rpc.errors import ConfigError, RpcError
 from rpc.logs import status
+from rpc.observability import instrument_worker
+from rpc.service import ServiceDefinition
 from rpc.worker import ServiceRunner
 
 log = logging.getLogger(__name__)
@@ -103,17 +105,31 @@ def serve(
     ``parent_pid``: stop as well when that process is gone, so children of a
     supervisor that was killed do not linger.
     """
-    runner = ServiceRunner(services, config)
-    runner.start()
-    if on_ready is not None:
-        on_ready()
+    instruments = instrument_worker(
+        config, [ServiceDefinition.from_class(cls) for cls in services]
+    )
     try:
-        while not stop.wait(PARENT_CHECK_INTERVAL):
-            if parent_pid is not None and os.getppid() != parent_pid:
-                log.warning("supervisor %d is gone; stopping", parent_pid)
-                break
+        runner = ServiceRunner(
+            services,
+            config,
+            middleware=instruments.middleware,
+            observer=instruments.observer,
+        )
+        runner.start()
+        instruments.running(
+            config.max_workers, config.max_async if runner.has_async else 0
+        )
+        if on_ready is not None:
+            on_ready()
+        try:
+            while not stop.wait(PARENT_CHECK_INTERVAL):
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("supervisor %d is gone; stopping", parent_pid)
+                    break
+        finally:
+            runner.stop()
     finally:
-        runner.stop()
+        instruments.stop()
 
 
 def _child_main(
@@ -155,10 +171,17 @@ class Supervisor:
     """Keeps ``processes`` worker processes of ``services`` running."""
 
     def __init__(
-        self, services: Sequence[type], config: Config, *, processes: int
+        self,
+        services: Sequence[type],
+        config: Config,
+        *,
+        processes: int,
+        on_child_exit: Callable[[int], None] | None = None,
     ) -> None:
         if processes < 1:
             raise ConfigError("processes must be at least 1")
+        #: Told the pid of each child that exited (the metrics' gauges go with it).
+        self._on_child_exit = on_child_exit
         self.services = list(services)
         self.config = config
         self.processes = processes
@@ -255,6 +278,7 @@ class Supervisor:
                     CHILD_EXITED, slot.index, slot.process.pid, _describe(code), delay
                 )
                 self._close_ready(slot)
+                self._exited(slot.process.pid)
                 slot.process = None
                 slot.restart_at = now + delay
             due = slot.restart_at
@@ -359,7 +383,15 @@ class Supervisor:
                 clean = False
             elif process.exitcode != 0:
                 clean = False
+            self._exited(process.pid)
         return clean
+
+    def _exited(self, pid: int) -> None:
+        if self._on_child_exit is not None:
+            try:
+                self._on_child_exit(pid)
+            except Exception:
+                log.exception("after worker pid %d exited", pid)
 
     def _stop_all(self) -> int:
         signum = self._stop_signal

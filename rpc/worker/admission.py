@@ -21,6 +21,7 @@ from rpc.errors import (
     MethodNotFoundError,
     SerializationError,
 )
+from rpc.observability.observers import EXPIRED, INVALID, QUIET, WorkerObserver
 from rpc.protocol import Request
 from rpc.service import Handler, ServiceDefinition
 from rpc.transport import BrokerConnection, Delivery
@@ -73,11 +74,13 @@ class RequestAdmission:
         config: Config,
         failures: FailurePolicy,
         replies: ReplyPublisher,
+        observer: WorkerObserver = QUIET,
     ) -> None:
         self._connection = connection
         self._limit = config.max_message_bytes
         self._failures = failures
         self._replies = replies
+        self._observer = observer
 
     def admit(
         self,
@@ -110,6 +113,7 @@ class RequestAdmission:
                 )
                 return None
             error: Exception = MalformedRequestError("MalformedRequestError", detail)
+            self._observer.settled(service.name, method, "call", INVALID)
             self._replies.reply(delivery, error_payload=framework_error(error))
             return None
         remaining = request.remaining()
@@ -117,6 +121,8 @@ class RequestAdmission:
             assert request.deadline is not None
             late = lateness(request.deadline, -remaining)
             log.info(DROPPED_EXPIRED, service.name, method, late)
+            kind = "call" if delivery.reply_to else "cast"
+            self._observer.settled(service.name, method, kind, EXPIRED)
             self._connection.ack(delivery)
             return None
         if handler is not None and self._forward_to_shard(
@@ -125,7 +131,7 @@ class RequestAdmission:
             return None
         rejection = _rejection(service, handler, request)
         if rejection is not None:
-            self._reject(origin, delivery, rejection)
+            self._reject(origin, delivery, rejection, service.name, method)
             return None
         return request
 
@@ -191,13 +197,20 @@ class RequestAdmission:
         return True
 
     def _reject(
-        self, origin: Origin, delivery: Delivery, error: dict[str, str]
+        self,
+        origin: Origin,
+        delivery: Delivery,
+        error: dict[str, str],
+        service: str,
+        method: str,
     ) -> None:
         reason = REJECTIONS.get(error["type"])
         if reason is not None and not delivery.reply_to:
             # Nobody would hear of the failure: keep the message for an operator.
             self._failures.dead_letter(origin, delivery, reason, error["message"])
             return
+        kind = "call" if delivery.reply_to else "cast"
+        self._observer.settled(service, method, kind, INVALID)
         self._replies.reply(delivery, error_payload=error)
 
 

@@ -24,13 +24,14 @@ from rpc.entrypoints import (
     is_coroutine_function,
 )
 from rpc.errors import BrokerError, SerializationError
+from rpc.observability.observers import QUIET, WorkerObserver, measured
 from rpc.protocol import Request
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
 from rpc.transport import BrokerConnection, Delivery
 from rpc.worker.admission import RequestAdmission, method_of, rpc_entrypoint
 from rpc.worker.dispatch import Dispatcher, Work
-from rpc.worker.failures import FailurePolicy
+from rpc.worker.failures import FailurePolicy, call_fields
 from rpc.worker.invoke import Invoker
 from rpc.worker.replies import ReplyPublisher
 
@@ -60,6 +61,10 @@ class Worker:
     accepting: bool = False
     #: Deliveries that arrived after the stop began, handed back.
     handed_back: int = 0
+    #: Hears of what no middleware sees (see rpc.observability.observers).
+    observer: WorkerObserver = QUIET
+    #: What a discovery answer says of this worker besides its services.
+    live: Callable[[], dict[str, Any]] | None = None
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def hand_back(self, delivery: Delivery) -> None:
@@ -115,10 +120,15 @@ class Consumer(abc.ABC):
     def start(self, channel: Any) -> None:
         """Declare the queue and consume it; inside the connection's ``on_connect``."""
         queue = self.declare(channel)
+        callback: Callable[[Delivery], None] = self.on_delivery
+        observer = self.worker.observer
+        if observer.measures_sizes and isinstance(self, HandlerConsumer):
+            # Bound here, so a worker that measures nothing pays nothing per delivery.
+            callback = measured(callback, observer, self.service)
         self.tag = self.worker.connection.consume(
             channel,
             queue,
-            self.on_delivery,
+            callback,
             no_ack=self.no_ack,
             consumer_tag=protocol.consumer_tag(
                 self.service, self.part, self.worker.instance_id
@@ -279,7 +289,10 @@ class RpcQueueConsumer(HandlerConsumer):
 
     def succeeded(self, work: Work, result: JsonValue) -> None:
         self.worker.replies.reply(
-            work.delivery, result=result, idempotent=self._idempotent(work)
+            work.delivery,
+            result=result,
+            idempotent=self._idempotent(work),
+            service=self.service,
         )
 
     def failed(self, work: Work, request: Request, exc: Exception) -> None:
@@ -287,11 +300,20 @@ class RpcQueueConsumer(HandlerConsumer):
         of a cast's: it is run again, as an event is, or dead-lettered."""
         delivery = work.delivery
         if delivery.reply_to:
-            log.info(HANDLER_FAILED, request.service, request.method, exc)
+            # Logged once, here, with its traceback: the caller gets it as text.
+            log.warning(
+                HANDLER_FAILED,
+                request.service,
+                request.method,
+                exc,
+                exc_info=exc,
+                extra=call_fields(request, delivery),
+            )
             self.worker.replies.reply(
                 delivery,
                 error_payload=serialization.error_payload(exc),
                 idempotent=self._idempotent(work),
+                service=self.service,
             )
             return
         self.worker.failures.handler_failed(self, delivery, request, exc)
@@ -528,12 +550,13 @@ class DiscoveryResponder(Consumer):
         worker = self.worker
         if not delivery.reply_to or not worker.accepting:
             return
-        body = serialization.encode(
-            protocol.discovery_reply(
-                worker.worker_id,
-                [definition.describe() for definition in worker.services.values()],
-            )
+        reply = protocol.discovery_reply(
+            worker.worker_id,
+            [definition.describe() for definition in worker.services.values()],
         )
+        if worker.live is not None:
+            reply["live"] = worker.live()
+        body = serialization.encode(reply)
         try:
             worker.connection.publish(
                 body,

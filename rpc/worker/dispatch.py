@@ -108,6 +108,9 @@ class Dispatcher:
         self._async_slots = asyncio.Semaphore(config.max_async)
         self._in_flight = 0
         self._in_flight_lock = threading.Condition()
+        #: Handler runs finished, and those of them that raised.
+        self.served = 0
+        self.errors = 0
         #: Set once the runner stops: a failed reply or ack is expected then.
         self.stopping = False
 
@@ -146,20 +149,24 @@ class Dispatcher:
 
     def run(self, work: Work) -> None:
         """Admit, run and settle one delivery, on a handler thread."""
+        failed: bool | None = None
         try:
             handler = self._admit(work, asynchronous=False)
             if handler is None:
                 return
             try:
                 outcome = self._invoker.invoke(work, handler, work.context)
+                failed = False
             except Exception as exc:
                 outcome = _Raised(exc)
+                failed = True
             self._settle(work, outcome)
         finally:
-            self._done()
+            self._done(failed)
 
     async def run_async(self, work: Work) -> None:
         """:meth:`run` for an ``async def`` handler: the same steps, awaited."""
+        failed: bool | None = None
         try:
             async with self._async_slots:
                 handler = self._admit(work, asynchronous=True)
@@ -169,11 +176,13 @@ class Dispatcher:
                     outcome = await self._invoker.invoke_async(
                         work, handler, work.context
                     )
+                    failed = False
                 except Exception as exc:
                     outcome = _Raised(exc)
+                    failed = True
                 self._settle(work, outcome)
         finally:
-            self._done()
+            self._done(failed)
 
     def _admit(self, work: Work, *, asynchronous: bool) -> Handler | None:
         """The handler to run, its context set on ``work``; else None, settled."""
@@ -215,9 +224,15 @@ class Dispatcher:
         with contextlib.suppress(BrokerError):
             self._connection.reject(delivery, requeue=True)
 
-    def _done(self) -> None:
+    def _done(self, failed: bool | None) -> None:
+        """One delivery settled; ``failed`` is None when no handler ran for it."""
         with self._in_flight_lock:
             self._in_flight -= 1
+            # Counted under the lock taken anyway: `rpc status` reads them.
+            if failed is not None:
+                self.served += 1
+                if failed:
+                    self.errors += 1
             self._in_flight_lock.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:

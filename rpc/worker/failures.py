@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from rpc import deadletter, protocol, serialization
 from rpc.config import Config
 from rpc.errors import BrokerError, MalformedRequestError, SerializationError
+from rpc.observability.observers import DEAD_LETTERED, QUIET, WorkerObserver
 from rpc.protocol import Request
 from rpc.transport import BrokerConnection, Delivery, QueueRefusedError
 from rpc.worker.retry_queues import RetryQueues
@@ -35,7 +36,7 @@ DROPPED = "%s: %s could not even be dead-lettered (%s): rejected, not requeued"
 #: header must still fit the broker's frame size (128 KiB by default).
 RAW_PROPERTIES_KEPT = 64 * 1024
 POISON = "%s: %s was delivered %d times and never acknowledged: poison"
-DEAD_LETTERED = "%s: message moved to the dead-letter queue (%s): %s"
+DEAD_LETTERED_LOG = "%s: message moved to the dead-letter queue (%s): %s"
 COPY_NOT_TAKEN = "%s: the broker did not take the copy of %s sent to %r (%s)"
 RETRY_QUEUE_UNAVAILABLE = "%s: retry queue unavailable (%s): requeued without a wait"
 #: Seconds a worker waits for the broker to confirm a copy before it gives the
@@ -102,6 +103,7 @@ class FailurePolicy:
         retry_queues: RetryQueues,
         *,
         delays_retries: bool,
+        observer: WorkerObserver = QUIET,
     ) -> None:
         self._connection = connection
         self._config = config
@@ -110,6 +112,7 @@ class FailurePolicy:
         #: Copies wait for the broker's publisher confirm before the original is
         #: acknowledged (``copies: confirmed``, the default).
         self._confirmed = config.copies == "confirmed"
+        self._observer = observer
 
     def count(
         self, origin: Origin, delivery: Delivery, *, queue_type: str
@@ -126,6 +129,8 @@ class FailurePolicy:
         if delivery.malformed is not None:
             self.malformed(origin, delivery)
             return None
+        if delivery.redelivered:
+            self._observer.redelivered(origin.service)
         verdict = deadletter.verdict(
             redelivered=delivery.redelivered,
             headers=delivery.headers,
@@ -154,7 +159,14 @@ class FailurePolicy:
     ) -> None:
         """A handler that nobody waits for raised: run it again, or past the limit
         dead-letter it (``handler-error``); both carry the new count."""
-        log.warning(HANDLER_FAILED, request.service, request.method, exc, exc_info=True)
+        log.warning(
+            HANDLER_FAILED,
+            request.service,
+            request.method,
+            exc,
+            exc_info=exc,
+            extra=call_fields(request, delivery),
+        )
         verdict = deadletter.failure_verdict(
             delivery_count=request.delivery_count,
             delivery_limit=self._config.delivery_limit,
@@ -240,7 +252,8 @@ class FailurePolicy:
         the delivery's own headers.
         """
         service = origin.service
-        log.warning(DEAD_LETTERED, service, reason, detail)
+        log.warning(DEAD_LETTERED_LOG, service, reason, detail)
+        self._dead_lettered(origin, delivery, reason)
         headers = deadletter.dead_letter_headers(
             delivery.headers if count is None else origin.copy_headers(delivery, count),
             reason,
@@ -266,10 +279,20 @@ class FailurePolicy:
 
         Never retried: it would fail the same way on every worker.
         """
-        log.warning(DEAD_LETTERED, origin.service, "malformed", delivery.malformed)
+        log.warning(DEAD_LETTERED_LOG, origin.service, "malformed", delivery.malformed)
+        self._dead_lettered(origin, delivery, deadletter.REASON_MALFORMED)
         self._dead_letter_raw(
             origin, delivery, f"unreadable properties: {delivery.malformed}"
         )
+
+    def _dead_lettered(self, origin: Origin, delivery: Delivery, reason: str) -> None:
+        """Tell the observer; a message dead-lettered without a run is settled so."""
+        observer = self._observer
+        observer.dead_lettered(origin.service, reason)
+        if reason != deadletter.REASON_HANDLER_ERROR:
+            # A handler error was counted as the run's outcome already.
+            method, kind = observed_labels(origin, delivery)
+            observer.settled(origin.service, method, kind, DEAD_LETTERED)
 
     def copy(
         self,
@@ -449,4 +472,25 @@ def copied_properties(delivery: Delivery) -> dict[str, Any]:
         name: delivery.properties[name]
         for name in COPIED_PROPERTIES
         if delivery.properties.get(name) is not None
+    }
+
+
+def observed_labels(origin: Origin, delivery: Delivery) -> tuple[str, str]:
+    """The (method, kind) an observer counts a message settled without a run as."""
+    _, dot, handler = origin.label.partition(".")
+    if dot:
+        return handler, "event"
+    method = delivery.headers.get(protocol.HEADER_METHOD)
+    if not isinstance(method, str):
+        method = delivery.routing_key.rpartition(".")[2]
+    return method, "call" if delivery.reply_to else "cast"
+
+
+def call_fields(request: Request, delivery: Delivery) -> dict[str, Any]:
+    """The fields a log line about ``request`` carries (see rpc.observability.logs)."""
+    return {
+        "service": request.service,
+        "method": request.method,
+        "correlation_id": request.correlation_id,
+        "trace_id": protocol.trace_id(delivery.headers),
     }

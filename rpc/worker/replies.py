@@ -6,6 +6,7 @@ import logging
 
 from rpc import protocol, serialization
 from rpc.errors import SerializationError
+from rpc.observability.observers import WorkerObserver
 from rpc.serialization import JsonValue
 from rpc.transport import BrokerConnection, Delivery
 
@@ -17,9 +18,18 @@ UNANSWERABLE = "a request for %s cannot be answered, dropped: %s"
 class ReplyPublisher:
     """Answers requests on the worker's connection; a cast is only acknowledged."""
 
-    def __init__(self, connection: BrokerConnection, *, limit: int) -> None:
+    def __init__(
+        self,
+        connection: BrokerConnection,
+        *,
+        limit: int,
+        observer: WorkerObserver | None = None,
+    ) -> None:
         self._connection = connection
         self._limit = limit
+        #: Set only when the observer measures sizes: else one check per reply.
+        measures = observer is not None and observer.measures_sizes
+        self._sizes = observer if measures else None
 
     def reply(
         self,
@@ -28,8 +38,12 @@ class ReplyPublisher:
         result: JsonValue = None,
         error_payload: dict[str, str] | None = None,
         idempotent: bool = False,
+        service: str = "",
     ) -> None:
-        """Publish the result (or error) to ``reply_to``, then ack ``delivery``."""
+        """Publish the result (or error) to ``reply_to``, then ack ``delivery``.
+
+        ``service`` names the replying service for an observer that measures sizes.
+        """
         if not delivery.reply_to:
             self._connection.ack(delivery)
             return
@@ -46,6 +60,9 @@ class ReplyPublisher:
                     serialization.error_payload(exc, with_traceback=False)
                 )
             )
+        if self._sizes is not None:
+            replier = service or delivery.routing_key.partition(".")[0]
+            self._sizes.replied(replier, len(body))
         # Ack only once the reply is out: a crash in between redelivers the request,
         # never drops it. Replies to direct reply-to must not be mandatory: RabbitMQ
         # would return them as unroutable even though they are delivered.

@@ -7,11 +7,13 @@ import logging
 import os
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import rpc
 from rpc.async_proxy import AsyncClusterProxy
 from rpc.cache.middleware import cache_middleware
 from rpc.config import Config
@@ -20,6 +22,8 @@ from rpc.entrypoints import is_coroutine_function
 from rpc.errors import BrokerError, ServiceDefinitionError
 from rpc.logs import status
 from rpc.middleware import Middleware, load_middleware
+from rpc.observability import middleware_for
+from rpc.observability.observers import QUIET, WorkerObserver
 from rpc.proxy import BaseClusterProxy, ClusterProxy
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
@@ -56,7 +60,9 @@ class ServiceRunner:
     the queue for other workers.
 
     ``middleware`` wraps every handler run, before those ``config.middleware``
-    names; the clients handlers call other services with get the same list.
+    names; the clients handlers call other services with get the same list. Those
+    the config turns on (tracing, slow-call logs) come first. ``observer`` hears
+    of what no middleware sees (see :mod:`rpc.observability.observers`).
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class ServiceRunner:
         config: Config | None = None,
         *,
         middleware: Iterable[Middleware] = (),
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.config = config if config is not None else Config.load()
         definitions = [ServiceDefinition.from_class(cls) for cls in services]
@@ -81,6 +88,7 @@ class ServiceRunner:
         #: ``config.middleware`` themselves.
         self._given_middleware = tuple(middleware)
         self.middleware: tuple[Middleware, ...] = (
+            *middleware_for(self.config),
             *self._given_middleware,
             *load_middleware(self.config.middleware),
         )
@@ -88,6 +96,8 @@ class ServiceRunner:
         # authentication) run before a hit is answered. None otherwise.
         self._result_cache = cache_middleware(definitions, self.config, self.middleware)
         self.middleware += self._result_cache
+        self._observer = QUIET if observer is None else observer
+        self._started_at = time.time()
         #: Names this process's own queues (broadcast events, sharded calls).
         self.instance_id = uuid.uuid4().hex[:12]
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.instance_id}"
@@ -109,6 +119,7 @@ class ServiceRunner:
             on_connect=self._set_up,
             # Copies sent in place of a message are confirmed before its ack.
             confirms=self.config.copies == "confirmed",
+            on_disconnect=lambda exc: self._observer.disconnected(),
             # Alive but deaf is worse than dead: the supervisor restarts a worker.
             exit_on_reader_death=True,
             node_timeout=self.config.node_connect_timeout,
@@ -127,8 +138,13 @@ class ServiceRunner:
             self.config,
             RetryQueues(self._connection, queue_type=self.config.queue_type),
             delays_retries=scheme not in _NO_TTL_SCHEMES,
+            observer=self._observer,
         )
-        replies = ReplyPublisher(self._connection, limit=self.config.max_message_bytes)
+        replies = ReplyPublisher(
+            self._connection,
+            limit=self.config.max_message_bytes,
+            observer=self._observer,
+        )
         self._worker = Worker(
             connection=self._connection,
             config=self.config,
@@ -138,10 +154,12 @@ class ServiceRunner:
             dispatcher=self._dispatcher,
             invoker=self._invoker,
             admission=RequestAdmission(
-                self._connection, self.config, failures, replies
+                self._connection, self.config, failures, replies, self._observer
             ),
             failures=failures,
             replies=replies,
+            observer=self._observer,
+            live=self.live,
         )
 
     # -- what dependencies see (the Runtime protocol) ------------------------------
@@ -180,6 +198,7 @@ class ServiceRunner:
 
     def start(self) -> None:
         """Connect, declare the service queues and start consuming."""
+        self._started_at = time.time()
         self._worker.accepting = True
         self._dispatcher.stopping = False
         self._dispatcher.start_loop()
@@ -251,6 +270,19 @@ class ServiceRunner:
         """Requests taken from the broker and not yet acknowledged."""
         return self._dispatcher.in_flight
 
+    def live(self) -> dict[str, Any]:
+        """What this worker is doing now, as ``rpc status`` shows it."""
+        dispatcher = self._dispatcher
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": rpc.__version__,
+            "uptime": round(time.time() - self._started_at, 3),
+            "in_flight": dispatcher.in_flight,
+            "served": dispatcher.served,
+            "errors": dispatcher.errors,
+        }
+
     # -- the consumers -------------------------------------------------------------
 
     def _set_up(self, channel: Any) -> None:
@@ -277,6 +309,7 @@ class ServiceRunner:
         for consumer in consumers:
             consumer.start(channel)
         self._consumers = consumers
+        self._observer.connected()
 
     # -- handler runs --------------------------------------------------------------
 

@@ -97,9 +97,16 @@ def test_quick_benchmark_writes_json_markdown_and_plot(
         f"server{i}" for i in range(4)
     }
 
+    observed = results["observability"]
+    for side in ("plain", "observed", "ratio"):
+        assert set(observed[side]) == {"p50_us", "calls_per_s_x32"}
+        assert all(value > 0 for value in observed[side].values())
+
+
     markdown = (tmp_path / "results.md").read_text()
     assert "| framework |" in markdown and "**Throughput**" in markdown
     assert "**Result cache**" in markdown and "**Key distribution**" in markdown
+    assert "| metrics + tracing |" in markdown
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The table printed at the end is the one written to disk.
     assert markdown.strip() in completed.stdout

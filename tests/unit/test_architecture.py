@@ -7,6 +7,8 @@ rewritten behind its facade without touching its users.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,16 @@ def cache_reaches_into_the_runtime(module: str, target: str, name: str) -> bool:
     return within(module, ("rpc.cache",)) and within(target, inner)
 
 
+#: Optional libraries of the ``metrics`` and ``otel`` extras.
+OBSERVABILITY_LIBRARIES = ("prometheus_client", "opentelemetry")
+
+
+def extras_outside_observability(module: str, target: str, name: str) -> bool:
+    return within(target, OBSERVABILITY_LIBRARIES) and not within(
+        module, ("rpc.observability",)
+    )
+
+
 RULES = {
     "the wire contract imports no runtime layer": wire_contract_imports_runtime,
     "only the drivers import the in-memory transport": in_memory_outside_drivers,
@@ -120,6 +132,9 @@ RULES = {
     "only the Memcached store imports pymemcache": pymemcache_outside_its_store,
     "the result cache is a middleware, not part of the worker": (
         cache_reaches_into_the_runtime
+    ),
+    "only rpc.observability imports the extras' libraries": (
+        extras_outside_observability
     ),
 }
 
@@ -164,6 +179,12 @@ def test_import_rule(rule):
             "rpc.worker",
             "ServiceRunner",
         ),
+        (
+            "only rpc.observability imports the extras' libraries",
+            "rpc.worker.runner",
+            "prometheus_client",
+            "Counter",
+        ),
     ],
 )
 def test_each_rule_catches_a_forbidden_import(rule, module, target, name):
@@ -172,3 +193,20 @@ def test_each_rule_catches_a_forbidden_import(rule, module, target, name):
         found.add((f"{target}.{name}", ""))
     caught = offenders({module: found}, RULES[rule])
     assert caught and all(line.startswith(f"{module} imports ") for line in caught)
+
+
+def test_importing_rpc_imports_no_extra():
+    # With nothing configured, neither library is loaded (or needed at all).
+    code = (
+        "import sys, rpc, rpc.cli, rpc.gateway, rpc.observability; "
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('prometheus_client', 'opentelemetry')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    )
+    assert done.stdout.strip() == "[]"

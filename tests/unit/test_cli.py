@@ -147,8 +147,14 @@ def test_every_setting_has_a_flag_and_run_takes_them_all():
     fields = {field.name for field in dataclasses.fields(Config)}
     assert set(FLAGS) == fields
     assert set(WORKER) == fields
-    options = {opt for param in cli.run.params for opt in getattr(param, "opts", [])}
-    assert {flag.name for flag in FLAGS.values()} <= options
+    options = {
+        opt
+        for param in cli.run.params
+        for opt in (*getattr(param, "opts", []), *getattr(param, "secondary_opts", []))
+    }
+    # A boolean's flag is its pair, "--tracing/--no-tracing": both are options.
+    names = {name for flag in FLAGS.values() for name in flag.name.split("/")}
+    assert names <= options
 
 
 def test_run_passes_every_flag_on(served):

@@ -89,9 +89,9 @@ def test_compose_up_starts_what_the_readme_says_and_the_pi_mesh_on_request():
     default = {name for name, service in services.items() if "profiles" not in service}
     assert default == {
         "rabbitmq", "gateway", "greeter", "frontend", "compute", "concierge",
-        "shop", "cache", "demo", "memcached-1", "memcached-2", "squares",
+        "shop", "cache", "demo", "memcached-1", "memcached-2", "squares", "prometheus",
     }  # fmt: skip
-    targets = " ".join(" ".join(services[name]["command"]) for name in default)
+    targets = " ".join(" ".join(services[name].get("command", [])) for name in default)
     for service in ("Shop", "Stock", "Cache", "Concierge"):
         assert f":{service}" in targets, service
     pi = compose("pi")
@@ -177,3 +177,28 @@ def test_the_readme_says_how_long_the_test_command_takes():
     assert "about 15 to 20 minutes on 2 cores" in development
     quick_start = readme[readme.index("## Quick start") : readme.index("## Writing")]
     assert "about 15 to 20 minutes on 2 cores" in quick_start
+
+
+def test_compose_runs_a_prometheus_that_scrapes_every_daemon():
+    services = compose()
+    prometheus = services["prometheus"]
+    mount = "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert mount in prometheus["volumes"]
+    scraped = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {
+        name: config["port"]
+        for job in scraped["scrape_configs"]
+        for config in job["dns_sd_configs"]
+        for name in config["names"]
+    }
+    daemons = [
+        name
+        for name, service in services.items()
+        if service.get("command", [])[:2] in (["rpc", "run"], ["rpc", "gateway"])
+    ]
+    assert "gateway" in daemons
+    for name in daemons:
+        assert targets.get(name) == 9100, name
+    app = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["x-app"]
+    assert app["environment"]["RPC_METRICS_PORT"] == "9100"
+    assert app["environment"]["RPC_METRICS_HOST"] == "0.0.0.0"
