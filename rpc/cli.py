@@ -23,6 +23,12 @@ from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
 from rpc.local_cluster import LocalCluster
 from rpc.proxy import ClusterProxy
+from rpc.security_cli import (
+    gateway_access,
+    gateway_access_options,
+    gateway_token,
+    permissions,
+)
 from rpc.service import import_service
 from rpc.supervisor import Supervisor, process_count, serve
 from rpc.worker import ServiceRunner
@@ -311,6 +317,7 @@ def _call_when_served(
     show_default=True,
     help="Connections served at once; past it, new ones are answered 503.",
 )
+@gateway_access_options
 def gateway(
     host: str,
     port: int,
@@ -323,10 +330,15 @@ def gateway(
     header_timeout: float,
     idle_timeout: float,
     max_connections: int,
+    **access_options: Any,
 ) -> None:
-    """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service."""
+    """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service.
+
+    Every request needs an API token from --tokens-file, unless --allow-anonymous.
+    """
     from rpc.gateway import serve  # aiohttp is only needed here
 
+    access = gateway_access(**access_options)
     config = _load_config(config_file, broker_url=broker, default_timeout=timeout)
     click.echo(f"gateway on http://{host}:{port}; Ctrl+C stops", err=True)
     serve(
@@ -339,6 +351,7 @@ def gateway(
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
         max_connections=max_connections,
+        access=access,
     )
 
 
@@ -473,3 +486,7 @@ def broker_cluster(nodes: int, base_port: int | None, directory: str | None) -> 
     finally:
         click.echo("stopping the cluster ...", err=True)
         cluster.stop()
+
+
+broker.add_command(permissions)
+main.add_command(gateway_token)

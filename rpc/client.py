@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ from rpc.discovery import DiscoveryAnswers
 from rpc.errors import BrokerError
 from rpc.middleware import ClientChain, Middleware, Outcome, load_middleware
 from rpc.pending import PendingCalls, Waiter
+from rpc.tls import connection_options
 from rpc.transport import BrokerConnection, Delivery
 
 
@@ -66,8 +68,13 @@ class BaseClusterProxy:
         config: Config | None = None,
         name: str = "client",
         middleware: Iterable[Middleware] = (),
+        user_id: str | None = None,
     ) -> None:
         base = config if config is not None else Config.load()
+        #: Stamped on every request as its AMQP ``user_id``, which RabbitMQ checks
+        #: is this connection's user: workers then believe the caller identity
+        #: headers this proxy sets (the gateway's).
+        self._user_id = user_id
         self.config = base.replace(broker_url=broker_url, default_timeout=timeout)
         self.name = name
         chain = ClientChain([*middleware, *load_middleware(self.config.middleware)])
@@ -113,6 +120,7 @@ class BaseClusterProxy:
             on_disconnect=self._pending.connection_lost,
             on_tick=self._expire,
             confirms=True,
+            **connection_options(self.config),
         )
 
     # -- sending -------------------------------------------------------------------
@@ -128,14 +136,19 @@ class BaseClusterProxy:
         """
         connection = self._connection
         entry = self._pending.add(call, waiter, idempotent)
+        publish = connection.publish
+        if self._user_id is not None:
+            publish = functools.partial(publish, user_id=self._user_id)
         try:
-            publish_request(connection.publish, call, self._reply_to, 1)
+            publish_request(publish, call, self._reply_to, 1)
         except BrokerError:
             if not self._pending.publish_failed(entry, retry=self._started):
                 raise
 
     def _send_again(self, publish: Callable[..., None]) -> None:
         """Publish the idempotent calls a lost connection took with it."""
+        if self._user_id is not None:
+            publish = functools.partial(publish, user_id=self._user_id)
         reply_to = self._reply_to
         self._pending.send_again(
             lambda entry: publish_request(publish, entry.call, reply_to, entry.attempts)

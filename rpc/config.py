@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from rpc.credentials import masked_url
 from rpc.errors import ConfigError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -53,6 +54,29 @@ class Config:
     #: Free-form settings for services, read through the ``Config`` dependency.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    # -- security: see docs/security.md ---------------------------------------------
+    #: CA certificates (PEM) that sign the broker's certificate, for ``amqps://``;
+    #: unset, the system's CAs.
+    ssl_ca_file: str | None = None
+    #: This process's client certificate and its key (PEM), when the broker asks.
+    ssl_cert_file: str | None = None
+    ssl_key_file: str | None = None
+    #: Check the broker's certificate and that it names the host dialled. Turning it
+    #: off leaves the link encrypted but open to anyone in the middle.
+    ssl_verify: bool = True
+    #: How to log in: PLAIN or AMQPLAIN (the URL's user and password), or EXTERNAL
+    #: (the client certificate's name; RabbitMQ's rabbitmq_auth_mechanism_ssl).
+    login_method: str = "PLAIN"
+    #: Broker users (the AMQP ``user_id`` RabbitMQ checks) whose caller identity a
+    #: worker believes: the gateway's. Anyone else's is ignored.
+    trusted_identity_users: tuple[str, ...] = ()
+    #: Bounds on one message's headers: fields (nested ones included), nesting of
+    #: tables and arrays, and bytes of a single string or byte array. A message over
+    #: them is dead-lettered as malformed.
+    max_header_fields: int = 1024
+    max_header_depth: int = 32
+    max_header_bytes: int = 64 * 1024
+
     def __post_init__(self) -> None:
         if self.default_timeout <= 0:
             raise ConfigError("default_timeout must be positive")
@@ -79,7 +103,18 @@ class Config:
         elif not isinstance(self.middleware, tuple):
             object.__setattr__(self, "middleware", tuple(self.middleware))
         if "://" not in self.broker_url:
-            raise ConfigError(f"broker_url is not a URL: {self.broker_url!r}")
+            # Not echoed: what was meant as a URL may hold a password.
+            raise ConfigError(
+                "broker_url is not a URL: expected amqp://, amqps:// or memory://"
+            )
+        _check_security(self)
+
+    def __repr__(self) -> str:
+        # The generated repr would print the broker URL's password.
+        shown = {field.name: getattr(self, field.name) for field in _FIELDS}
+        shown["broker_url"] = masked_url(self.broker_url)
+        fields = ", ".join(f"{name}={value!r}" for name, value in shown.items())
+        return f"Config({fields})"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed; ``None`` values leave a field as it is."""
@@ -135,8 +170,54 @@ def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         kind = type(getattr(Config, field.name, ""))
         try:
+            if kind is bool:
+                values[field.name] = _boolean(raw)
+                continue
             values[field.name] = kind(raw) if kind in (int, float) else raw
         except ValueError as exc:
             name = ENV_PREFIX + field.name.upper()
             raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
     return values
+
+
+_FIELDS = dataclasses.fields(Config)
+LOGIN_METHODS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ValueError(raw)
+    return word in _TRUE
+
+
+def _check_security(config: Config) -> None:
+    """Check the TLS, login and header settings; normalise what the environment gave."""
+    users = config.trusted_identity_users
+    if isinstance(users, str):
+        # From the environment: RPC_TRUSTED_IDENTITY_USERS="gateway,gateway-2".
+        users = tuple(u.strip() for u in users.split(",") if u.strip())
+    object.__setattr__(config, "trusted_identity_users", tuple(users))
+    if not isinstance(config.ssl_verify, bool):
+        raise ConfigError("ssl_verify must be true or false")
+    if config.login_method not in LOGIN_METHODS:
+        raise ConfigError(f"login_method must be one of {', '.join(LOGIN_METHODS)}")
+    schemes = {url.strip().partition("://")[0] for url in config.broker_url.split(";")}
+    tls = schemes == {"amqps"}
+    if "amqps" in schemes and not tls:
+        raise ConfigError("broker_url mixes amqps:// with other schemes")
+    files = (config.ssl_ca_file, config.ssl_cert_file, config.ssl_key_file)
+    if any(files) and not tls:
+        raise ConfigError("ssl_* settings need an amqps:// broker_url")
+    if config.ssl_key_file and not config.ssl_cert_file:
+        raise ConfigError("ssl_key_file is set without ssl_cert_file")
+    if config.login_method == "EXTERNAL" and not (tls and config.ssl_cert_file):
+        raise ConfigError(
+            "login_method EXTERNAL logs in with a client certificate: it needs "
+            "an amqps:// broker_url and ssl_cert_file"
+        )
+    for name in ("max_header_fields", "max_header_depth", "max_header_bytes"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")

@@ -13,6 +13,7 @@ from typing import Any
 
 from rpc import protocol
 from rpc.config import Config
+from rpc.tls import connection_options
 from rpc.transport import BrokerConnection
 
 
@@ -137,6 +138,7 @@ def look(
         connect_timeout=config.connect_timeout,
         on_connect=lambda channel: channel.queue_declare(queue=queue, passive=True),
         reconnect=False,
+        **connection_options(config),
     )
     connection.start()
     found: list[DeadLetter] = []

@@ -11,6 +11,7 @@ types written here) returns None, and the caller goes through py-amqp as before.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import struct
@@ -372,6 +373,20 @@ class MalformedFrame(ValueError):
 MAX_HEADER_DEPTH = 32
 #: Most fields and array items read in one message's headers, nested ones included.
 MAX_HEADER_FIELDS = 1024
+#: Longest single string or byte array read in one message's headers, in bytes.
+MAX_HEADER_FIELD_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    """Bounds on what one message's headers may make a reader allocate."""
+
+    max_fields: int = MAX_HEADER_FIELDS
+    max_depth: int = MAX_HEADER_DEPTH
+    max_field_bytes: int = MAX_HEADER_FIELD_BYTES
+
+
+DEFAULT_HEADER_LIMITS = HeaderLimits()
 
 #: Message properties as read, in flag order: those written here, plus timestamp and
 #: cluster_id.
@@ -384,19 +399,19 @@ _READ_PROPERTIES = (
 
 
 def decode_content_header(
-    payload: bytes,
-    *,
-    max_depth: int = MAX_HEADER_DEPTH,
-    max_fields: int = MAX_HEADER_FIELDS,
+    payload: bytes, limits: HeaderLimits = DEFAULT_HEADER_LIMITS
 ) -> tuple[int, dict[str, Any]]:
     """A content header's body size and message properties, as py-amqp names them.
 
     Every value RabbitMQ can send is read here, so nothing is left to a decoder that
     may raise on it. Anything that cannot be read (a truncated payload, an unknown
-    field type, nesting or field counts over the bounds) raises MalformedFrame.
+    field type, nesting, field counts or a field's size over ``limits``) raises
+    MalformedFrame.
     """
     try:
-        return _decode_content_header(payload, [max_depth, max_fields])
+        return _decode_content_header(
+            payload, [limits.max_depth, limits.max_fields], limits
+        )
     except MalformedFrame:
         raise
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
@@ -404,7 +419,7 @@ def decode_content_header(
 
 
 def _decode_content_header(
-    payload: bytes, budget: list[int]
+    payload: bytes, budget: list[int], limits: HeaderLimits
 ) -> tuple[int, dict[str, Any]]:
     _, _, body_size, flags = _HEADER_START.unpack_from(payload, 0)
     if flags & 0x0001:
@@ -427,7 +442,7 @@ def _decode_content_header(
             (properties[name],) = _BODY_SIZE.unpack_from(payload, offset)
             offset += 8
         else:
-            properties[name], offset = _read_table(payload, offset, budget)
+            properties[name], offset = _read_table(payload, offset, budget, limits)
     if offset > len(payload):
         raise MalformedFrame("content header shorter than its properties")
     return body_size, properties
@@ -460,7 +475,7 @@ def _text(raw: bytes) -> str:
 
 
 def _read_table(
-    payload: bytes, offset: int, budget: list[int]
+    payload: bytes, offset: int, budget: list[int], limits: HeaderLimits
 ) -> tuple[dict[str, Any], int]:
     """A field table; ``budget`` holds the nesting depth and fields still allowed."""
     (size,) = _UINT32.unpack_from(payload, offset)
@@ -479,14 +494,14 @@ def _read_table(
                 key = raw_key  # as py-amqp gives a name that is not UTF-8
             else:
                 _keep(_TEXTS, raw_key, key)
-        table[key], offset = _read_value(payload, key_end, budget)
+        table[key], offset = _read_value(payload, key_end, budget, limits)
     if offset != end:
         raise MalformedFrame("field table overruns its size")
     return table, end
 
 
 def _read_array(
-    payload: bytes, offset: int, budget: list[int]
+    payload: bytes, offset: int, budget: list[int], limits: HeaderLimits
 ) -> tuple[list[Any], int]:
     (size,) = _UINT32.unpack_from(payload, offset)
     offset += 4
@@ -495,24 +510,28 @@ def _read_array(
         raise MalformedFrame("field array longer than its frame")
     items: list[Any] = []
     while offset < end:
-        item, offset = _read_value(payload, offset, budget)
+        item, offset = _read_value(payload, offset, budget, limits)
         items.append(item)
     if offset != end:
         raise MalformedFrame("field array overruns its size")
     return items, end
 
 
-def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, int]:
+def _read_value(
+    payload: bytes, offset: int, budget: list[int], limits: HeaderLimits
+) -> tuple[Any, int]:
     """One field value, by its type octet, as py-amqp would give it."""
     budget[1] -= 1
     if budget[1] < 0:
-        raise MalformedFrame(f"headers hold more than {MAX_HEADER_FIELDS} fields")
+        raise MalformedFrame(f"headers hold more than {limits.max_fields} fields")
     kind = payload[offset]
     offset += 1
     value: Any
     if kind == 0x53:  # S: long string, text when it is UTF-8
         (length,) = _UINT32.unpack_from(payload, offset)
         offset += 4
+        if length > limits.max_field_bytes:
+            raise MalformedFrame(_too_long("string", length, limits))
         raw = payload[offset : offset + length]
         if len(raw) != length:
             raise MalformedFrame("long string longer than its frame")
@@ -537,12 +556,12 @@ def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, in
         budget[0] -= 1
         if budget[0] < 0:
             raise MalformedFrame(
-                f"headers nested deeper than {MAX_HEADER_DEPTH} tables or arrays"
+                f"headers nested deeper than {limits.max_depth} tables or arrays"
             )
         if kind == 0x46:
-            value, offset = _read_table(payload, offset, budget)
+            value, offset = _read_table(payload, offset, budget, limits)
         else:
-            value, offset = _read_array(payload, offset, budget)
+            value, offset = _read_array(payload, offset, budget, limits)
         budget[0] += 1
     elif kind == 0x54:  # T: seconds since the epoch
         (seconds,) = _BODY_SIZE.unpack_from(payload, offset)
@@ -551,6 +570,8 @@ def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, in
     elif kind == 0x78:  # x: byte array
         (length,) = _UINT32.unpack_from(payload, offset)
         offset += 4
+        if length > limits.max_field_bytes:
+            raise MalformedFrame(_too_long("byte array", length, limits))
         value = payload[offset : offset + length]
         if len(value) != length:
             raise MalformedFrame("byte array longer than its frame")
@@ -566,6 +587,13 @@ def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, in
         (value,) = fixed.unpack_from(payload, offset)
         offset += fixed.size
     return value, offset
+
+
+def _too_long(kind: str, length: int, limits: HeaderLimits) -> str:
+    return (
+        f"a header {kind} of {length} bytes is over the limit of "
+        f"{limits.max_field_bytes} (max_header_bytes)"
+    )
 
 
 #: Field types of a fixed size other than the common ones above, RabbitMQ's way:

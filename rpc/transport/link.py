@@ -20,7 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.connection import Connection as KombuConnection
 
+from rpc.credentials import masked_url
 from rpc.errors import BrokerError
+from rpc.tls import TlsSettings
+from rpc.tls import describe_failure as describe_tls_failure
 from rpc.transport import drivers
 from rpc.transport.confirms import Confirms
 from rpc.transport.dispatching import Dispatcher
@@ -70,8 +73,16 @@ class Link:
         confirms: Confirms | None,
         dispatcher: Dispatcher,
         exit_on_death: bool = False,
+        tls: TlsSettings | None = None,
+        login_method: str | None = None,
     ) -> None:
         self.url = url
+        #: The brokers of a ``;``-separated list, dialled in turn: each attempt
+        #: that fails moves on to the next.
+        self._urls = [part.strip() for part in url.split(";") if part.strip()] or [url]
+        self._next_url = 0
+        self._tls = tls
+        self._login_method = login_method
         self._exit_on_death = exit_on_death
         self.name = name
         self.heartbeat = heartbeat
@@ -114,8 +125,12 @@ class Link:
             try:
                 self._connect()
                 break
-            except BrokerError:
-                if time.monotonic() + backoff > deadline:
+            except BrokerError as exc:
+                # A refusal no retry can change (a certificate, a login) is said
+                # now rather than after connect_timeout.
+                if getattr(exc, "permanent", False) or (
+                    time.monotonic() + backoff > deadline
+                ):
                     # The caller may start again later: leave no sockets behind.
                     self.close_wake_sockets()
                     raise
@@ -186,10 +201,8 @@ class Link:
         )
 
     def safe_url(self) -> str:
-        connection = self.connection
-        if connection is not None:
-            return str(connection.as_uri())
-        return str(KombuConnection(self.url).as_uri())
+        """The URL of the broker dialled last, its password masked."""
+        return masked_url(self._urls[self._next_url % len(self._urls)])
 
     def tick_interval(self) -> float:
         return min(1.0, self.heartbeat / 4) if self.heartbeat else 1.0
@@ -205,9 +218,14 @@ class Link:
             self.connection.heartbeat_check(rate=2)
 
     def _connect(self) -> None:
+        url = self._urls[self._next_url % len(self._urls)]
+        tls = self._tls
         connection = KombuConnection(
-            self.url,
-            transport=drivers.kombu_transport(self.url),
+            url,
+            transport=drivers.kombu_transport(url),
+            # A fresh dict each time: Kombu writes the host dialled into it.
+            ssl=tls.ssl_options() if tls is not None else False,
+            login_method=self._login_method,
             heartbeat=self.heartbeat or None,
             connect_timeout=min(self._connect_timeout, 5.0),
             # SO_SNDTIMEO and SO_RCVTIMEO: a socket call blocked this long means a
@@ -224,7 +242,9 @@ class Link:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 connection.release()
-            raise BrokerError(f"cannot connect to {self.safe_url()}: {exc}") from exc
+            error = connect_error(masked_url(url), exc, tls=tls is not None)
+            self._next_url += 1
+            raise error from exc
         with self.lock:
             self.connection = connection
             self.driver = driver
@@ -239,7 +259,16 @@ class Link:
                 raise
             except connection.connection_errors + connection.channel_errors as exc:
                 self.close_connection()
-                raise BrokerError(f"broker refused the set-up: {exc}") from exc
+                error = BrokerError(f"broker refused the set-up: {exc}")
+                if getattr(exc, "reply_code", None) == ACCESS_REFUSED:
+                    # The user's permissions do not cover what this process
+                    # declares or consumes: retrying cannot help.
+                    error = BrokerError(
+                        f"broker refused the set-up: {exc} (the user's permissions "
+                        "do not cover it: see `rpc broker permissions`)"
+                    )
+                    error.permanent = True  # type: ignore[attr-defined]
+                raise error from exc
             self.connected.set()
         log.debug(RECONNECTED, self.name, self.safe_url())
 
@@ -329,15 +358,57 @@ class Link:
             self.stopping.set()
             return
         backoff = FIRST_BACKOFF
+        refused = False
         while not self.stopping.is_set():
             try:
                 self._connect()
                 log.info(RECONNECTED, self.name, self.safe_url())
                 return
             except BrokerError as error:
-                log.debug("%s: reconnect failed: %s", self.name, error)
+                if getattr(error, "permanent", False) and not refused:
+                    # Said once: an operator must change the broker or the config.
+                    refused = True
+                    log.warning("%s: reconnect refused: %s", self.name, error)
+                else:
+                    log.debug("%s: reconnect failed: %s", self.name, error)
             self.stopping.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+#: AMQP reply code of a refused login or a resource the user may not use.
+ACCESS_REFUSED = 403
+
+
+def connect_error(url: str, exc: BaseException, *, tls: bool) -> BrokerError:
+    """The one-line BrokerError of a failed connection attempt to ``url``.
+
+    Those no retry can mend are marked ``permanent``: a TLS certificate refused, a
+    login refused, a plain AMQP client at a TLS port.
+    """
+    reason = describe_tls_failure(exc)
+    permanent = reason is not None
+    if reason is None and getattr(exc, "reply_code", None) == ACCESS_REFUSED:
+        reason = f"the broker refused the login: {exc}"
+        permanent = True
+    if reason is None and not tls and _looks_like_tls(exc):
+        reason = (
+            f"{exc} (the port may expect TLS: use an amqps:// URL for a TLS listener)"
+        )
+        permanent = True
+    error = BrokerError(f"cannot connect to {url}: {reason or exc}")
+    error.permanent = permanent  # type: ignore[attr-defined]
+    return error
+
+
+def _looks_like_tls(exc: BaseException) -> bool:
+    """Whether a plain AMQP handshake failed the way a TLS listener makes it fail.
+
+    A TLS listener reads the AMQP protocol header as a broken ClientHello and
+    answers with a TLS alert record (type 21) or closes the connection: py-amqp then
+    sees a frame of an unknown type, or no reply to its header at all.
+    """
+    text = str(exc)
+    return "frame type 21" in text or "Received 0x15" in text
 
 
 def exit_process(status: int) -> None:

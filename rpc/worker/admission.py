@@ -57,6 +57,7 @@ class RequestAdmission:
     ) -> None:
         self._connection = connection
         self._limit = config.max_message_bytes
+        self._trusted_users = config.trusted_identity_users
         self._failures = failures
         self._replies = replies
 
@@ -128,6 +129,11 @@ class RequestAdmission:
                 delivery.body, delivery.content_type, content_encoding(delivery)
             )
         )
+        identity = None
+        if self._trusted_users:
+            identity = protocol.caller_identity(
+                headers, delivery.properties.get("user_id"), self._trusted_users
+            )
         return Request(
             service=service.name,
             method=method,
@@ -139,6 +145,7 @@ class RequestAdmission:
             caller=str(headers.get(protocol.HEADER_CALLER, "")),
             redelivered=delivery.redelivered,
             delivery_count=delivery_count,
+            caller_identity=identity,
         )
 
     def _forward_to_shard(

@@ -21,6 +21,7 @@ from rpc.middleware import Middleware, load_middleware
 from rpc.proxy import BaseClusterProxy, ClusterProxy
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
+from rpc.tls import connection_options
 from rpc.transport import BrokerConnection
 from rpc.worker import topology
 from rpc.worker.admission import RequestAdmission
@@ -100,6 +101,7 @@ class ServiceRunner:
             on_connect=self._set_up,
             # Alive but deaf is worse than dead: the supervisor restarts a worker.
             exit_on_reader_death=True,
+            **connection_options(self.config),
         )
         self._invoker = Invoker(self, self.middleware)
         self._dispatcher = Dispatcher(
