@@ -222,8 +222,12 @@ def create_app(
     """
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[_json_errors, request_phase, gateway_access.cors,
-                     gateway_access.authenticate],
+        middlewares=[
+            _json_errors,
+            request_phase,
+            gateway_access.cors,
+            gateway_access.authenticate,
+        ],
     )
     gateway_access.install(app, access if access is not None else GatewayAccess())
     config = config if config is not None else Config.load()

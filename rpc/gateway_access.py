@@ -42,7 +42,9 @@ API_KEY_HEADER = "X-Api-Key"
 ANONYMOUS = "anonymous"
 #: Paths served to anyone: a load balancer's health check carries no token.
 OPEN_PATHS = frozenset({"/health"})
-_CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Api-Key, X-Rpc-Timeout"
+_CORS_HEADERS = (
+    "Authorization, Content-Type, Content-Encoding, X-Api-Key, X-Rpc-Timeout"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -144,8 +146,15 @@ def parse_tokens(document: object, *, source: str) -> TokenRegistry:
 
 
 def _token(entry: Mapping[str, Any], where: str) -> Token:
-    unknown = set(entry) - {"name", "sha256", "token", "scopes", "rate", "burst",
-                            "max_concurrent"}
+    unknown = set(entry) - {
+        "name",
+        "sha256",
+        "token",
+        "scopes",
+        "rate",
+        "burst",
+        "max_concurrent",
+    }
     if unknown:
         raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
     name = entry.get("name")
@@ -157,7 +166,9 @@ def _token(entry: Mapping[str, Any], where: str) -> Token:
         raise ConfigError(f"{where}: give either sha256 or token")
     if secret is not None:
         if not isinstance(secret, str) or len(secret) < 16:
-            raise ConfigError(f"{where}: a token must be a string of 16 or more characters")
+            raise ConfigError(
+                f"{where}: a token must be a string of 16 or more characters"
+            )
         digest = digest_of(secret)
     else:
         try:
@@ -252,7 +263,9 @@ class GatewayAccess:
             scope_matches(pattern, service, method) for pattern in self.expose
         )
 
-    def visible(self, listing: Mapping[str, Any], token: Token | None) -> dict[str, Any]:
+    def visible(
+        self, listing: Mapping[str, Any], token: Token | None
+    ) -> dict[str, Any]:
         """``listing`` (merged discovery) cut down to what ``token`` may call here."""
         shown: dict[str, Any] = {}
         for service, entry in listing.items():
@@ -341,19 +354,28 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         secret = presented_secret(request)
     except ValueError as exc:
-        log.info("%s %s from %s: 401 (%s)", request.method, request.path,
-                 request.remote, exc)
+        log.info(
+            "%s %s from %s: 401 (%s)", request.method, request.path, request.remote, exc
+        )
         return _unauthorized(str(exc))
     token = None
     if secret is not None:
         token = access.tokens.identify(secret)
         if token is None:
-            log.info("%s %s from %s: 401 (unknown token)", request.method,
-                     request.path, request.remote)
+            log.info(
+                "%s %s from %s: 401 (unknown token)",
+                request.method,
+                request.path,
+                request.remote,
+            )
             return _unauthorized("the token is not valid")
     elif not access.allow_anonymous:
-        log.info("%s %s from %s: 401 (no token)", request.method, request.path,
-                 request.remote)
+        log.info(
+            "%s %s from %s: 401 (no token)",
+            request.method,
+            request.path,
+            request.remote,
+        )
         return _unauthorized(
             f"send a token: 'Authorization: Bearer <token>' or '{API_KEY_HEADER}'"
         )

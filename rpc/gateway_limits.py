@@ -21,11 +21,13 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         if not self.rate > 0 or self.burst < 1:
-            raise ValueError("a rate limit needs a rate above 0 and a burst of 1 or more")
+            raise ValueError(
+                "a rate limit needs a rate above 0 and a burst of 1 or more"
+            )
 
 
 class TokenBucket:
-    """Holds up to ``burst`` tokens, refilled at ``rate`` a second; a request takes one."""
+    """Up to ``burst`` tokens, refilled at ``rate`` a second; a request takes one."""
 
     __slots__ = ("_level", "_limit", "_updated")
 

@@ -96,7 +96,9 @@ def _anchored(patterns: Iterable[str]) -> str:
 def _services(services: Iterable[str]) -> list[str]:
     names = [protocol.check_service_name(service) for service in services]
     for name in names:
-        if protocol.event_queue_prefix("").startswith(protocol.service_queue(name) + "."):
+        if protocol.event_queue_prefix("").startswith(
+            protocol.service_queue(name) + "."
+        ):
             # rpc-events.* are every service's event queues: a service of this
             # name could not be given its own queues alone.
             raise ValueError(

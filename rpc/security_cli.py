@@ -34,7 +34,9 @@ _Command = TypeVar("_Command", bound=Callable[..., Any])
 )
 @click.option("--user", help="The RabbitMQ user [default: the URL's user].")
 @click.option("--vhost", help="The vhost [default: the URL's, else /].")
-@click.option("--broker", envvar="RPC_BROKER_URL", help="AMQP URL [env: RPC_BROKER_URL]")
+@click.option(
+    "--broker", envvar="RPC_BROKER_URL", help="AMQP URL [env: RPC_BROKER_URL]"
+)
 def permissions(
     services: tuple[str, ...],
     role: str,
@@ -73,7 +75,9 @@ def gateway_token(name: str, scopes: tuple[str, ...]) -> None:
     """
     token = secrets.token_urlsafe(32)
     digest = hashlib.sha256(token.encode()).hexdigest()
-    click.echo(f"token for {name} (shown once; give it to the client): {token}", err=True)
+    click.echo(
+        f"token for {name} (shown once; give it to the client): {token}", err=True
+    )
     click.echo(f"- name: {name}")
     click.echo(f"  sha256: {digest}")
     click.echo(f"  scopes: [{', '.join(repr(scope) for scope in scopes)}]")

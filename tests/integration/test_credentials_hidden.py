@@ -44,7 +44,9 @@ def test_the_password_is_in_no_output(broker_users, tmp_path):  # noqa: F811
         served = run(url, "call", "--wait", "60", "greeter.hello", '["secret keeper"]')
         assert served.returncode == 0, served.stderr
         outputs += [served.stdout, served.stderr]
-        refused = run(broker_users.url(user, "wrong-" + password), "call", "greeter.hello")
+        refused = run(
+            broker_users.url(user, "wrong-" + password), "call", "greeter.hello"
+        )
         assert refused.returncode == 1
         assert "refused the login" in refused.stderr
         outputs += [refused.stdout, refused.stderr]

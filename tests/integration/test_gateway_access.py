@@ -12,8 +12,15 @@ from typing import IO
 
 import pytest
 
-from rpc import BrokerError, CallTimeoutError, ClusterProxy, Config, Middleware
-from rpc import ServiceRunner, protocol
+from rpc import (
+    BrokerError,
+    CallTimeoutError,
+    ClusterProxy,
+    Config,
+    Middleware,
+    ServiceRunner,
+    protocol,
+)
 from rpc.permissions import client, gateway
 from services.compute import Compute
 from services.concierge import Concierge
@@ -63,13 +70,26 @@ class Secured:
         self.log = log
 
 
-def _start_gateway(url: str, tokens: Path, log: IO[bytes]) -> tuple[subprocess.Popen[bytes], str]:
+def _start_gateway(
+    url: str, tokens: Path, log: IO[bytes]
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
         rpc_command(
-            "-v", "gateway", "--port", str(port), "--tokens-file", str(tokens),
-            "--expose", "greeter.hello", "--expose", "concierge.*",
-            "--expose", "whoami.*", "--cors-origin", ORIGIN,
+            "-v",
+            "gateway",
+            "--port",
+            str(port),
+            "--tokens-file",
+            str(tokens),
+            "--expose",
+            "greeter.hello",
+            "--expose",
+            "concierge.*",
+            "--expose",
+            "whoami.*",
+            "--cors-origin",
+            ORIGIN,
         ),
         cwd=PROJECT_ROOT,
         env=project_env(url),
@@ -104,15 +124,15 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             broker_url=users.guest_url, trusted_identity_users=(gateway_user,)
         )
         log_path = directory / "gateway.log"
-        with ServiceRunner([Greeter, Concierge, Compute, Whoami], config):
-            with open(log_path, "wb") as log:
-                process, base = _start_gateway(
-                    users.url(gateway_user, PASSWORD), tokens, log
-                )
-                try:
-                    yield Secured(users, base, log_path)
-                finally:
-                    stop([process])
+        services = [Greeter, Concierge, Compute, Whoami]
+        with ServiceRunner(services, config), open(log_path, "wb") as log:
+            process, base = _start_gateway(
+                users.url(gateway_user, PASSWORD), tokens, log
+            )
+            try:
+                yield Secured(users, base, log_path)
+            finally:
+                stop([process])
     finally:
         users.close()
 
@@ -121,9 +141,16 @@ def test_no_token_or_a_wrong_one_is_401_but_health_is_open(secured):
     status, body, headers = call(secured.base, "/greeter/hello", b'["x"]')
     assert status == 401 and body["error"]["type"] == "UnauthorizedError"
     assert headers["WWW-Authenticate"] == "Bearer"
-    assert call(secured.base, "/greeter/hello", b'["x"]',
-                Authorization="Bearer not-a-token")[0] == 401
-    assert call(secured.base, "/greeter/hello", b'["x"]', Authorization="Basic eDp5")[0] == 401
+    assert (
+        call(
+            secured.base, "/greeter/hello", b'["x"]', Authorization="Bearer not-a-token"
+        )[0]
+        == 401
+    )
+    assert (
+        call(secured.base, "/greeter/hello", b'["x"]', Authorization="Basic eDp5")[0]
+        == 401
+    )
     assert exchange(secured.base, "GET", "/services")[0] == 401
     assert http(secured.base, "GET", "/health")[0] == 200
 
@@ -133,8 +160,12 @@ def test_a_token_by_bearer_or_api_key_calls(secured):
         200,
         "Hello, Ada!",
     )
-    assert call(secured.base, "/greeter/hello", b'["Bo"]',
-                **{"X-Api-Key": SECRETS["greeter-only"]})[:2] == (200, "Hello, Bo!")
+    assert call(
+        secured.base,
+        "/greeter/hello",
+        b'["Bo"]',
+        **{"X-Api-Key": SECRETS["greeter-only"]},
+    )[:2] == (200, "Hello, Bo!")
 
 
 def test_a_method_outside_the_tokens_scope_is_403(secured):
@@ -152,15 +183,19 @@ def test_only_what_is_exposed_is_served_and_listed(secured):
     assert set(listing["services"]) == {"greeter", "concierge", "whoami"}
     own = exchange(secured.base, "GET", "/services", None, bearer("greeter-only"))[1]
     assert own["services"] == {
-        "greeter": {**listing["services"]["greeter"], "methods": {
-            "hello": listing["services"]["greeter"]["methods"]["hello"]}}
+        "greeter": {
+            **listing["services"]["greeter"],
+            "methods": {"hello": listing["services"]["greeter"]["methods"]["hello"]},
+        }
     }
 
 
 def test_a_tokens_rate_limit_answers_429_with_retry_after(secured):
     statuses = []
     for _ in range(3):
-        status, _, headers = call(secured.base, "/greeter/hello", b'["r"]', **bearer("limited"))
+        status, _, headers = call(
+            secured.base, "/greeter/hello", b'["r"]', **bearer("limited")
+        )
         statuses.append(status)
     assert statuses == [200, 200, 429]  # a burst of 2, then 1 a second
     assert headers["Retry-After"] == "1"
@@ -173,11 +208,17 @@ def test_a_tokens_rate_limit_answers_429_with_retry_after(secured):
 def test_a_tokens_concurrency_limit_answers_429_while_it_has_a_call_running(secured):
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(
-            call, secured.base, "/concierge/pause", b'{"seconds": 2}', **bearer("narrow")
+            call,
+            secured.base,
+            "/concierge/pause",
+            b'{"seconds": 2}',
+            **bearer("narrow"),
         )
         deadline = time.monotonic() + 10
         while True:
-            status, body, headers = call(secured.base, "/greeter/hello", b'["n"]', **bearer("narrow"))
+            status, body, headers = call(
+                secured.base, "/greeter/hello", b'["n"]', **bearer("narrow")
+            )
             if status == 429 or slow.done() or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -189,16 +230,24 @@ def test_a_tokens_concurrency_limit_answers_429_while_it_has_a_call_running(secu
 
 def test_cors_answers_listed_origins_only(secured):
     status, _, headers = exchange(
-        secured.base, "OPTIONS", "/greeter/hello", None,
+        secured.base,
+        "OPTIONS",
+        "/greeter/hello",
+        None,
         {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"},
     )
     assert status == 204
     assert headers["Access-Control-Allow-Origin"] == ORIGIN
     assert "Authorization" in headers["Access-Control-Allow-Headers"]
-    _, _, headers = call(secured.base, "/greeter/hello", b'["c"]', Origin=ORIGIN, **bearer("alice"))
+    _, _, headers = call(
+        secured.base, "/greeter/hello", b'["c"]', Origin=ORIGIN, **bearer("alice")
+    )
     assert headers["Access-Control-Allow-Origin"] == ORIGIN
     status, _, headers = exchange(
-        secured.base, "OPTIONS", "/greeter/hello", None,
+        secured.base,
+        "OPTIONS",
+        "/greeter/hello",
+        None,
         {"Origin": "https://elsewhere.example"},
     )
     assert "Access-Control-Allow-Origin" not in headers
@@ -206,8 +255,10 @@ def test_cors_answers_listed_origins_only(secured):
 
 def test_the_service_sees_the_tokens_name_and_never_a_clients_claim(secured):
     assert call(secured.base, "/whoami/me", **bearer("alice"))[:2] == (200, "alice")
-    status, body, _ = call(
-        secured.base, "/whoami/me", **bearer("greeter-only"),
+    status, _, _ = call(
+        secured.base,
+        "/whoami/me",
+        **bearer("greeter-only"),
         **{"X-Rpc-Caller-Identity": "alice"},
     )
     assert status == 400
@@ -226,10 +277,12 @@ def test_a_direct_amqp_caller_cannot_pass_for_the_gateway(secured):
     with ClusterProxy(url, middleware=[ClaimsToBeAlice()]) as cluster:
         assert cluster.whoami.me() is None  # the header alone is ignored
     gateway_user = next(u for u in users._users if u.startswith("gateway-"))
-    with ClusterProxy(url, timeout=5, user_id=gateway_user) as impostor:
-        # RabbitMQ itself refuses a user_id that is not the publisher's login.
-        with pytest.raises((BrokerError, CallTimeoutError)):
-            impostor.whoami.me()
+    # RabbitMQ itself refuses a user_id that is not the publisher's login.
+    with (
+        ClusterProxy(url, timeout=5, user_id=gateway_user) as impostor,
+        pytest.raises((BrokerError, CallTimeoutError)),
+    ):
+        impostor.whoami.me()
 
 
 def test_the_log_names_tokens_and_never_holds_a_secret(secured):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import ClassVar
 
 import kombu
 
@@ -14,7 +15,7 @@ from rpc.dead_letters import look
 
 class Sink:
     name = "sink"
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
     lock = threading.Lock()
 
     @rpc

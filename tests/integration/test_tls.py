@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from typing import ClassVar
 
 import pytest
 
@@ -23,8 +24,8 @@ from tests.integration.tls_fixtures import CERTIFICATE_USER, TlsBroker
 
 class Vault:
     name = "vault"
-    stored: list[str] = []
-    sealed: list[object] = []
+    stored: ClassVar[list[str]] = []
+    sealed: ClassVar[list[object]] = []
     lock = threading.Lock()
 
     @rpc

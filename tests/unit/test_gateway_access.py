@@ -34,7 +34,9 @@ def test_scopes(pattern, service, method, matches):
     assert scope_matches(check_scope(pattern), service, method) is matches
 
 
-@pytest.mark.parametrize("pattern", ["greeter", "gre.et.er", "greeter.not-a-method", ""])
+@pytest.mark.parametrize(
+    "pattern", ["greeter", "gre.et.er", "greeter.not-a-method", ""]
+)
 def test_bad_scopes_are_refused(pattern):
     with pytest.raises(ValueError):
         check_scope(pattern)
@@ -60,7 +62,7 @@ def test_tokens_by_hash_or_by_secret_are_found_by_their_secret(tmp_path):
 
 
 def test_json_tokens_from_the_environment():
-    document = '[{"name": "ci", "token": "%s", "scopes": "*"}]' % SECRET
+    document = f'[{{"name": "ci", "token": "{SECRET}", "scopes": "*"}}]'
     registry = load_tokens(environ={"RPC_GATEWAY_TOKENS": document})
     assert registry.identify(SECRET).scopes == ("*",)
     assert len(load_tokens(environ={})) == 0

@@ -84,7 +84,9 @@ def test_the_gateway_sends_no_events_and_the_operator_reads_only_dead_letters():
 def test_the_rabbitmqctl_lines_quote_what_the_shell_would_expand():
     lines = permissions.worker(["greeter"]).commands("greeter-worker", "/")
     assert lines[0].startswith("rabbitmqctl set_permissions -p / greeter-worker '^(")
-    assert lines[1].startswith("rabbitmqctl set_topic_permissions -p / greeter-worker rpc")
+    assert lines[1].startswith(
+        "rabbitmqctl set_topic_permissions -p / greeter-worker rpc"
+    )
 
 
 def test_a_service_whose_queues_would_be_every_event_queue_is_refused():
