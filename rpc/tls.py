@@ -98,7 +98,10 @@ def describe_failure(exc: BaseException) -> str | None:
     """
     if isinstance(exc, ssl.SSLCertVerificationError):
         reason = exc.verify_message or exc.reason or str(exc)
-        return f"the broker's TLS certificate was refused: {reason}; {_VERIFY_HINT}"
+        return (
+            f"the broker's TLS certificate was refused (certificate verify failed: "
+            f"{reason}); {_VERIFY_HINT}"
+        )
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or str(exc)
         if "CERTIFICATE" in str(reason).upper():

@@ -121,15 +121,20 @@ class Link:
         self.wake_reader.setblocking(False)
         deadline = time.monotonic() + self._connect_timeout
         backoff = FIRST_BACKOFF
+        suspects = 0
         while True:
             try:
                 self._connect()
                 break
             except BrokerError as exc:
                 # A refusal no retry can change (a certificate, a login) is said
-                # now rather than after connect_timeout.
-                if getattr(exc, "permanent", False) or (
-                    time.monotonic() + backoff > deadline
+                # now rather than after connect_timeout; so is a port that twice
+                # hung up on the AMQP handshake the way a TLS listener does.
+                suspects = suspects + 1 if getattr(exc, "tls_suspect", False) else 0
+                if (
+                    getattr(exc, "permanent", False)
+                    or suspects >= 2
+                    or time.monotonic() + backoff > deadline
                 ):
                     # The caller may start again later: leave no sockets behind.
                     self.close_wake_sockets()
@@ -390,25 +395,28 @@ def connect_error(url: str, exc: BaseException, *, tls: bool) -> BrokerError:
     if reason is None and getattr(exc, "reply_code", None) == ACCESS_REFUSED:
         reason = f"the broker refused the login: {exc}"
         permanent = True
-    if reason is None and not tls and _looks_like_tls(exc):
+    suspect = reason is None and not tls and _looks_like_tls(exc)
+    if suspect:
         reason = (
             f"{exc} (the port may expect TLS: use an amqps:// URL for a TLS listener)"
         )
-        permanent = True
     error = BrokerError(f"cannot connect to {url}: {reason or exc}")
     error.permanent = permanent  # type: ignore[attr-defined]
+    error.tls_suspect = suspect  # type: ignore[attr-defined]
     return error
 
 
 def _looks_like_tls(exc: BaseException) -> bool:
     """Whether a plain AMQP handshake failed the way a TLS listener makes it fail.
 
-    A TLS listener reads the AMQP protocol header as a broken ClientHello and
-    answers with a TLS alert record (type 21) or closes the connection: py-amqp then
-    sees a frame of an unknown type, or no reply to its header at all.
+    TCP connects, then RabbitMQ's TLS listener reads the AMQP protocol header as a
+    broken ClientHello and resets the connection (after its handshake timeout), or
+    answers with a TLS alert record that py-amqp reads as a frame of type 21.
     """
+    if isinstance(exc, ConnectionResetError):
+        return True
     text = str(exc)
-    return "frame type 21" in text or "Received 0x15" in text
+    return "frame type 21" in text or "unexpectedly closed" in text
 
 
 def exit_process(status: int) -> None:
