@@ -84,3 +84,13 @@ def broker_users() -> Iterator[Users]:
         yield users
     finally:
         users.close()
+
+
+@pytest.fixture(scope="module")
+def module_users() -> Iterator[Users]:
+    """One vhost and its users for a whole module: rabbitmqctl takes seconds."""
+    users = Users()
+    try:
+        yield users
+    finally:
+        users.close()

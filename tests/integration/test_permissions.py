@@ -14,7 +14,7 @@ from rpc import BrokerError, ClusterProxy, Config, ServiceRunner
 from rpc.permissions import client, worker
 from services.greeter import Greeter
 from services.shop import Shop
-from tests.integration.broker_users import Users, broker_users  # noqa: F401
+from tests.integration.broker_users import Users, module_users  # noqa: F401
 from tests.integration.daemons import PROJECT_ROOT, project_env, rpc_command
 
 PASSWORD = "greeter-only-password"
@@ -39,14 +39,19 @@ def test_the_cli_prints_the_lines_the_test_applies():
     assert printed_permissions("--role", "client") == client().commands("guest", "/")
 
 
-@pytest.fixture
-def greeter_user(broker_users: Users) -> str:  # noqa: F811
+@pytest.fixture(scope="module")
+def broker_users(module_users: Users) -> Users:  # noqa: F811
+    return module_users
+
+
+@pytest.fixture(scope="module")
+def greeter_user(broker_users: Users) -> str:
     user = broker_users.add("greeter", PASSWORD)
     broker_users.grant(user, worker(["greeter"]))
     return broker_users.url(user, PASSWORD)
 
 
-def test_a_user_restricted_to_greeter_serves_its_calls(greeter_user, broker_users):  # noqa: F811
+def test_a_user_restricted_to_greeter_serves_its_calls(greeter_user, broker_users):
     config = Config(broker_url=greeter_user)
     with ServiceRunner([Greeter], config):
         # A caller with a client's rights only: it reads no queue at all.
@@ -62,7 +67,7 @@ def test_a_user_restricted_to_greeter_serves_its_calls(greeter_user, broker_user
 
 def test_another_services_queue_is_refused_clearly_and_at_once(
     greeter_user,
-    broker_users,  # noqa: F811
+    broker_users,
 ):
     # shop's queue exists (guest made it): the restricted user may not touch it.
     with ServiceRunner([Shop], Config(broker_url=broker_users.guest_url)):
