@@ -113,3 +113,23 @@ def test_rpc_run_of_a_refused_service_exits_with_one_line(greeter_user):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ACCESS_REFUSED" in errors[0]
     assert PASSWORD not in result.stderr + result.stdout
+
+
+def test_a_supervisor_whose_workers_are_refused_stops_instead_of_restarting(
+    greeter_user,
+):
+    started = time.monotonic()
+    result = subprocess.run(
+        rpc_command("run", "services.shop:Shop", "--processes", "2"),
+        cwd=PROJECT_ROOT,
+        env=project_env(greeter_user),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - started < 45
+    assert "refused by the broker" in result.stderr
+    assert "restarting in" not in result.stderr  # no crash loop, however slow
+    assert PASSWORD not in result.stderr
