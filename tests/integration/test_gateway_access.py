@@ -37,6 +37,7 @@ SECRETS = {
     "greeter-only": "greeter-only-token-0123456789",
     "limited": "limited-token-0123456789abcdef",
     "narrow": "narrow-token-0123456789abcdef0",
+    "finance": "finance-token-0123456789abcdef",
 }
 PASSWORD = "gateway-broker-password"
 ORIGIN = "https://app.example"
@@ -52,7 +53,19 @@ def tokens_document() -> str:
         "rate: 1, burst: 2}\n"
         f"  - {{name: narrow, token: {SECRETS['narrow']}, scopes: ['*'], "
         "max_concurrent: 1}\n"
+        f"  - {{name: finance, token: {SECRETS['finance']}, scopes: [reports.*]}}\n"
     )
+
+
+def documented_reports() -> type:
+    """The service docs/security.md shows authorising by caller, as it is there."""
+    page = (PROJECT_ROOT / "docs" / "security.md").read_text()
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "docs/security.md", "exec"), namespace)
+    reports = namespace["Reports"]
+    assert isinstance(reports, type)
+    return reports
 
 
 def bearer(name: str) -> dict[str, str]:
@@ -90,6 +103,8 @@ def _start_gateway(
             "concierge.*",
             "--expose",
             "whoami.*",
+            "--expose",
+            "reports.*",
             "--cors-origin",
             ORIGIN,
         ),
@@ -126,7 +141,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             broker_url=users.guest_url, trusted_identity_users=(gateway_user,)
         )
         log_path = directory / "gateway.log"
-        services = [Greeter, Concierge, Compute, Whoami]
+        services = [Greeter, Concierge, Compute, Whoami, documented_reports()]
         with ServiceRunner(services, config), open(log_path, "wb") as log:
             process, base = _start_gateway(
                 users.url(gateway_user, PASSWORD), tokens, log
@@ -182,7 +197,7 @@ def test_only_what_is_exposed_is_served_and_listed(secured):
     # compute runs, but is not exposed: as if it did not exist.
     assert call(secured.base, "/compute/ping", **bearer("alice"))[0] == 404
     listing = exchange(secured.base, "GET", "/services", None, bearer("alice"))[1]
-    assert set(listing["services"]) == {"greeter", "concierge", "whoami"}
+    assert set(listing["services"]) == {"greeter", "concierge", "whoami", "reports"}
     own = exchange(secured.base, "GET", "/services", None, bearer("greeter-only"))[1]
     assert own["services"] == {
         "greeter": {
@@ -271,6 +286,16 @@ def test_the_service_sees_the_tokens_name_and_never_a_clients_claim(secured):
         **{"X-Rpc-Caller-Identity": "alice"},
     )
     assert status == 400
+
+
+def test_the_documented_service_authorises_by_the_callers_name(secured):
+    assert call(secured.base, "/reports/quarterly", **bearer("finance"))[:2] == (
+        200,
+        "...",
+    )
+    status, body, _ = call(secured.base, "/reports/quarterly", **bearer("alice"))
+    assert status == 502 and body["error"]["type"] == "PermissionError"
+    assert "alice may not read" in body["error"]["message"]
 
 
 class ClaimsToBeAlice(Middleware):
