@@ -16,6 +16,7 @@ from typing import ClassVar
 import pytest
 
 from rpc import BrokerError, ClusterProxy, Config, ServiceRunner, event_handler, rpc
+from rpc.local_cluster import free_port
 from tests.integration.daemons import PROJECT_ROOT, project_env, rpc_command
 from tests.integration.faults import wait_for
 from tests.integration.test_gateway import gateway, post
@@ -55,12 +56,25 @@ def test_a_call_a_cast_and_an_event_over_tls(tls_broker):
         cluster.dispatch("vault", "sealed", {"over": "tls"})
         wait_for(lambda: "cast over tls" in Vault.stored, 30, "the cast")
         wait_for(lambda: {"over": "tls"} in Vault.sealed, 30, "the event")
-    connections = tls_broker.cluster.nodes[0].ctl(
-        "list_connections", "ssl", "--formatter", "json"
+        flags = tls_broker.cluster.nodes[0].ctl("list_connections", "ssl")
+    # The worker's connection and the client's, both over TLS.
+    assert flags.split().count("true") >= 2 and "false" not in flags.split()
+
+
+def test_a_list_of_brokers_is_dialled_in_turn_each_checked_by_its_own_name(
+    tls_broker,
+):
+    # The first is down; the second is reached by another name its certificate has.
+    dead = free_port()
+    config = Config(
+        broker_url=(
+            f"amqps://guest:guest@127.0.0.1:{dead}//;"
+            f"amqps://guest:guest@localhost:{tls_broker.tls_port}//"
+        ),
+        ssl_ca_file=str(tls_broker.ca_file),
     )
-    # Whatever connects now (nothing but what the test left) was TLS: the listener
-    # speaks nothing else. The connections above are closed, so look at none.
-    assert "false" not in connections
+    with ServiceRunner([Vault], config), ClusterProxy(config=config) as cluster:
+        assert cluster.vault.echo("second broker") == "second broker"
 
 
 def test_a_ca_that_did_not_sign_the_broker_fails_at_once_in_one_line(tls_broker):
