@@ -410,7 +410,14 @@ def decode_content_header(
     """
     try:
         return _decode_content_header(
-            payload, [limits.max_depth, limits.max_fields], limits
+            payload,
+            [
+                limits.max_depth,
+                limits.max_fields,
+                limits.max_field_bytes,
+                limits.max_depth,
+                limits.max_fields,
+            ],
         )
     except MalformedFrame:
         raise
@@ -419,7 +426,7 @@ def decode_content_header(
 
 
 def _decode_content_header(
-    payload: bytes, budget: list[int], limits: HeaderLimits
+    payload: bytes, budget: list[int]
 ) -> tuple[int, dict[str, Any]]:
     _, _, body_size, flags = _HEADER_START.unpack_from(payload, 0)
     if flags & 0x0001:
@@ -442,7 +449,7 @@ def _decode_content_header(
             (properties[name],) = _BODY_SIZE.unpack_from(payload, offset)
             offset += 8
         else:
-            properties[name], offset = _read_table(payload, offset, budget, limits)
+            properties[name], offset = _read_table(payload, offset, budget)
     if offset > len(payload):
         raise MalformedFrame("content header shorter than its properties")
     return body_size, properties
@@ -475,9 +482,10 @@ def _text(raw: bytes) -> str:
 
 
 def _read_table(
-    payload: bytes, offset: int, budget: list[int], limits: HeaderLimits
+    payload: bytes, offset: int, budget: list[int]
 ) -> tuple[dict[str, Any], int]:
-    """A field table; ``budget`` holds the nesting depth and fields still allowed."""
+    """A field table; ``budget`` holds the nesting depth and fields still allowed,
+    the longest string allowed, and the two bounds as given (for the messages)."""
     (size,) = _UINT32.unpack_from(payload, offset)
     offset += 4
     end = offset + size
@@ -494,14 +502,14 @@ def _read_table(
                 key = raw_key  # as py-amqp gives a name that is not UTF-8
             else:
                 _keep(_TEXTS, raw_key, key)
-        table[key], offset = _read_value(payload, key_end, budget, limits)
+        table[key], offset = _read_value(payload, key_end, budget)
     if offset != end:
         raise MalformedFrame("field table overruns its size")
     return table, end
 
 
 def _read_array(
-    payload: bytes, offset: int, budget: list[int], limits: HeaderLimits
+    payload: bytes, offset: int, budget: list[int]
 ) -> tuple[list[Any], int]:
     (size,) = _UINT32.unpack_from(payload, offset)
     offset += 4
@@ -510,28 +518,26 @@ def _read_array(
         raise MalformedFrame("field array longer than its frame")
     items: list[Any] = []
     while offset < end:
-        item, offset = _read_value(payload, offset, budget, limits)
+        item, offset = _read_value(payload, offset, budget)
         items.append(item)
     if offset != end:
         raise MalformedFrame("field array overruns its size")
     return items, end
 
 
-def _read_value(
-    payload: bytes, offset: int, budget: list[int], limits: HeaderLimits
-) -> tuple[Any, int]:
+def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, int]:
     """One field value, by its type octet, as py-amqp would give it."""
     budget[1] -= 1
     if budget[1] < 0:
-        raise MalformedFrame(f"headers hold more than {limits.max_fields} fields")
+        raise MalformedFrame(f"headers hold more than {budget[4]} fields")
     kind = payload[offset]
     offset += 1
     value: Any
     if kind == 0x53:  # S: long string, text when it is UTF-8
         (length,) = _UINT32.unpack_from(payload, offset)
         offset += 4
-        if length > limits.max_field_bytes:
-            raise MalformedFrame(_too_long("string", length, limits))
+        if length > budget[2]:
+            raise MalformedFrame(_too_long("string", length, budget[2]))
         raw = payload[offset : offset + length]
         if len(raw) != length:
             raise MalformedFrame("long string longer than its frame")
@@ -556,12 +562,12 @@ def _read_value(
         budget[0] -= 1
         if budget[0] < 0:
             raise MalformedFrame(
-                f"headers nested deeper than {limits.max_depth} tables or arrays"
+                f"headers nested deeper than {budget[3]} tables or arrays"
             )
         if kind == 0x46:
-            value, offset = _read_table(payload, offset, budget, limits)
+            value, offset = _read_table(payload, offset, budget)
         else:
-            value, offset = _read_array(payload, offset, budget, limits)
+            value, offset = _read_array(payload, offset, budget)
         budget[0] += 1
     elif kind == 0x54:  # T: seconds since the epoch
         (seconds,) = _BODY_SIZE.unpack_from(payload, offset)
@@ -570,8 +576,8 @@ def _read_value(
     elif kind == 0x78:  # x: byte array
         (length,) = _UINT32.unpack_from(payload, offset)
         offset += 4
-        if length > limits.max_field_bytes:
-            raise MalformedFrame(_too_long("byte array", length, limits))
+        if length > budget[2]:
+            raise MalformedFrame(_too_long("byte array", length, budget[2]))
         value = payload[offset : offset + length]
         if len(value) != length:
             raise MalformedFrame("byte array longer than its frame")
@@ -589,10 +595,10 @@ def _read_value(
     return value, offset
 
 
-def _too_long(kind: str, length: int, limits: HeaderLimits) -> str:
+def _too_long(kind: str, length: int, limit: int) -> str:
     return (
-        f"a header {kind} of {length} bytes is over the limit of "
-        f"{limits.max_field_bytes} (max_header_bytes)"
+        f"a header {kind} of {length} bytes is over the limit of {limit} "
+        "(max_header_bytes)"
     )
 
 
