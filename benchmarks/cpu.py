@@ -2,9 +2,9 @@
 
 Rates on a shared 2-core machine move with whatever else runs; the CPU time each
 process spends per call moves much less, and says which side a change helped. Runs
-no-op calls with a window of calls in flight against one worker, alternating
-framework and baseline, and reads each process's CPU time with psutil. The broker
-counts only when it runs on this machine (``beam.smp``).
+no-op calls with a window of calls in flight against one worker, alternating the
+threaded client, the asyncio client and the baseline, and reads each process's CPU
+time with psutil. The broker counts only when it runs on this machine (``beam.smp``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ import psutil
 
 from benchmarks import harness
 from benchmarks.baseline import BaselineClient
-from benchmarks.workloads import BASELINE_QUEUE, BENCH_QUEUE, framework_pipelined
+from benchmarks.workloads import (
+    BASELINE_QUEUE,
+    BENCH_QUEUE,
+    AsyncClient,
+    framework_pipelined,
+)
 from rpc import ClusterProxy
 
-SIDES = ("framework", "baseline")
+SIDES = ("framework", "asyncio", "baseline")
 
 
 def _cpu_seconds(process: psutil.Process | None) -> float:
@@ -54,17 +59,21 @@ def measure(
         ClusterProxy(broker_url, timeout=60) as cluster,
     ):
         baseline = BaselineClient(broker_url)
+        awaiting = AsyncClient(broker_url)
         try:
             framework_pipelined(cluster, calls // 10, in_flight)
+            awaiting.pipelined(calls // 10, in_flight)
             baseline.run(BASELINE_QUEUE, calls // 10, in_flight=in_flight)
             for _ in range(repetitions):
                 for side in SIDES:
-                    pid = (ours if side == "framework" else theirs)[0].pid
+                    pid = (theirs if side == "baseline" else ours)[0].pid
                     served = psutil.Process(pid)
                     before = [_cpu_seconds(p) for p in (client, served, broker)]
                     started = time.perf_counter()
                     if side == "framework":
                         framework_pipelined(cluster, calls, in_flight)
+                    elif side == "asyncio":
+                        awaiting.pipelined(calls, in_flight)
                     else:
                         baseline.run(BASELINE_QUEUE, calls, in_flight=in_flight)
                     seconds = time.perf_counter() - started
@@ -77,6 +86,7 @@ def measure(
                         (client_us, server_us, broker_us, calls / seconds)
                     )
         finally:
+            awaiting.close()
             baseline.close()
     keys = ("client_us", "server_us", "broker_us", "calls_per_s")
     return {

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -68,13 +68,15 @@ def baseline_command(broker_url: str, queue: str) -> list[str]:
     return [sys.executable, "-m", "benchmarks.baseline", broker_url, queue]
 
 
-def spawn(command: Sequence[str], broker_url: str) -> subprocess.Popen[bytes]:
+def spawn(
+    command: Sequence[str], broker_url: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     # Kept open until terminate(): the child's stderr, shown if it dies early.
     log = tempfile.TemporaryFile()  # noqa: SIM115
     process = subprocess.Popen(
         list(command),
         cwd=PROJECT_ROOT,
-        env=child_env(broker_url),
+        env={**child_env(broker_url), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
@@ -127,10 +129,11 @@ def running(
     queue: str,
     timeout: float = 60.0,
     consumers: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Start the processes and wait until ``queue`` has ``consumers`` (default: one
-    per process); stop them after."""
-    processes = [spawn(command, broker_url) for command in commands]
+    """Start the processes (``env`` added to their environment) and wait until
+    ``queue`` has ``consumers`` (default: one per process); stop them after."""
+    processes = [spawn(command, broker_url, env) for command in commands]
     expected = len(processes) if consumers is None else consumers
     try:
         deadline = time.monotonic() + timeout

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cache as cache_benchmark
+
 #: (name, where the value is, goal, True if higher is better)
 TARGETS = (
     ("latency p50, framework/baseline", ("latency", "ratio", "p50_us"), 1.3, False),
@@ -192,6 +194,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{cost['baseline_startup_s']:.2f} |",
             "",
         ]
+    if "cache" in results:
+        lines += cache_benchmark.markdown(results["cache"])
     lines += [
         "**Targets**",
         "",

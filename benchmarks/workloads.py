@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks import cache as cache_benchmark
 from benchmarks import harness
 from benchmarks.baseline import BaselineClient
 from benchmarks.services import EVENT_SOURCE, EVENT_TYPE
@@ -52,6 +53,7 @@ class Plan:
             + self.throughput_repetitions * throughput
             + self.startup_repetitions
             + 1
+            + 1  # the result cache
         )
 
 
@@ -483,6 +485,11 @@ def run_all(broker_url: str, plan: Plan, progress: Progress) -> dict[str, Any]:
             results["throughput"] = rows
             results["cpu_scaling"] = cpu_scaling(cluster, broker_url, plan, progress)
             results["cost"] = cost(clients, broker_url, plan, progress)
+            results["cache"] = cache_benchmark.run(
+                broker_url,
+                cache_benchmark.QUICK if plan.name == "quick" else cache_benchmark.FULL,
+            )
+            progress("cache")
         finally:
             clients.asyncio.close()
             baseline.close()

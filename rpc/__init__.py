@@ -8,6 +8,9 @@ from rpc.async_proxy import (
     AsyncRpcFuture,
     AsyncServiceProxy,
 )
+from rpc.cache.invalidation import CachedResults
+from rpc.cache.middleware import ResultCache
+from rpc.cache.policy import Cache
 from rpc.calls import USE_DEFAULT
 from rpc.config import Config
 from rpc.context import CallContext, current_call
@@ -21,6 +24,7 @@ from rpc.dependencies import (
 from rpc.entrypoints import event_handler, rpc
 from rpc.errors import (
     BrokerError,
+    CacheUnavailableError,
     CallError,
     CallTimeoutError,
     ConfigError,
@@ -52,6 +56,9 @@ __all__ = [
     "AsyncRpcFuture",
     "AsyncServiceProxy",
     "BrokerError",
+    "Cache",
+    "CacheUnavailableError",
+    "CachedResults",
     "CallContext",
     "CallError",
     "CallTimeoutError",
@@ -70,6 +77,7 @@ __all__ = [
     "Outcome",
     "PayloadTooLargeError",
     "RemoteError",
+    "ResultCache",
     "RpcError",
     "RpcFuture",
     "RpcProxy",

@@ -47,6 +47,15 @@ from rpc.transport import Delivery
 RECONNECT_POLL = 0.05
 
 
+class _DeadlinePassed(Exception):
+    """Set on a reply's future by its timer: only ever raised inside ``result()``."""
+
+
+def _expire(future: asyncio.Future[Delivery]) -> None:
+    if not future.done():
+        future.set_exception(_DeadlinePassed())
+
+
 class AsyncRpcFuture(BaseRpcFuture):
     """The pending result of one call, bound to the event loop that made it.
 
@@ -88,15 +97,22 @@ class AsyncRpcFuture(BaseRpcFuture):
         # While calls of this loop wait, the loop reads their replies itself.
         reading = self._cluster._connection.loop_reader(self._loop)
         reading.enter()
+        future = self._future
+        # One timer on the reply's own future, rather than asyncio.wait_for's second
+        # future, callback and timer: this wait is paid by every call awaited.
+        loop = self._loop
+        expiry = loop.call_at(
+            loop.time() + max(self.deadline - time.time(), 0.0), _expire, future
+        )
         try:
-            remaining = max(self.deadline - time.time(), 0.0)
-            delivery = await asyncio.wait_for(self._future, remaining)
-        except asyncio.TimeoutError:
-            # The reply may still come: a cancelled wait_for leaves no trace, and the
-            # pending entry goes in ``finally``.
+            delivery = await future
+        except _DeadlinePassed:
+            # The reply may still come: it finds the future done and is dropped, and
+            # the pending entry goes in ``finally``.
             gave_up = timed_out(self.label)
             raise gave_up from None
         finally:
+            expiry.cancel()
             reading.leave()
             if self._cluster._forget(self.correlation_id):
                 # Timed out or cancelled here: nobody else will settle this call.
@@ -214,7 +230,8 @@ class AsyncClusterProxy(BaseClusterProxy):
             observed=call.observed,
         )
         try:
-            await self._ensure_connected(call.deadline - call.created)
+            if not (self._started and self._connection.connected):
+                await self._ensure_connected(call.deadline - call.created)
             self._send(call, future, idempotent=idempotent)
         except BaseException as exc:
             future._unsent()

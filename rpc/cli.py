@@ -18,6 +18,7 @@ import orjson
 
 from rpc import dead_letters as dead_letter_tool
 from rpc.broker import ensure_broker
+from rpc.cache import commands as cache_commands
 from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
 from rpc.errors import RemoteError, RpcError, UnknownServiceError
@@ -488,5 +489,6 @@ def broker_cluster(nodes: int, base_port: int | None, directory: str | None) -> 
         cluster.stop()
 
 
+main.add_command(cache_commands.cache)
 broker.add_command(permissions)
 main.add_command(gateway_token)

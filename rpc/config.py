@@ -53,6 +53,12 @@ class Config:
     middleware: tuple[str, ...] = ()
     #: Free-form settings for services, read through the ``Config`` dependency.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Memcached servers of the result cache (``host:port``); none: nothing cached.
+    cache_servers: tuple[str, ...] = ()
+    #: Seconds a cache server may take to answer before it counts as down.
+    cache_timeout: float = 0.25
+    #: Largest item the cache servers keep (memcached ``-I``), key and value.
+    cache_max_item_bytes: int = 1024 * 1024
 
     # -- security: see docs/security.md ---------------------------------------------
     #: CA certificates (PEM) that sign the broker's certificate, for ``amqps://``;
@@ -108,6 +114,7 @@ class Config:
                 "broker_url is not a URL: expected amqp://, amqps:// or memory://"
             )
         _check_security(self)
+        _check_cache_settings(self)
 
     def __repr__(self) -> str:
         # The generated repr would print the broker URL's password.
@@ -221,3 +228,16 @@ def _check_security(config: Config) -> None:
     for name in ("max_header_fields", "max_header_depth", "max_header_bytes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
+
+
+def _check_cache_settings(config: Config) -> None:
+    servers: Any = config.cache_servers
+    if isinstance(servers, str):
+        # From the environment: RPC_CACHE_SERVERS="10.0.0.1:11211,10.0.0.2:11211".
+        servers = servers.split(",")
+    servers = tuple(str(server).strip() for server in servers if str(server).strip())
+    object.__setattr__(config, "cache_servers", servers)
+    if config.cache_timeout <= 0:
+        raise ConfigError("cache_timeout must be positive")
+    if config.cache_max_item_bytes < 1024:
+        raise ConfigError("cache_max_item_bytes must be at least 1024")

@@ -7,6 +7,10 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
+import orjson
+
+from rpc.cache.policy import Cache, policy_of
+from rpc.errors import ServiceDefinitionError
 from rpc.protocol import (
     HANDLER_TYPES,
     SERVICE_POOL,
@@ -43,11 +47,15 @@ class RpcEntrypoint(Entrypoint):
     idempotent: bool = False
     #: Argument whose value picks the worker (see "Key-sharded routing").
     shard_by: str | None = None
+    #: How its results are cached (see "Caching results"); None: never.
+    cache: Cache | None = None
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {"kind": "rpc", "idempotent": self.idempotent}
         if self.shard_by is not None:
             described["shard_by"] = self.shard_by
+        if self.cache is not None:
+            described["cache"] = self.cache.describe()
         return described
 
 
@@ -86,7 +94,10 @@ def rpc(func: Callable[P, R], /) -> Callable[P, R]: ...
 
 @overload
 def rpc(
-    *, idempotent: bool = False, shard_by: str | None = None
+    *,
+    idempotent: bool = False,
+    shard_by: str | None = None,
+    cache: float | Cache | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -96,13 +107,16 @@ def rpc(
     *,
     idempotent: bool = False,
     shard_by: str | None = None,
+    cache: float | Cache | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Expose a service method over RPC: ``@rpc`` or ``@rpc(idempotent=True)``.
 
     ``shard_by="user_id"`` routes every call by the value of that argument, so
     calls with the same value reach the same worker while the set of workers is
-    stable. The function itself is returned unchanged, so it keeps its signature,
-    its types and can still be called directly in tests.
+    stable. ``cache=60`` (or a :class:`~rpc.cache.policy.Cache`) keeps results for
+    60 seconds in the result cache; only an idempotent method can be cached. The
+    function itself is returned unchanged, so it keeps its signature, its types
+    and can still be called directly in tests.
     """
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
@@ -112,12 +126,45 @@ def rpc(
         parameters = inspect.signature(function).parameters
         if shard_by is not None and shard_by not in parameters:
             raise TypeError(f"{name}() has no argument {shard_by!r} to shard by")
-        attach(function, RpcEntrypoint(name, idempotent=idempotent, shard_by=shard_by))
+        policy = _cache_policy(name, function, cache, idempotent=idempotent)
+        attach(
+            function,
+            RpcEntrypoint(name, idempotent=idempotent, shard_by=shard_by, cache=policy),
+        )
         return function
 
     if func is not None:
         return decorate(func)
     return decorate
+
+
+def _cache_policy(
+    name: str, function: Callable[..., Any], cache: object, *, idempotent: bool
+) -> Cache | None:
+    """The checked policy of ``@rpc(cache=...)``; a wrong one fails the class body."""
+    try:
+        policy = policy_of(cache)
+    except ValueError as exc:
+        raise ServiceDefinitionError(f"{name}(): {exc}") from exc
+    if policy is None:
+        return None
+    if not idempotent:
+        raise ServiceDefinitionError(
+            f"{name}() is cached but not idempotent: a cached result stands for a "
+            "run that does not happen, so declare @rpc(idempotent=True, cache=...) "
+            "only for a method whose result depends on its arguments alone"
+        )
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.default is inspect.Parameter.empty:
+            continue
+        try:
+            orjson.dumps(parameter.default)
+        except TypeError as exc:
+            raise ServiceDefinitionError(
+                f"{name}(): the default of {parameter.name!r} is part of the cache "
+                f"key and must be a JSON value ({exc})"
+            ) from exc
+    return policy
 
 
 def event_handler(

@@ -6,6 +6,7 @@ RpcError                                 root: ``except RpcError`` catches all
 ├── BrokerError (ConnectionError)        broker unreachable, or connection lost
 ├── SerializationError (ValueError)      payload cannot be encoded or decoded
 │   └── PayloadTooLargeError             payload over ``max_message_bytes``
+├── CacheUnavailableError (ConnectionError)  a cache server did not answer
 └── CallError                            a call produced no result
     ├── CallTimeoutError (TimeoutError)
     ├── UnknownServiceError (LookupError)  no queue bound: the publish came back
@@ -86,3 +87,7 @@ REMOTE_ERROR_TYPES: dict[str, type[RemoteError]] = {
     cls.__name__: cls
     for cls in (MethodNotFoundError, InvalidArgumentsError, MalformedRequestError)
 }
+
+
+class CacheUnavailableError(RpcError, ConnectionError):
+    """A cache server did not answer in time: the lookup counts as a miss."""

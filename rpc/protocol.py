@@ -533,3 +533,13 @@ def caller_identity(
 def event_queue_prefix(service: str) -> str:
     """What the name of every :func:`event_queue` of ``service`` starts with."""
     return f"{_EVENT_QUEUE_PREFIX}.{service}."
+
+
+# -- the result cache ------------------------------------------------------------
+
+#: Header of a call to a cached method that acts on its cache entry instead.
+HEADER_CACHE = "x-rpc-cache"
+#: Drop the entry of the call's arguments; the handler does not run.
+CACHE_INVALIDATE = "invalidate"
+#: Run the handler whatever is cached, and store its result.
+CACHE_REFRESH = "refresh"

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rpc.cache.invalidation import PAYLOAD_SIGNATURE, invalidation_handlers
 from rpc.dependencies import Dependency
 from rpc.entrypoints import Entrypoint, RpcEntrypoint, entrypoints_of
 from rpc.errors import ServiceDefinitionError
@@ -93,6 +94,13 @@ class ServiceDefinition:
                 handler = Handler(entrypoint, value, _signature_without_self(value))
                 if isinstance(entrypoint, RpcEntrypoint):
                     rpc_handlers[entrypoint.method_name] = handler
+                    # Events that make its cached results stale: one handler each.
+                    others.extend(
+                        Handler(event_entrypoint, function, PAYLOAD_SIGNATURE)
+                        for event_entrypoint, function in invalidation_handlers(
+                            entrypoint.method_name, entrypoint.cache
+                        )
+                    )
                 else:
                     others.append(handler)
         if not rpc_handlers and not others:

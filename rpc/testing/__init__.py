@@ -7,6 +7,7 @@ fixtures ``rpc_cluster``, ``runner_factory``, ``cluster_proxy``, ``broker_url`` 
 
 from __future__ import annotations
 
+from rpc.cache.backend import MemoryBackend
 from rpc.testing.cluster import MEMORY_BROKER_URL, ServiceCluster
 from rpc.testing.dependencies import (
     Replacement,
@@ -28,6 +29,7 @@ __all__ = [
     "MEMORY_BROKER_URL",
     "EntrypointHook",
     "HandlerRun",
+    "MemoryBackend",
     "Replacement",
     "ServiceCluster",
     "VirtualHosts",

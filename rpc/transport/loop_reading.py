@@ -38,15 +38,14 @@ class LoopReader:
         self._fd: int | None = None
         self._sock: socket.socket | None = None
         self._scheduled = False
+        #: The one timer that gives the reading back once the loop stayed idle for
+        #: LOOP_GRACE; it is not moved on every call, only looked at when it fires.
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     def enter(self) -> None:
         """A call of this loop starts waiting for its reply."""
         self._waiting += 1
-        idle = self._idle
-        if idle is not None:
-            idle.cancel()
-            self._idle = None
         if self._fd is None:
             self._lend()
 
@@ -56,8 +55,12 @@ class LoopReader:
         self._waiting -= 1
         if self._waiting <= 0:
             self._waiting = 0
-            if self._fd is not None and self._idle is None:
-                self._idle = self.loop.call_later(LOOP_GRACE, self._give_back)
+            if self._fd is not None:
+                self._idle_since = self.loop.time()
+                if self._idle is None:
+                    self._idle = self.loop.call_at(
+                        self._idle_since + LOOP_GRACE, self._give_back
+                    )
 
     def alive(self) -> bool:
         """Whether the loop runs: a stopped or closed one reads nothing."""
@@ -103,8 +106,13 @@ class LoopReader:
 
     def _give_back(self) -> None:
         self._idle = None
-        if self._waiting == 0 and self._fd is not None:
-            self.revoke(on_loop=True)
+        if self._waiting or self._fd is None:
+            return  # busy again: the next leave() sets the timer anew
+        due = self._idle_since + LOOP_GRACE
+        if self.loop.time() < due:  # a call came and went since: idle for less
+            self._idle = self.loop.call_at(due, self._give_back)
+            return
+        self.revoke(on_loop=True)
 
     def _watch(self, sock: socket.socket) -> None:
         fd = os.dup(sock.fileno())

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from rpc.async_proxy import AsyncClusterProxy
+from rpc.cache.middleware import cache_middleware
 from rpc.config import Config
 from rpc.context import CallContext
 from rpc.entrypoints import is_coroutine_function
@@ -80,6 +81,10 @@ class ServiceRunner:
             *self._given_middleware,
             *load_middleware(self.config.middleware),
         )
+        # A result cache when a method is cached, innermost: the others (say,
+        # authentication) run before a hit is answered. None otherwise.
+        self._result_cache = cache_middleware(definitions, self.config, self.middleware)
+        self.middleware += self._result_cache
         #: Names this process's own queues (broadcast events, sharded calls).
         self.instance_id = uuid.uuid4().hex[:12]
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.instance_id}"
@@ -213,6 +218,8 @@ class ServiceRunner:
         for client in clients.values():
             client._stop_connection()
         self._dispatcher.close_loop()
+        for result_cache in self._result_cache:
+            result_cache.close()
         handed_back, self._worker.handed_back = self._worker.handed_back, 0
         if handed_back:
             log.info(HANDED_BACK, self._name, handed_back)

@@ -28,6 +28,8 @@ DRAIN_TIMEOUT = 30.0
 CALL_TIMEOUT = 2.0
 #: How much resident memory may grow over the first check's, in bytes.
 RSS_GROWTH = 128 * 1024 * 1024
+#: Channels a publisher opens on one connection before it starts on a new one.
+CHANNELS_PER_CONNECTION = 1000
 QUEUES = (
     protocol.service_queue(SERVICE),
     protocol.event_queue(SERVICE, "on_anything", protocol.SERVICE_POOL, ""),
@@ -94,6 +96,7 @@ class RawPublisher:
         self._stats = stats
         self._connection: amqp.Connection | None = None
         self._channel: amqp.Channel | None = None
+        self._channels_opened = 0
         self.reply_queue = f"fuzz-replies-{time.monotonic_ns()}"
         self._open()
 
@@ -104,6 +107,7 @@ class RawPublisher:
         )
         connection.connect()
         self._connection = connection
+        self._channels_opened = 0
         self._channel = connection.channel()
         self._channel.queue_declare(self.reply_queue, durable=False, auto_delete=False)
 
@@ -129,13 +133,28 @@ class RawPublisher:
             self.channel.basic_qos(0, 0, False)
         except amqp.ChannelError:
             self._stats.refused_by_broker += 1
-            self._channel = connection.channel()
+            self._new_channel()
         except Exception:
             # The broker closed the whole connection (a 541 for some messages), or
             # py-amqp could not read its answer: start again on a new one.
             self._stats.refused_by_broker += 1
             self._stats.reconnections += 1
             self._open()
+
+    def _new_channel(self) -> None:
+        """A channel in place of one the broker closed.
+
+        py-amqp does not give back the number of a channel the broker closed, so a
+        long campaign would run out of channel numbers (2,047) on one connection:
+        past a thousand, the fuzzer starts on a new connection.
+        """
+        self._channels_opened += 1
+        if self._channels_opened >= CHANNELS_PER_CONNECTION:
+            self._stats.reconnections += 1
+            self._open()
+            return
+        assert self._connection is not None
+        self._channel = self._connection.channel()
 
     def depth(self, queue: str) -> tuple[int, int]:
         """Messages ready in ``queue`` and its consumers."""
@@ -146,7 +165,7 @@ class RawPublisher:
         try:
             return int(self.channel.queue_purge(queue) or 0)
         except amqp.NotFound:
-            self._channel = self._connection.channel() if self._connection else None
+            self._new_channel()
             return 0
 
     def close(self) -> None:

@@ -89,9 +89,17 @@ def test_quick_benchmark_writes_json_markdown_and_plot(
         "idle worker resident memory (MiB)",
     }
     assert all(isinstance(row["met"], bool) for row in results["targets"])
+    cache = results["cache"]
+    assert len(cache["batches"]["seconds"]) == 3
+    assert all(seconds > 0 for seconds in cache["batches"]["seconds"])
+    assert cache["latency"]["cached_p50_us"] > 0 < cache["latency"]["uncached_p50_us"]
+    assert set(cache["distribution"]["shares"]["md5 mod 4"]) == {
+        f"server{i}" for i in range(4)
+    }
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| framework |" in markdown and "**Throughput**" in markdown
+    assert "**Result cache**" in markdown and "**Key distribution**" in markdown
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The table printed at the end is the one written to disk.
     assert markdown.strip() in completed.stdout

@@ -102,12 +102,25 @@ def toolkit_uses_internals(module: str, target: str, name: str) -> bool:
     return inner or name.startswith("_")
 
 
+def pymemcache_outside_its_store(module: str, target: str, name: str) -> bool:
+    return within(target, ("pymemcache",)) and module != "rpc.cache.memcached"
+
+
+def cache_reaches_into_the_runtime(module: str, target: str, name: str) -> bool:
+    inner = ("rpc.worker", "rpc.transport", "kombu", "amqp")
+    return within(module, ("rpc.cache",)) and within(target, inner)
+
+
 RULES = {
     "the wire contract imports no runtime layer": wire_contract_imports_runtime,
     "only the drivers import the in-memory transport": in_memory_outside_drivers,
     "the worker sees only the transport facade": worker_inside_transport,
     "proxies never import the worker": proxy_imports_worker,
     "rpc.testing uses public facades only": toolkit_uses_internals,
+    "only the Memcached store imports pymemcache": pymemcache_outside_its_store,
+    "the result cache is a middleware, not part of the worker": (
+        cache_reaches_into_the_runtime
+    ),
 }
 
 
@@ -138,6 +151,18 @@ def test_import_rule(rule):
             "rpc.testing.hooks",
             "rpc.service",
             "_x",
+        ),
+        (
+            "only the Memcached store imports pymemcache",
+            "rpc.cache.middleware",
+            "pymemcache.client.hash",
+            "",
+        ),
+        (
+            "the result cache is a middleware, not part of the worker",
+            "rpc.cache.middleware",
+            "rpc.worker",
+            "ServiceRunner",
         ),
     ],
 )

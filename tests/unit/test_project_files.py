@@ -17,7 +17,8 @@ from tests.readme import README
 ROOT = README.parent
 TEST_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && "
-    ".venv/bin/rpc broker ensure && .venv/bin/python -m pytest"
+    ".venv/bin/rpc broker ensure && .venv/bin/rpc cache ensure && "
+    ".venv/bin/python -m pytest"
 )
 
 
@@ -56,11 +57,21 @@ def compose() -> dict[str, Any]:
     return services
 
 
+def memcached_services() -> dict[str, Any]:
+    return {
+        name: service
+        for name, service in compose().items()
+        if str(service.get("image", "")).startswith("memcached:")
+    }
+
+
 def test_compose_has_a_healthy_rabbitmq_that_the_services_wait_for():
     services = compose()
     rabbitmq = services.pop("rabbitmq")
     assert rabbitmq["image"] == "rabbitmq:3-management"
     assert rabbitmq["healthcheck"]["test"]
+    for name in memcached_services():
+        del services[name]
     for name, service in services.items():
         condition = service["depends_on"]["rabbitmq"]["condition"]
         assert condition == "service_healthy", name
@@ -80,6 +91,17 @@ def test_compose_scales_the_examples_and_runs_a_one_shot_demo():
     assert "--allow-anonymous" in gateway["command"] or "--tokens-file" in " ".join(
         gateway["command"]
     )
+
+
+def test_compose_runs_two_memcached_servers_that_the_cached_example_uses():
+    servers = memcached_services()
+    assert len(servers) == 2
+    squares = compose()["squares"]
+    assert squares["command"] == ["rpc", "run", "services.squares:Squares"]
+    configured = squares["environment"]["RPC_CACHE_SERVERS"].split(",")
+    assert sorted(configured) == sorted(f"{name}:11211" for name in servers)
+    for name in servers:
+        assert name in squares["depends_on"]
 
 
 def test_every_service_compose_runs_can_be_imported():

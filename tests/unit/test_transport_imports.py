@@ -14,7 +14,15 @@ PACKAGE = Path(rpc.__file__).parent
 IN_MEMORY = ("rpc.memory", "kombu.transport.memory", "kombu.transport.virtual")
 #: The memory driver, and the routing it completes Kombu's memory transport with.
 DRIVERS = {"transport/drivers.py", "memory.py"}
-BELOW_TRANSPORT = ["wire.py", "protocol.py", "serialization.py", "errors.py"]
+BELOW_TRANSPORT = [
+    "wire/__init__.py",
+    "wire/frames.py",
+    "wire/encoding.py",
+    "wire/decoding.py",
+    "protocol.py",
+    "serialization.py",
+    "errors.py",
+]
 
 
 def imported(path: Path) -> set[str]:

@@ -15,6 +15,7 @@ from amqp.serialization import decode_properties_basic, dumps, loads
 
 from rpc import wire
 from rpc.transport import _pyamqp
+from rpc.wire import encoding, frames
 
 FRAME_MAX = 131072
 
@@ -273,20 +274,20 @@ def test_strings_with_surrogates_are_written_as_py_amqp_writes_them(
 
 
 def test_one_off_header_values_are_not_remembered():
-    wire._LONGSTRS.clear()
+    encoding._LONGSTRS.clear()
     for number in range(200):
         headers = {"x-rpc-shard-key": f"{number}:" + "k" * 50_000}
         properties = {"application_headers": headers}
         assert wire.publish_frames(1, FRAME_MAX, "", "q", False, b"", properties)
-    assert sum(len(value) for value in wire._LONGSTRS.values()) < 100_000
+    assert sum(len(value) for value in encoding._LONGSTRS.values()) < 100_000
 
 
 def test_remembered_strings_are_bounded_and_come_back_after_a_flood():
-    for number in range(wire._KEPT * 2):
+    for number in range(frames.KEPT * 2):
         wire.publish_frames(1, FRAME_MAX, "", f"amq.reply.{number}", False, b"", {})
-        assert len(wire._SHORTSTRS) <= wire._KEPT
+        assert len(encoding._SHORTSTRS) <= frames.KEPT
     wire.publish_frames(1, FRAME_MAX, "", "bench.noop", False, b"", {})
-    assert "bench.noop" in wire._SHORTSTRS
+    assert "bench.noop" in encoding._SHORTSTRS
 
 
 def test_an_ack_reads_back_as_one():

@@ -1,4 +1,4 @@
-"""rpc/wire.py fuzzed in-process: hostile content headers, random and cut byte streams.
+"""rpc.wire fuzzed in-process: hostile content headers, random and cut byte streams.
 
 The reader of a worker's socket must never raise anything but its own errors, never
 loop or recurse without bound, and must read back exactly what was sent however the
