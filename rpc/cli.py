@@ -31,6 +31,13 @@ from rpc.logs import status
 from rpc.observability.cli import configure_log_format, supervise
 from rpc.observability.status import status_command
 from rpc.proxy import ClusterProxy
+from rpc.security_cli import (
+    ACCESS_OPTIONS,
+    gateway_access,
+    gateway_access_options,
+    gateway_token,
+    permissions,
+)
 from rpc.service import import_service
 from rpc.supervisor import process_count, serve
 from rpc.worker import ServiceRunner
@@ -300,6 +307,7 @@ def _call_when_served(
     show_default=True,
     help="Connections served at once; past it, new ones are answered 503.",
 )
+@gateway_access_options
 def gateway(
     host: str,
     port: int,
@@ -314,11 +322,13 @@ def gateway(
 ) -> None:
     """Serve HTTP: POST /SERVICE/METHOD with JSON arguments calls the service.
 
+    Every request needs an API token from --tokens-file, unless --allow-anonymous.
     -v logs every request (client, method, path, status, milliseconds).
     """
     from rpc.gateway import serve  # aiohttp is only needed here
     from rpc.gateway_server import CannotListenError
 
+    access = gateway_access(**{name: values.pop(name) for name in ACCESS_OPTIONS})
     config = load_config(config_file, **values)
     configure_log_format(config.log_format)
     try:
@@ -336,6 +346,7 @@ def gateway(
             header_timeout=header_timeout,
             idle_timeout=idle_timeout,
             max_connections=max_connections,
+            access=access,
         )
     except CannotListenError as exc:
         click.echo(f"error: the gateway {exc.strerror}", err=True)
@@ -484,6 +495,8 @@ def _register() -> None:
     main.add_command(shell)
     main.add_command(cache_commands.cache)
     main.add_command(status_command)
+    broker.add_command(permissions)
+    main.add_command(gateway_token)
 
 
 _register()

@@ -151,6 +151,39 @@ FLAGS: dict[str, Flag] = {
         float,
         "Log a handler run longer than this at WARNING (0: never).",
     ),
+    "ssl_ca_file": Flag(
+        "--ssl-ca-file", str, "CA certificates that sign the broker's (amqps://)."
+    ),
+    "ssl_cert_file": Flag(
+        "--ssl-cert-file", str, "This process's client certificate (amqps://)."
+    ),
+    "ssl_key_file": Flag("--ssl-key-file", str, "The client certificate's key."),
+    "ssl_verify": Flag(
+        "--ssl-verify/--no-ssl-verify",
+        bool,
+        "Check the broker's certificate and host name.",
+    ),
+    "login_method": Flag(
+        "--login-method",
+        click.Choice(("PLAIN", "AMQPLAIN", "EXTERNAL")),
+        "How to log in; EXTERNAL: with the client certificate.",
+    ),
+    "trusted_identity_users": Flag(
+        "--trusted-identity-user",
+        str,
+        "A broker user whose x-rpc-caller-identity is believed (repeatable).",
+        multiple=True,
+        metavar="USER",
+    ),
+    "max_header_fields": Flag(
+        "--max-header-fields", int, "Most header fields of one message, nested too."
+    ),
+    "max_header_depth": Flag(
+        "--max-header-depth", int, "Deepest nesting of tables in one message's headers."
+    ),
+    "max_header_bytes": Flag(
+        "--max-header-bytes", int, "Longest single header string, in bytes."
+    ),
 }
 
 #: What a client command (call, cast, dispatch, shell, gateway) connects with.
@@ -165,6 +198,14 @@ CLIENT = (
     "node_connect_timeout",
     "reply_queue",
     "partitions",
+    "ssl_ca_file",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_verify",
+    "login_method",
+    "max_header_fields",
+    "max_header_depth",
+    "max_header_bytes",
 )
 #: What the gateway takes besides the client's: how it is observed.
 OBSERVING = ("metrics_port", "metrics_host", "tracing", "log_format")

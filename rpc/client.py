@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from rpc.errors import BrokerError
 from rpc.middleware import ClientChain, Middleware, Outcome, load_middleware
 from rpc.observability import client_metrics, middleware_for
 from rpc.pending import PendingCall, PendingCalls, Waiter
+from rpc.tls import connection_options
 from rpc.transport import BrokerConnection, Delivery
 
 if TYPE_CHECKING:
@@ -76,8 +78,13 @@ class BaseClusterProxy:
         name: str = "client",
         middleware: Iterable[Middleware] = (),
         metrics_registry: MetricsRegistry | None = None,
+        user_id: str | None = None,
     ) -> None:
         base = config if config is not None else Config.load()
+        #: Stamped on every request as its AMQP ``user_id``, which RabbitMQ checks
+        #: is this connection's user: workers then believe the caller identity
+        #: headers this proxy sets (the gateway's).
+        self._user_id = user_id
         self.config = base.replace(broker_url=broker_url, default_timeout=timeout)
         self.name = name
         self._metrics: ClientMetrics | None = None
@@ -136,6 +143,7 @@ class BaseClusterProxy:
             on_tick=self._expire,
             confirms=True,
             node_timeout=self.config.node_connect_timeout,
+            **connection_options(self.config),
         )
 
     # -- sending -------------------------------------------------------------------
@@ -151,14 +159,19 @@ class BaseClusterProxy:
         """
         connection = self._connection
         entry = self._pending.add(call, waiter, idempotent)
+        publish = connection.publish
+        if self._user_id is not None:
+            publish = functools.partial(publish, user_id=self._user_id)
         try:
-            publish_request(connection.publish, call, self._reply_to, 1)
+            publish_request(publish, call, self._reply_to, 1)
         except BrokerError:
             if not self._pending.publish_failed(entry, retry=self._started):
                 raise
 
     def _send_again(self, publish: Callable[..., None]) -> None:
         """Publish the idempotent calls a lost connection took with it."""
+        if self._user_id is not None:
+            publish = functools.partial(publish, user_id=self._user_id)
         reply_to = self._reply_to
         metrics = self._metrics
 

@@ -13,6 +13,7 @@ import yaml
 
 from rpc import broker_urls as urls
 from rpc import protocol
+from rpc.credentials import masked_url
 from rpc.errors import ConfigError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -113,6 +114,29 @@ class Config:
     #: A handler run longer than this many seconds is logged at WARNING; 0: never.
     slow_call_seconds: float = 0.0
 
+    # -- security: see docs/security.md ---------------------------------------------
+    #: CA certificates (PEM) that sign the broker's certificate, for ``amqps://``;
+    #: unset, the system's CAs.
+    ssl_ca_file: str | None = None
+    #: This process's client certificate and its key (PEM), when the broker asks.
+    ssl_cert_file: str | None = None
+    ssl_key_file: str | None = None
+    #: Check the broker's certificate and that it names the host dialled. Turning it
+    #: off leaves the link encrypted but open to anyone in the middle.
+    ssl_verify: bool = True
+    #: How to log in: PLAIN or AMQPLAIN (the URL's user and password), or EXTERNAL
+    #: (the client certificate's name; RabbitMQ's rabbitmq_auth_mechanism_ssl).
+    login_method: str = "PLAIN"
+    #: Broker users (the AMQP ``user_id`` RabbitMQ checks) whose caller identity a
+    #: worker believes: the gateway's. Anyone else's is ignored.
+    trusted_identity_users: tuple[str, ...] = ()
+    #: Bounds on one message's headers: fields (nested ones included), nesting of
+    #: tables and arrays, and bytes of a single string or byte array. A message over
+    #: them is dead-lettered as malformed.
+    max_header_fields: int = 1024
+    max_header_depth: int = 32
+    max_header_bytes: int = 64 * 1024
+
     def __post_init__(self) -> None:
         _check_types(self)
         self._check_cluster_settings()
@@ -149,6 +173,7 @@ class Config:
         elif not isinstance(self.middleware, tuple):
             object.__setattr__(self, "middleware", tuple(self.middleware))
         _check_broker_url(self.broker_url)
+        _check_security(self)
         _check_cache_settings(self)
         self._check_observability()
 
@@ -167,6 +192,14 @@ class Config:
             raise _invalid("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
         if self.slow_call_seconds < 0:
             raise _invalid("slow_call_seconds", "must not be negative")
+
+    def __repr__(self) -> str:
+        # The generated repr would print the broker URL's password.
+        shown = {field.name: getattr(self, field.name) for field in _FIELDS}
+        shown["broker_url"] = urls.masked(self.broker_url)
+        shown["broker_urls"] = tuple(masked_url(url) for url in self.broker_urls)
+        fields = ", ".join(f"{name}={value!r}" for name, value in shown.items())
+        return f"Config({fields})"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed; ``None`` values leave a field as it is."""
@@ -296,6 +329,49 @@ def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
             value = _BOOLEANS[raw.strip().lower()]
         values[field.name] = value
     return values
+
+
+_FIELDS = dataclasses.fields(Config)
+LOGIN_METHODS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ValueError(raw)
+    return word in _TRUE
+
+
+def _check_security(config: Config) -> None:
+    """Check the TLS, login and header settings; normalise what the environment gave."""
+    users = config.trusted_identity_users
+    if isinstance(users, str):
+        # From the environment: RPC_TRUSTED_IDENTITY_USERS="gateway,gateway-2".
+        users = tuple(u.strip() for u in users.split(",") if u.strip())
+    object.__setattr__(config, "trusted_identity_users", tuple(users))
+    if not isinstance(config.ssl_verify, bool):
+        raise ConfigError("ssl_verify must be true or false")
+    if config.login_method not in LOGIN_METHODS:
+        raise ConfigError(f"login_method must be one of {', '.join(LOGIN_METHODS)}")
+    schemes = {url.strip().partition("://")[0] for url in config.broker_url.split(";")}
+    tls = schemes == {"amqps"}
+    if "amqps" in schemes and not tls:
+        raise ConfigError("broker_url mixes amqps:// with other schemes")
+    files = (config.ssl_ca_file, config.ssl_cert_file, config.ssl_key_file)
+    if any(files) and not tls:
+        raise ConfigError("ssl_* settings need an amqps:// broker_url")
+    if config.ssl_key_file and not config.ssl_cert_file:
+        raise ConfigError("ssl_key_file is set without ssl_cert_file")
+    if config.login_method == "EXTERNAL" and not (tls and config.ssl_cert_file):
+        raise ConfigError(
+            "login_method EXTERNAL logs in with a client certificate: it needs "
+            "an amqps:// broker_url and ssl_cert_file"
+        )
+    for name in ("max_header_fields", "max_header_depth", "max_header_bytes"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
 
 
 def _check_cache_settings(config: Config) -> None:

@@ -30,6 +30,15 @@ class CallContext:
     def deadline(self) -> float | None:
         return self.request.deadline
 
+    @property
+    def caller_identity(self) -> str | None:
+        """Who the gateway says the caller is (its token's name), or None.
+
+        Set only for calls that came through a gateway the worker trusts
+        (``trusted_identity_users``); anyone else's claim is ignored.
+        """
+        return self.request.caller_identity
+
     def remaining(self) -> float | None:
         """Seconds left before the caller gives up, or None when it set no deadline."""
         return self.request.remaining()

@@ -17,6 +17,7 @@ from kombu.exceptions import ChannelError as KombuChannelError
 from rpc import protocol
 from rpc.config import Config
 from rpc.errors import UnknownServiceError
+from rpc.tls import connection_options
 from rpc.transport import BrokerConnection
 
 
@@ -150,6 +151,7 @@ def look(
         connect_timeout=config.connect_timeout,
         on_connect=lambda channel: None,
         reconnect=False,
+        **connection_options(config),
     )
     connection.start()
     found: list[DeadLetter] = []

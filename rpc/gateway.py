@@ -17,11 +17,12 @@ import math
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypedDict
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from aiohttp import web
 
-from rpc import protocol, serialization
+from rpc import gateway_access, protocol, serialization
 from rpc.async_proxy import AsyncClusterProxy
 from rpc.config import Config
 from rpc.discovery import DISCOVERY_QUIET, DISCOVERY_WAIT
@@ -36,6 +37,7 @@ from rpc.errors import (
     SerializationError,
     UnknownServiceError,
 )
+from rpc.gateway_access import ACCESS, GatewayAccess
 from rpc.gateway_server import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -207,8 +209,13 @@ def create_app(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     metrics_registry: Any | None = None,
+    access: GatewayAccess | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application, for :func:`serve` or any runner.
+
+    ``access`` says who may call what (:class:`~rpc.gateway_access.GatewayAccess`):
+    by default nobody, so that a gateway is never open by mistake; give it tokens,
+    or ``allow_anonymous=True``.
 
     ``GET /services`` collects the workers' answers until ``discovery_quiet``
     seconds pass without a new one (see :meth:`AsyncClusterProxy.discover`), and
@@ -230,10 +237,17 @@ def create_app(
             *gateway_middlewares(config, metrics_registry),
             _json_errors,
             request_phase,
+            gateway_access.cors,
+            gateway_access.authenticate,
         ],
     )
+    gateway_access.install(app, access if access is not None else GatewayAccess())
     app[CLUSTER] = AsyncClusterProxy(
-        config=config, name="gateway", metrics_registry=metrics_registry
+        config=config,
+        name="gateway",
+        metrics_registry=metrics_registry,
+        middleware=[gateway_access.ForwardIdentity()],
+        user_id=_broker_user(config),
     )
     app[STATE] = _State(max_body, max_timeout, discovery_wait, discovery_quiet)
     app[LIMITS] = ConnectionLimits(header_timeout, idle_timeout, max_connections)
@@ -255,6 +269,16 @@ class _AppOptions(TypedDict, total=False):
     header_timeout: float
     idle_timeout: float
     max_connections: int
+    access: GatewayAccess
+
+
+def _broker_user(config: Config) -> str | None:
+    """The broker user the gateway logs in as, stamped on its requests as
+    ``user_id`` so that workers may trust the caller identity it passes on."""
+    if config.login_method == "EXTERNAL":
+        return None  # the certificate's name: not known here
+    username = urlsplit(config.broker_url.split(";")[0]).username
+    return unquote(username) if username else None
 
 
 def serve(
@@ -449,7 +473,8 @@ async def _services(request: web.Request) -> web.Response:
         )
     except BrokerError as exc:
         return _error(503, "BrokerError", str(exc))
-    return _json(200, {"services": listing})
+    token = request.get(gateway_access.TOKEN_KEY)
+    return _json(200, {"services": request.app[ACCESS].visible(listing, token)})
 
 
 async def _health(request: web.Request) -> web.Response:

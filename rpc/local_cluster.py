@@ -63,6 +63,45 @@ def free_port() -> int:
         return port
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeTls:
+    """A TLS listener for the nodes of a :class:`LocalCluster`: PEM files.
+
+    ``ca_file`` signs the clients' certificates the node accepts (it asks each
+    client for one, and checks it when given); with ``certificate_login``, a client
+    may log in as the common name of its certificate (SASL EXTERNAL, through
+    ``rabbitmq_auth_mechanism_ssl``).
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    certificate_login: bool = False
+
+    def config_lines(self, port: int) -> str:
+        """The rabbitmq.conf lines of the listener on ``port``."""
+        lines = [
+            f"listeners.ssl.default = 127.0.0.1:{port}",
+            f"ssl_options.cacertfile = {self.ca_file}",
+            f"ssl_options.certfile = {self.cert_file}",
+            f"ssl_options.keyfile = {self.key_file}",
+            "ssl_options.verify = verify_peer",
+            "ssl_options.fail_if_no_peer_cert = false",
+        ]
+        if self.certificate_login:
+            lines += [
+                "auth_mechanisms.1 = PLAIN",
+                "auth_mechanisms.2 = AMQPLAIN",
+                "auth_mechanisms.3 = EXTERNAL",
+                "ssl_cert_login_from = common_name",
+            ]
+        return "".join(line + "\n" for line in lines)
+
+
+#: The plugin behind EXTERNAL logins with a client certificate.
+CERTIFICATE_LOGIN_PLUGIN = "rabbitmq_auth_mechanism_ssl"
+
+
 @dataclasses.dataclass
 class ClusterNode:
     """One node of a :class:`LocalCluster`."""
@@ -74,10 +113,19 @@ class ClusterNode:
     directory: Path
     environment: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
+    #: The TLS listener's port, when the cluster has one.
+    tls_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    @property
+    def tls_url(self) -> str:
+        """``amqps://`` to the TLS listener, by the name its certificate carries."""
+        if self.tls_port is None:
+            raise ValueError("this node has no TLS listener")
+        return f"amqps://guest:guest@127.0.0.1:{self.tls_port}//"
 
     @property
     def pid(self) -> int | None:
@@ -180,10 +228,12 @@ class LocalCluster:
         base_port: int | None = None,
         name: str | None = None,
         settings: Sequence[str] = (),
+        tls: NodeTls | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.directory = directory
+        self.tls = tls
         self.name = name or f"rpc-{uuid.uuid4().hex[:8]}"
         self.settings = tuple(settings)
         directory.mkdir(parents=True, exist_ok=True)
@@ -201,6 +251,7 @@ class LocalCluster:
         home.mkdir(exist_ok=True)
         port = base_port + index if base_port is not None else free_port()
         dist_port = free_port()
+        tls_port = free_port() if self.tls is not None else None
         (home / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{port}\n"
             f"cluster_name = {self.name}\n"
@@ -208,8 +259,12 @@ class LocalCluster:
             # A small shared machine may be short of disk: never block publishers.
             "disk_free_limit.absolute = 1\n"
             + "".join(f"{line}\n" for line in self.settings)
+            + (self.tls.config_lines(tls_port) if self.tls and tls_port else "")
         )
-        (home / "enabled_plugins").write_text(f"[{','.join(PLUGINS)}].\n")
+        plugins = list(PLUGINS)
+        if self.tls is not None and self.tls.certificate_login:
+            plugins.append(CERTIFICATE_LOGIN_PLUGIN)
+        (home / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         node = f"{self.name}-{index}@localhost"
         environment = {
             **os.environ,
@@ -229,7 +284,9 @@ class LocalCluster:
             "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
         environment.pop("RABBITMQ_ALLOW_INPUT", None)
-        return ClusterNode(index, node, port, dist_port, home, environment)
+        return ClusterNode(
+            index, node, port, dist_port, home, environment, tls_port=tls_port
+        )
 
     @property
     def urls(self) -> list[str]:

@@ -431,6 +431,9 @@ class Request:
     delivery_count: int = 1
     #: The event's type, when this is an event handler's call.
     event_type: str | None = None
+    #: Who the gateway vouches the caller is (an API token's name); None unless a
+    #: trusted gateway sent it (see :func:`caller_identity`).
+    caller_identity: str | None = None
 
     def remaining(self, now: float | None = None) -> float | None:
         """Seconds left before the caller gives up; None when no deadline was sent."""
@@ -525,6 +528,33 @@ def timer_queue(service: str, method: str) -> str:
 def timer_queue_arguments() -> dict[str, Any]:
     """Arguments of :func:`timer_queue`: one active consumer receives the token."""
     return {"x-single-active-consumer": True}
+
+
+#: Who the gateway says an HTTP caller is (its token's name). Believed only on a
+#: message whose ``user_id`` (checked by RabbitMQ against the publisher's login) is
+#: one of the worker's ``trusted_identity_users``: see docs/security.md.
+HEADER_CALLER_IDENTITY = "x-rpc-caller-identity"
+
+
+def caller_identity(
+    headers: Mapping[str, Any], user_id: object, trusted: Sequence[str]
+) -> str | None:
+    """The caller identity a worker may believe in a request, or None.
+
+    RabbitMQ refuses a publish whose ``user_id`` property is not the publisher's
+    own user name, so a header that came with a trusted ``user_id`` was set by a
+    process logged in as that user (the gateway). The same header from anyone else
+    is ignored, never trusted.
+    """
+    if not trusted or not isinstance(user_id, str) or user_id not in trusted:
+        return None
+    identity = headers.get(HEADER_CALLER_IDENTITY)
+    return identity if isinstance(identity, str) and identity else None
+
+
+def event_queue_prefix(service: str) -> str:
+    """What the name of every :func:`event_queue` of ``service`` starts with."""
+    return f"{_EVENT_QUEUE_PREFIX}.{service}."
 
 
 # -- the result cache ------------------------------------------------------------

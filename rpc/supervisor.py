@@ -52,6 +52,12 @@ FORWARDED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 CHILD_EXITED = "worker %d (pid %d) exited with %s; restarting in %.1fs"
 OLD_STOPPING = "worker %d: stopping the old process (pid %d), replaced by pid %d"
 OLD_STOPPED = "worker %d: old process (pid %d) stopped%s"
+#: Exit status of a child the broker refused (EX_NOPERM): it is not restarted.
+REFUSED_EXIT = 77
+CHILD_REFUSED = (
+    "worker %d (pid %d) was refused by the broker (its error is above); stopping: "
+    "a restart cannot change permissions or certificates"
+)
 
 
 def restart_delay(
@@ -152,7 +158,9 @@ def _child_main(
         serve(services, config, stop, on_ready=announce, parent_pid=parent_pid)
     except RpcError as exc:
         log.error("worker failed: %s", exc)
-        raise SystemExit(1) from None
+        # A refusal (permissions, a certificate) is the same on every restart.
+        permanent = getattr(exc, "permanent", False)
+        raise SystemExit(REFUSED_EXIT if permanent else 1) from None
 
 
 @dataclasses.dataclass
@@ -192,6 +200,8 @@ class Supervisor:
         self._stop_requested = 0
         self._stop_signal: int | None = None
         self._reload_requested = False
+        #: A child the broker refused: the supervisor stops, and exits 1.
+        self._refused = False
 
     @property
     def pids(self) -> list[int]:
@@ -217,7 +227,8 @@ class Supervisor:
                     self._replace_all()
                 self._reap()
                 self._wait_for_events()
-            return self._stop_all()
+            status = self._stop_all()
+            return 1 if self._refused else status
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -270,6 +281,13 @@ class Supervisor:
             if slot.process is not None and not slot.process.is_alive():
                 slot.process.join()
                 code = slot.process.exitcode
+                if code == REFUSED_EXIT:
+                    log.error(CHILD_REFUSED, slot.index, slot.process.pid)
+                    self._close_ready(slot)
+                    slot.process = None
+                    self._refused = True
+                    self._stop_requested = max(self._stop_requested, 1)
+                    continue
                 if now - slot.started_at >= STABLE_AFTER:
                     slot.crashes = 0
                 slot.crashes += 1

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from rpc.errors import BrokerError
+from rpc.tls import TlsSettings
 from rpc.transport.confirms import Confirms
 from rpc.transport.delivery import Delivery, DeliveryCallback
 from rpc.transport.dispatching import Dispatcher
@@ -26,6 +27,7 @@ from rpc.transport.drivers import ONE_WRITE_MAX
 from rpc.transport.link import NODE_CONNECT_TIMEOUT, Link
 from rpc.transport.loop_reading import LoopReader
 from rpc.transport.reading import ReadingRole
+from rpc.wire import DEFAULT_HEADER_LIMITS, HeaderLimits
 
 
 class QueueRefusedError(BrokerError):
@@ -43,6 +45,11 @@ class BrokerConnection:
     declare what the owner needs and start its consumers. ``on_disconnect(exc)`` runs
     when the connection is lost, before reconnection starts, so the owner can fail
     what was in flight. ``on_tick()`` runs on the I/O thread about once a second.
+
+    ``tls`` (:func:`rpc.tls.tls_settings`) is for ``amqps://`` URLs, and
+    ``login_method`` says how to log in (PLAIN by default; EXTERNAL with a client
+    certificate). ``header_limits`` bound what the headers of one delivery may make
+    this side read: a delivery over them arrives ``malformed``.
 
     ``exit_on_reader_death`` is for a worker process: should the I/O thread ever
     die, it logs a CRITICAL line and exits the process with status 70 so that its
@@ -68,14 +75,19 @@ class BrokerConnection:
         confirms: bool = False,
         exit_on_reader_death: bool = False,
         node_timeout: float = NODE_CONNECT_TIMEOUT,
+        tls: TlsSettings | None = None,
+        login_method: str | None = None,
+        header_limits: HeaderLimits = DEFAULT_HEADER_LIMITS,
     ) -> None:
         self.url = url
         self.name = name
         self._confirms = Confirms() if confirms else None
-        self._dispatcher = Dispatcher(name, self._down)
+        self._dispatcher = Dispatcher(name, self._down, header_limits)
         self._link = link = Link(
             url,
             name=name,
+            tls=tls,
+            login_method=login_method,
             heartbeat=heartbeat,
             connect_timeout=connect_timeout,
             on_connect=on_connect,

@@ -67,9 +67,15 @@ class Dispatcher:
     Callers of :meth:`deliver` and :meth:`take` hold the lock and the read token.
     """
 
-    def __init__(self, name: str, down: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        name: str,
+        down: Callable[[], bool],
+        header_limits: wire.HeaderLimits = wire.DEFAULT_HEADER_LIMITS,
+    ) -> None:
         self._name = name
         self._down = down
+        self._header_limits = header_limits
         #: Our consumers by channel id and consumer tag, with the connection
         #: generation they started on: deliveries to them skip py-amqp's dispatch.
         self.consumers: dict[tuple[int, str], tuple[DeliveryCallback, int]] = {}
@@ -204,7 +210,7 @@ class Dispatcher:
         tag, delivery_tag, redelivered, exchange, routing_key = method
         try:
             try:
-                properties = wire.decode_content_header(header)[1]
+                properties = wire.decode_content_header(header, self._header_limits)[1]
             except wire.MalformedFrame as exc:
                 log.warning(MALFORMED, self._name, tag, exc)
                 delivery = Delivery(

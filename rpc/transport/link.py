@@ -24,8 +24,11 @@ from amqp.exceptions import AccessRefused, NotAllowed
 from kombu.connection import Connection as KombuConnection
 
 from rpc.broker_urls import BrokerNodes
+from rpc.credentials import masked_url
 from rpc.errors import AccessRefusedError, BrokerError
 from rpc.logs import status
+from rpc.tls import TlsSettings
+from rpc.tls import describe_failure as describe_tls_failure
 from rpc.transport import drivers
 from rpc.transport.confirms import Confirms
 from rpc.transport.dispatching import Dispatcher
@@ -87,6 +90,8 @@ class Link:
         dispatcher: Dispatcher,
         exit_on_death: bool = False,
         node_timeout: float = NODE_CONNECT_TIMEOUT,
+        tls: TlsSettings | None = None,
+        login_method: str | None = None,
     ) -> None:
         self.url = url
         #: The nodes ``url`` lists (one, or a cluster's), and whose turn it is.
@@ -94,6 +99,8 @@ class Link:
         self._node_timeout = (
             node_timeout if len(self.nodes) > 1 else SINGLE_NODE_TIMEOUT
         )
+        self._tls = tls
+        self._login_method = login_method
         self._exit_on_death = exit_on_death
         self.name = name
         self.heartbeat = heartbeat
@@ -134,13 +141,22 @@ class Link:
         deadline = started + self._connect_timeout
         backoff = FIRST_BACKOFF
         attempts = 0
+        suspects = 0
         while True:
             attempts += 1
             try:
                 self._connect(deadline)
                 break
             except BrokerError as exc:
-                refused = isinstance(exc, AccessRefusedError)
+                # A refusal no retry can change (a certificate, a login) is said
+                # now rather than after connect_timeout; so is a port that twice
+                # hung up on the AMQP handshake the way a TLS listener does.
+                suspects = suspects + 1 if getattr(exc, "tls_suspect", False) else 0
+                refused = (
+                    isinstance(exc, AccessRefusedError)
+                    or getattr(exc, "permanent", False)
+                    or suspects >= 2
+                )
                 remaining = deadline - time.monotonic()
                 if refused or remaining <= 0:
                     # The caller may start again later: leave no sockets behind.
@@ -268,15 +284,23 @@ class Link:
         # Refused by every node: retrying cannot help, and the caller must know it.
         refused = all(isinstance(exc, AccessRefusedError) for exc in failures)
         kind = AccessRefusedError if refused else BrokerError
-        raise kind(
+        error = kind(
             f"cannot connect to any of the {len(nodes)} broker nodes: "
             + "; ".join(str(exc) for exc in failures)
         )
+        for mark in ("permanent", "tls_suspect"):
+            if all(getattr(exc, mark, False) for exc in failures):
+                setattr(error, mark, True)
+        raise error
 
     def _connect_to(self, url: str, timeout: float) -> None:
+        tls = self._tls
         connection = KombuConnection(
             url,
             transport=drivers.kombu_transport(url),
+            # A fresh dict each time: Kombu writes the host dialled into it.
+            ssl=tls.ssl_options() if tls is not None else False,
+            login_method=self._login_method,
             heartbeat=self.heartbeat or None,
             # py-amqp bounds both the TCP connect and each read of the handshake.
             connect_timeout=min(self._connect_timeout, timeout),
@@ -296,11 +320,14 @@ class Link:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 connection.release()
-            if isinstance(exc, _REFUSALS):
-                raise AccessRefusedError(
-                    f"the broker at {self.safe_url()} refused the connection: {exc}"
-                ) from exc
-            raise BrokerError(f"cannot connect to {self.safe_url()}: {exc}") from exc
+            error = connect_error(masked_url(url), exc, tls=tls is not None)
+            if isinstance(exc, _REFUSALS) and not isinstance(error, AccessRefusedError):
+                # Bad credentials or a vhost not allowed: the same again gets the
+                # same answer, so the caller is told at once, by type.
+                refused = AccessRefusedError(str(error))
+                refused.permanent = True  # type: ignore[attr-defined]
+                error = refused
+            raise error from exc
         with self.lock:
             self.connection = connection
             self.driver = driver
@@ -318,9 +345,16 @@ class Link:
                 # Not a node failing: a setting the broker refuses (a queue declared
                 # with other arguments, say), which no reconnection will mend.
                 log.warning(SET_UP_REFUSED, self.name, self.safe_url(), exc)
-                raise BrokerError(
-                    f"{self.safe_url()} refused the set-up: {exc}"
-                ) from exc
+                error = BrokerError(f"{self.safe_url()} refused the set-up: {exc}")
+                if getattr(exc, "reply_code", None) == ACCESS_REFUSED:
+                    # The user's permissions do not cover what this process
+                    # declares or consumes: retrying cannot help.
+                    error = BrokerError(
+                        f"{self.safe_url()} refused the set-up: {exc} (the user's "
+                        "permissions do not cover it: see `rpc broker permissions`)"
+                    )
+                    error.permanent = True  # type: ignore[attr-defined]
+                raise error from exc
             except connection.connection_errors as exc:
                 self.close_connection()
                 raise BrokerError(
@@ -417,15 +451,60 @@ class Link:
             self.stopping.set()
             return
         backoff = FIRST_BACKOFF
+        refused = False
         while not self.stopping.is_set():
             try:
                 self._connect()
                 log.info(RECONNECTED, self.name, self.safe_url())
                 return
             except BrokerError as error:
-                log.debug("%s: reconnect failed: %s", self.name, error)
+                if getattr(error, "permanent", False) and not refused:
+                    # Said once: an operator must change the broker or the config.
+                    refused = True
+                    log.warning("%s: reconnect refused: %s", self.name, error)
+                else:
+                    log.debug("%s: reconnect failed: %s", self.name, error)
             self.stopping.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+#: AMQP reply code of a refused login or a resource the user may not use.
+ACCESS_REFUSED = 403
+
+
+def connect_error(url: str, exc: BaseException, *, tls: bool) -> BrokerError:
+    """The one-line BrokerError of a failed connection attempt to ``url``.
+
+    Those no retry can mend are marked ``permanent``: a TLS certificate refused, a
+    login refused, a plain AMQP client at a TLS port.
+    """
+    reason = describe_tls_failure(exc)
+    permanent = reason is not None
+    if reason is None and getattr(exc, "reply_code", None) == ACCESS_REFUSED:
+        reason = f"the broker refused the login: {exc}"
+        permanent = True
+    suspect = reason is None and not tls and _looks_like_tls(exc)
+    if suspect:
+        reason = (
+            f"{exc} (the port may expect TLS: use an amqps:// URL for a TLS listener)"
+        )
+    error = BrokerError(f"cannot connect to {url}: {reason or exc}")
+    error.permanent = permanent  # type: ignore[attr-defined]
+    error.tls_suspect = suspect  # type: ignore[attr-defined]
+    return error
+
+
+def _looks_like_tls(exc: BaseException) -> bool:
+    """Whether a plain AMQP handshake failed the way a TLS listener makes it fail.
+
+    TCP connects, then RabbitMQ's TLS listener reads the AMQP protocol header as a
+    broken ClientHello and resets the connection (after its handshake timeout), or
+    answers with a TLS alert record that py-amqp reads as a frame of type 21.
+    """
+    if isinstance(exc, ConnectionResetError):
+        return True
+    text = str(exc)
+    return "frame type 21" in text or "unexpectedly closed" in text
 
 
 def exit_process(status: int) -> None:

@@ -8,9 +8,12 @@ message reaches a decoder that may raise on it.
 """
 
 from rpc.wire.decoding import (
+    DEFAULT_HEADER_LIMITS,
     DELIVER,
     MAX_HEADER_DEPTH,
+    MAX_HEADER_FIELD_BYTES,
     MAX_HEADER_FIELDS,
+    HeaderLimits,
     MalformedFrame,
     decode_content_header,
     decode_deliver,
@@ -26,15 +29,18 @@ from rpc.wire.frames import (
 )
 
 __all__ = [
+    "DEFAULT_HEADER_LIMITS",
     "DELIVER",
     "FRAME_END",
     "FRAME_HEADER",
     "FRAME_OVERHEAD",
     "MAX_HEADER_DEPTH",
     "MAX_HEADER_FIELDS",
+    "MAX_HEADER_FIELD_BYTES",
     "MAX_RECV",
     "RECV_SIZE",
     "FrameReader",
+    "HeaderLimits",
     "MalformedFrame",
     "ack_frame",
     "decode_content_header",

@@ -8,6 +8,7 @@ the stream stays in step.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import struct
@@ -51,6 +52,20 @@ class MalformedFrame(ValueError):
 MAX_HEADER_DEPTH = 32
 #: Most fields and array items read in one message's headers, nested ones included.
 MAX_HEADER_FIELDS = 1024
+#: Longest single string or byte array read in one message's headers, in bytes.
+MAX_HEADER_FIELD_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    """Bounds on what one message's headers may make a reader allocate."""
+
+    max_fields: int = MAX_HEADER_FIELDS
+    max_depth: int = MAX_HEADER_DEPTH
+    max_field_bytes: int = MAX_HEADER_FIELD_BYTES
+
+
+DEFAULT_HEADER_LIMITS = HeaderLimits()
 
 #: Message properties as read, in flag order: those written here, plus timestamp and
 #: cluster_id.
@@ -63,19 +78,26 @@ _READ_PROPERTIES = (
 
 
 def decode_content_header(
-    payload: bytes,
-    *,
-    max_depth: int = MAX_HEADER_DEPTH,
-    max_fields: int = MAX_HEADER_FIELDS,
+    payload: bytes, limits: HeaderLimits = DEFAULT_HEADER_LIMITS
 ) -> tuple[int, dict[str, Any]]:
     """A content header's body size and message properties, as py-amqp names them.
 
     Every value RabbitMQ can send is read here, so nothing is left to a decoder that
     may raise on it. Anything that cannot be read (a truncated payload, an unknown
-    field type, nesting or field counts over the bounds) raises MalformedFrame.
+    field type, nesting, field counts or a field's size over ``limits``) raises
+    MalformedFrame.
     """
     try:
-        return _decode_content_header(payload, [max_depth, max_fields])
+        return _decode_content_header(
+            payload,
+            [
+                limits.max_depth,
+                limits.max_fields,
+                limits.max_field_bytes,
+                limits.max_depth,
+                limits.max_fields,
+            ],
+        )
     except MalformedFrame:
         raise
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
@@ -141,7 +163,8 @@ def _text(raw: bytes) -> str:
 def _read_table(
     payload: bytes, offset: int, budget: list[int]
 ) -> tuple[dict[str, Any], int]:
-    """A field table; ``budget`` holds the nesting depth and fields still allowed."""
+    """A field table; ``budget`` holds the nesting depth and fields still allowed,
+    the longest string allowed, and the two bounds as given (for the messages)."""
     (size,) = UINT32.unpack_from(payload, offset)
     offset += 4
     end = offset + size
@@ -185,13 +208,15 @@ def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, in
     """One field value, by its type octet, as py-amqp would give it."""
     budget[1] -= 1
     if budget[1] < 0:
-        raise MalformedFrame(f"headers hold more than {MAX_HEADER_FIELDS} fields")
+        raise MalformedFrame(f"headers hold more than {budget[4]} fields")
     kind = payload[offset]
     offset += 1
     value: Any
     if kind == 0x53:  # S: long string, text when it is UTF-8
         (length,) = UINT32.unpack_from(payload, offset)
         offset += 4
+        if length > budget[2]:
+            raise MalformedFrame(_too_long("string", length, budget[2]))
         raw = payload[offset : offset + length]
         if len(raw) != length:
             raise MalformedFrame("long string longer than its frame")
@@ -216,7 +241,7 @@ def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, in
         budget[0] -= 1
         if budget[0] < 0:
             raise MalformedFrame(
-                f"headers nested deeper than {MAX_HEADER_DEPTH} tables or arrays"
+                f"headers nested deeper than {budget[3]} tables or arrays"
             )
         if kind == 0x46:
             value, offset = _read_table(payload, offset, budget)
@@ -230,6 +255,8 @@ def _read_value(payload: bytes, offset: int, budget: list[int]) -> tuple[Any, in
     elif kind == 0x78:  # x: byte array
         (length,) = UINT32.unpack_from(payload, offset)
         offset += 4
+        if length > budget[2]:
+            raise MalformedFrame(_too_long("byte array", length, budget[2]))
         value = payload[offset : offset + length]
         if len(value) != length:
             raise MalformedFrame("byte array longer than its frame")
@@ -259,6 +286,13 @@ _FIXED_FIELDS: dict[int, struct.Struct] = {
     0x66: struct.Struct(">f"),  # f
 }
 _DECIMAL = struct.Struct(">Bi")
+
+
+def _too_long(kind: str, length: int, limit: int) -> str:
+    return (
+        f"a header {kind} of {length} bytes is over the limit of {limit} "
+        "(max_header_bytes)"
+    )
 
 
 def _timestamp(seconds: int) -> datetime.datetime | int:

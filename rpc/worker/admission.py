@@ -78,6 +78,7 @@ class RequestAdmission:
     ) -> None:
         self._connection = connection
         self._limit = config.max_message_bytes
+        self._trusted_users = config.trusted_identity_users
         self._failures = failures
         self._replies = replies
         self._observer = observer
@@ -155,6 +156,11 @@ class RequestAdmission:
                 delivery.body, delivery.content_type, content_encoding(delivery)
             )
         )
+        identity = None
+        if self._trusted_users:
+            identity = protocol.caller_identity(
+                headers, delivery.properties.get("user_id"), self._trusted_users
+            )
         return Request(
             service=service.name,
             method=method,
@@ -166,6 +172,7 @@ class RequestAdmission:
             caller=str(headers.get(protocol.HEADER_CALLER, "")),
             redelivered=delivery.redelivered,
             delivery_count=delivery_count,
+            caller_identity=identity,
         )
 
     def _forward_to_shard(

@@ -27,6 +27,7 @@ from rpc.observability.observers import QUIET, WorkerObserver
 from rpc.proxy import BaseClusterProxy, ClusterProxy
 from rpc.serialization import JsonValue
 from rpc.service import Handler, ServiceDefinition
+from rpc.tls import connection_options
 from rpc.transport import BrokerConnection
 from rpc.worker import topology
 from rpc.worker.admission import RequestAdmission
@@ -123,6 +124,7 @@ class ServiceRunner:
             # Alive but deaf is worse than dead: the supervisor restarts a worker.
             exit_on_reader_death=True,
             node_timeout=self.config.node_connect_timeout,
+            **connection_options(self.config),
         )
         self._invoker = Invoker(self, self.middleware)
         self._dispatcher = Dispatcher(

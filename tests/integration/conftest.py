@@ -42,3 +42,4 @@ def cluster(rpc_cluster: ServiceCluster) -> ServiceCluster:
 from tests.integration.cache_fixtures import memcached_servers  # noqa: E402, F401
 from tests.integration.cluster_fixtures import healthy_cluster, rabbit_cluster  # noqa: E402, F401
 from tests.integration.faults import private_broker, tcp_proxy  # noqa: E402, F401
+from tests.integration.tls_fixtures import tls_broker  # noqa: E402, F401

@@ -19,6 +19,7 @@ import pytest
 
 from rpc import AsyncClusterProxy, BrokerError, ClusterProxy, Config, ServiceRunner
 from rpc.local_cluster import free_port
+from services.greeter import Greeter
 from tests.integration import fixtures
 from tests.integration.faults import TcpProxy, wait_for
 from tests.integration.ledger_service import Ledger
@@ -208,3 +209,10 @@ def test_the_async_proxy_takes_a_list_too(runner, config, broker_url):
             return await proxy.ledger.record("async")
 
     assert asyncio.run(call()) == "async"
+
+
+def test_a_broker_that_is_down_is_skipped_for_the_next_in_the_list(broker_url):
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    config = Config(broker_url=f"{down};{broker_url}", connect_timeout=10)
+    with ServiceRunner([Greeter], config), ClusterProxy(config=config) as cluster:
+        assert cluster.greeter.hello("list") == "Hello, list!"

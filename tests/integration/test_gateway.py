@@ -96,8 +96,14 @@ def gateway(
 ) -> Iterator[str]:
     """Run `rpc gateway` on a free loopback port; yield its base URL once it answers.
 
-    Its standard error goes to ``log`` if given.
+    Its standard error goes to ``log`` if given. Without tokens (``--tokens-file``
+    or ``RPC_GATEWAY_TOKENS``) it serves anonymous requests: these tests are about
+    HTTP, test_gateway_access.py about who may call.
     """
+    if not {"--tokens-file", "--allow-anonymous"} & set(args) and (
+        "RPC_GATEWAY_TOKENS" not in env
+    ):
+        args = ("--allow-anonymous", *args)
     port = free_port()
     process = subprocess.Popen(
         rpc_command("gateway", "--port", str(port), *args),

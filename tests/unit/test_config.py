@@ -120,3 +120,38 @@ def test_copies_and_reply_queue_come_from_the_environment():
     )
     assert config.copies == "unconfirmed"
     assert config.private_replies
+
+
+def test_security_settings_from_the_environment():
+    config = Config.load(
+        environ={
+            "RPC_BROKER_URL": "amqps://h//",
+            "RPC_SSL_VERIFY": "false",
+            "RPC_SSL_CA_FILE": "/etc/ca.pem",
+            "RPC_TRUSTED_IDENTITY_USERS": "gateway, gateway-2",
+            "RPC_MAX_HEADER_BYTES": "2048",
+        }
+    )
+    assert config.ssl_verify is False
+    assert config.ssl_ca_file == "/etc/ca.pem"
+    assert config.trusted_identity_users == ("gateway", "gateway-2")
+    assert config.max_header_bytes == 2048
+    with pytest.raises(ConfigError, match="RPC_SSL_VERIFY"):
+        Config.load(environ={"RPC_SSL_VERIFY": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"ssl_ca_file": "/ca.pem"}, "need an amqps://"),
+        ({"broker_url": "amqps://a//;amqp://b//"}, "mixes"),
+        ({"broker_url": "amqps://a//", "ssl_key_file": "/k"}, "without ssl_cert_file"),
+        ({"broker_url": "amqps://a//", "login_method": "EXTERNAL"}, "ssl_cert_file"),
+        ({"login_method": "KERBEROS"}, "login_method must be"),
+        ({"ssl_verify": "no"}, "true or false"),
+        ({"max_header_fields": 0}, "max_header_fields"),
+    ],
+)
+def test_security_settings_that_cannot_work_are_refused(settings, complaint):
+    with pytest.raises(ConfigError, match=complaint):
+        Config(**settings)

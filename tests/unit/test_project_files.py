@@ -119,6 +119,10 @@ def test_compose_scales_the_examples_and_runs_a_one_shot_demo():
     gateway = services["gateway"]
     assert gateway["command"][:2] == ["rpc", "gateway"]
     assert "8000:8000" in gateway["ports"]
+    # A gateway with neither refuses to start: it would serve nobody.
+    assert "--allow-anonymous" in gateway["command"] or "--tokens-file" in " ".join(
+        gateway["command"]
+    )
 
 
 def test_compose_runs_two_memcached_servers_that_the_cached_example_uses():

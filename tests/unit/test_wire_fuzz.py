@@ -188,3 +188,25 @@ def test_garbage_ends_in_one_of_the_reader_errors(junk):
     with pytest.raises((UnexpectedFrame, OSError)):
         for _ in range(len(junk)):
             reader.read_frame()
+
+
+@pytest.mark.parametrize("kind", ["S", "x"])
+def test_a_header_string_or_byte_array_over_its_bound_is_refused(kind):
+    limits = wire.HeaderLimits(max_field_bytes=1024)
+    fits = {"headers": [(b"k", (kind, b"v" * 1024))]}
+    assert wire.decode_content_header(header_payload(fits), limits)[1]
+    over = {"headers": [(b"k", (kind, b"v" * 1025))]}
+    with pytest.raises(wire.MalformedFrame, match="1025 bytes is over the limit"):
+        wire.decode_content_header(header_payload(over), limits)
+    # The default bound is far above what a broker's frame carries by default.
+    assert wire.decode_content_header(header_payload(over))[1]
+
+
+def test_the_bounds_given_are_the_bounds_said():
+    limits = wire.HeaderLimits(max_fields=3, max_depth=2)
+    entries = [(f"k{n}".encode(), ("I", n)) for n in range(4)]
+    with pytest.raises(wire.MalformedFrame, match="more than 3 fields"):
+        wire.decode_content_header(header_payload({"headers": entries}), limits)
+    deep = {"headers": [(b"k", ("deep", ("F", 3, ("I", 1))))]}
+    with pytest.raises(wire.MalformedFrame, match="deeper than 2"):
+        wire.decode_content_header(header_payload(deep), limits)
