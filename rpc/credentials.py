@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 #: What stands for a password in anything printed.
-MASK = "****"
+MASK = "**"
 
 # scheme://user:password@ : the password is everything up to the last "@" before the
 # host, which is how urllib splits it too (a password may hold ":" and "@").
@@ -18,7 +18,7 @@ _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@;\s]*):[^;\s
 
 
 def masked_url(url: str) -> str:
-    """``url`` with the password of each broker in it replaced by ``****``.
+    """``url`` with the password of each broker in it replaced by ``**``.
 
     Handles the ``;``-separated lists ``broker_url`` accepts, and text that is not
     a URL at all (printed as it is, but for anything that looks like credentials).

@@ -267,10 +267,9 @@ class Link:
                 break
             timeout = self._node_timeout
             if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 and failures:
-                    break
-                timeout = max(min(timeout, left), 0.1)
+                # Past the deadline, the rest of the round still gets a short try
+                # each, so that the error names every node.
+                timeout = max(min(timeout, deadline - time.monotonic()), 0.1)
             self.nodes.taking(url)
             try:
                 self._connect_to(url, timeout)
@@ -320,14 +319,15 @@ class Link:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 connection.release()
-            error = connect_error(masked_url(url), exc, tls=tls is not None)
-            if isinstance(exc, _REFUSALS) and not isinstance(error, AccessRefusedError):
+            if isinstance(exc, _REFUSALS):
                 # Bad credentials or a vhost not allowed: the same again gets the
                 # same answer, so the caller is told at once, by type.
-                refused = AccessRefusedError(str(error))
-                refused.permanent = True  # type: ignore[attr-defined]
-                error = refused
-            raise error from exc
+                error: BrokerError = AccessRefusedError(
+                    f"the broker at {masked_url(url)} refused the connection: {exc}"
+                )
+                error.permanent = True  # type: ignore[attr-defined]
+                raise error from exc
+            raise connect_error(masked_url(url), exc, tls=tls is not None) from exc
         with self.lock:
             self.connection = connection
             self.driver = driver

@@ -200,7 +200,9 @@ def test_the_gateway_on_a_busy_port_is_one_line_and_never_says_it_listens():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done, took = rpc(broker_url, "gateway", "--port", str(port))
+        done, took = rpc(
+            broker_url, "gateway", "--port", str(port), "--allow-anonymous"
+        )
     line = one_error_line(done)
     assert line == (
         f"error: the gateway cannot listen on 127.0.0.1:{port}: address already in use"
@@ -211,7 +213,13 @@ def test_the_gateway_on_a_busy_port_is_one_line_and_never_says_it_listens():
 def test_the_gateway_on_a_host_not_of_this_machine_is_one_line():
     broker_url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
     done, _ = rpc(
-        broker_url, "gateway", "--host", "no-such-host.invalid", "--port", "0"
+        broker_url,
+        "gateway",
+        "--host",
+        "no-such-host.invalid",
+        "--port",
+        "0",
+        "--allow-anonymous",
     )
     line = one_error_line(done)
     assert line.startswith(
@@ -224,7 +232,7 @@ def test_the_gateway_logs_each_request_with_v(broker_url, tmp_path):
     port = free_port()
     with log.open("w") as output:
         process = subprocess.Popen(
-            rpc_command("gateway", "--port", str(port), "-v"),
+            rpc_command("gateway", "--port", str(port), "-v", "--allow-anonymous"),
             cwd=PROJECT_ROOT,
             env=project_env(broker_url),
             stdout=subprocess.DEVNULL,

@@ -48,7 +48,7 @@ def test_the_password_is_in_no_output(broker_users, tmp_path):  # noqa: F811
             broker_users.url(user, "wrong-" + password), "call", "greeter.hello"
         )
         assert refused.returncode == 1
-        assert "refused the login" in refused.stderr
+        assert "refused the connection" in refused.stderr
         outputs += [refused.stdout, refused.stderr]
         letters = run(url, "dead-letters", "greeter")
         outputs += [letters.stdout, letters.stderr]
@@ -67,4 +67,4 @@ def test_the_password_is_in_no_output(broker_users, tmp_path):  # noqa: F811
     everything = "\n".join(outputs)
     assert password not in everything
     # The URL is printed, masked: it was there to leak.
-    assert f"{user}:****@" in everything
+    assert f"{user}:**@" in everything

@@ -60,13 +60,13 @@ def test_certificate_errors_are_said_in_one_line_and_are_permanent():
     text = describe_failure(exc)
     assert text is not None and "certificate verify failed" in text
     assert "unable to get local issuer certificate" in text
-    error = connect_error("amqps://u:****@h//", exc, tls=True)
+    error = connect_error("amqps://u:**@h//", exc, tls=True)
     assert error.permanent and "\n" not in str(error)
     assert describe_failure(ValueError("other")) is None
 
 
 def test_a_refused_login_is_permanent_and_a_reset_at_a_plain_port_suspect():
-    refused = connect_error("amqp://u:****@h//", AccessRefused("no", 403), tls=False)
+    refused = connect_error("amqp://u:**@h//", AccessRefused("no", 403), tls=False)
     assert refused.permanent and "refused the login" in str(refused)
     reset = connect_error("amqp://h//", ConnectionResetError(104, "reset"), tls=False)
     assert not reset.permanent and reset.tls_suspect
