@@ -98,10 +98,10 @@ class ServiceRunner:
         self._result_cache = cache_middleware(definitions, self.config, self.middleware)
         self.middleware += self._result_cache
         self._observer = QUIET if observer is None else observer
-        for middleware in self.middleware:
-            if isinstance(middleware, ResultCache):
+        for chained in self.middleware:
+            if isinstance(chained, ResultCache):
                 # Counted in the worker's metrics too (rpc_cache_requests_total).
-                middleware.stats.listener = self._observer.cache_looked_up
+                chained.stats.listener = self._observer.cache_looked_up
         self._started_at = time.time()
         #: Names this process's own queues (broadcast events, sharded calls).
         self.instance_id = uuid.uuid4().hex[:12]
