@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 
 HIT = "hit"
 MISS = "miss"
@@ -23,10 +24,15 @@ class CacheStats:
     def __init__(self) -> None:
         self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._lock = threading.Lock()
+        #: Told of every count as well: the worker's metrics, when it has them.
+        self.listener: Callable[[str, str, str], None] | None = None
 
     def count(self, service: str, method: str, result: str) -> None:
         with self._lock:
             self._counts[service, method, result] += 1
+        listener = self.listener
+        if listener is not None:
+            listener(service, method, result)
 
     def snapshot(self) -> dict[tuple[str, str, str], int]:
         """Every ``(service, method, result)`` seen so far, with its count."""

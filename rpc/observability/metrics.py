@@ -122,6 +122,12 @@ class RpcMetrics:
             ("service",),
             registry=registry,
         )
+        self.cache_requests = Counter(
+            "rpc_cache_requests",
+            "Calls of cached methods, by what the result cache did for them.",
+            ("service", "method", "result"),
+            registry=registry,
+        )
         self.dead_lettered = Counter(
             "rpc_server_dead_lettered",
             "Messages moved to the dead-letter queue, by reason.",
@@ -245,6 +251,7 @@ class ServerMetrics(Middleware, WorkerObserver):
         self._sizes = _Children(metrics.message_size)
         self._redeliveries = _Children(metrics.redeliveries)
         self._dead_lettered = _Children(metrics.dead_lettered)
+        self._cache_requests = _Children(metrics.cache_requests)
         slots = metrics.handler_slots
         self._busy = {kind: slots.labels(kind, "busy") for kind in ("thread", "async")}
         self._idle = {kind: slots.labels(kind, "idle") for kind in ("thread", "async")}
@@ -341,6 +348,9 @@ class ServerMetrics(Middleware, WorkerObserver):
 
     def redelivered(self, service: str) -> None:
         self._redeliveries(service).inc()
+
+    def cache_looked_up(self, service: str, method: str, result: str) -> None:
+        self._cache_requests(service, method, result).inc()
 
     def dead_lettered(self, service: str, reason: str) -> None:
         self._dead_lettered(service, reason).inc()

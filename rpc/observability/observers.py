@@ -46,6 +46,9 @@ class WorkerObserver:
     def dead_lettered(self, service: str, reason: str) -> None:
         """A message of ``service`` went to its dead-letter queue, for ``reason``."""
 
+    def cache_looked_up(self, service: str, method: str, result: str) -> None:
+        """A call of a cached method was looked up: hit, miss, error or too_large."""
+
     def connected(self) -> None:
         """The worker's broker connection is up (again)."""
 

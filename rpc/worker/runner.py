@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import rpc
 from rpc.async_proxy import AsyncClusterProxy
-from rpc.cache.middleware import cache_middleware
+from rpc.cache.middleware import ResultCache, cache_middleware
 from rpc.config import Config
 from rpc.context import CallContext
 from rpc.entrypoints import is_coroutine_function
@@ -98,6 +98,10 @@ class ServiceRunner:
         self._result_cache = cache_middleware(definitions, self.config, self.middleware)
         self.middleware += self._result_cache
         self._observer = QUIET if observer is None else observer
+        for chained in self.middleware:
+            if isinstance(chained, ResultCache):
+                # Counted in the worker's metrics too (rpc_cache_requests_total).
+                chained.stats.listener = self._observer.cache_looked_up
         self._started_at = time.time()
         #: Names this process's own queues (broadcast events, sharded calls).
         self.instance_id = uuid.uuid4().hex[:12]

@@ -258,3 +258,31 @@ def test_invalidating_an_uncached_method_or_with_wrong_arguments_is_a_mistake(
         result_cache.invalidate("profiles", "rename", [7], {})
     with pytest.raises(TypeError):
         result_cache.invalidate("profiles", "profile", [], {"nobody": 1})
+
+
+def test_a_worker_with_metrics_counts_cache_lookups_in_its_registry(
+    rpc_config: Config, result_cache: ResultCache
+):
+    from prometheus_client import CollectorRegistry
+
+    from rpc.observability.metrics import RpcMetrics, ServerMetrics
+
+    registry = CollectorRegistry()
+    observer = ServerMetrics(RpcMetrics.of(registry))
+    runner = ServiceRunner(
+        [Profiles], rpc_config, middleware=[result_cache], observer=observer
+    )
+    with runner, ClusterProxy(config=rpc_config) as cluster:
+        cluster.profiles.profile(1)
+        cluster.profiles.profile(1)
+        cluster.profiles.profile(user_id=2)
+
+    def sample(result: str) -> float | None:
+        return registry.get_sample_value(
+            "rpc_cache_requests_total",
+            {"service": "profiles", "method": "profile", "result": result},
+        )
+
+    assert sample("miss") == 2
+    assert sample("hit") == 1
+    assert counts(result_cache)["hit"] == 1  # the middleware's own count still holds
