@@ -108,6 +108,11 @@ FLAGS: dict[str, Flag] = {
     "node_connect_timeout": Flag(
         "--node-connect-timeout", float, "Seconds one attempt on one node may take."
     ),
+    "broker_order": Flag(
+        "--broker-order",
+        click.Choice(("random", "listed")),
+        "Start at a random node of the list, or at the first.",
+    ),
     "quorum_leader_locator": Flag(
         "--quorum-leader-locator",
         click.Choice(("", "balanced", "client-local")),
@@ -196,6 +201,7 @@ CLIENT = (
     "middleware",
     "broker_urls",
     "node_connect_timeout",
+    "broker_order",
     "reply_queue",
     "partitions",
     "ssl_ca_file",

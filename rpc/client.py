@@ -143,6 +143,7 @@ class BaseClusterProxy:
             on_tick=self._expire,
             confirms=True,
             node_timeout=self.config.node_connect_timeout,
+            listed_order=self.config.broker_order == "listed",
             **connection_options(self.config),
         )
 

@@ -24,6 +24,8 @@ QUEUE_TYPES = ("classic", "quorum")
 #: fewest leaders, or on the node the declaring worker is connected to; "" sends no
 #: argument, and the broker's own ``queue_leader_locator`` decides.
 LEADER_LOCATORS = ("", "balanced", "client-local")
+#: ``broker_order``: where in the list of brokers a connection starts.
+BROKER_ORDERS = ("random", "listed")
 #: Settings that name the broker: a layer that sets one replaces both of a lower one.
 _BROKER_SETTINGS = ("broker_url", "broker_urls")
 #: ``copies``: how a worker publishes the copy it sends in place of a message.
@@ -90,6 +92,9 @@ class Config:
     #: Seconds one attempt on one node may take, TCP connect and AMQP handshake
     #: together, before the next node of the list is tried.
     node_connect_timeout: float = 2.0
+    #: "random": each connection starts at a random node of ``broker_urls``, so load
+    #: spreads; "listed": at the first, then the next (a preferred nearby node).
+    broker_order: str = "random"
     #: Where a new quorum queue's leader goes: "balanced" or "client-local"; "" (the
     #: default) leaves it to the broker. Queue arguments: see docs/cluster.md before
     #: changing it on queues that exist.
@@ -231,6 +236,8 @@ class Config:
         object.__setattr__(self, "broker_urls", nodes)
         if self.node_connect_timeout <= 0:
             raise _invalid("node_connect_timeout", "must be positive")
+        if self.broker_order not in BROKER_ORDERS:
+            raise _invalid("broker_order", "must be random or listed")
         if self.quorum_leader_locator not in LEADER_LOCATORS:
             raise _invalid(
                 "quorum_leader_locator", "must be balanced, client-local or empty"

@@ -75,6 +75,7 @@ class BrokerConnection:
         confirms: bool = False,
         exit_on_reader_death: bool = False,
         node_timeout: float = NODE_CONNECT_TIMEOUT,
+        listed_order: bool = False,
         tls: TlsSettings | None = None,
         login_method: str | None = None,
         header_limits: HeaderLimits = DEFAULT_HEADER_LIMITS,
@@ -98,6 +99,7 @@ class BrokerConnection:
             dispatcher=self._dispatcher,
             exit_on_death=exit_on_reader_death,
             node_timeout=node_timeout,
+            listed_order=listed_order,
         )
         self._reading = link.reading = ReadingRole(link, self._dispatcher)
         self._lock = link.lock

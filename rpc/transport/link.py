@@ -90,12 +90,13 @@ class Link:
         dispatcher: Dispatcher,
         exit_on_death: bool = False,
         node_timeout: float = NODE_CONNECT_TIMEOUT,
+        listed_order: bool = False,
         tls: TlsSettings | None = None,
         login_method: str | None = None,
     ) -> None:
         self.url = url
         #: The nodes ``url`` lists (one, or a cluster's), and whose turn it is.
-        self.nodes = BrokerNodes(url)
+        self.nodes = BrokerNodes(url, first=0 if listed_order else None)
         self._node_timeout = (
             node_timeout if len(self.nodes) > 1 else SINGLE_NODE_TIMEOUT
         )

@@ -128,6 +128,7 @@ class ServiceRunner:
             # Alive but deaf is worse than dead: the supervisor restarts a worker.
             exit_on_reader_death=True,
             node_timeout=self.config.node_connect_timeout,
+            listed_order=self.config.broker_order == "listed",
             **connection_options(self.config),
         )
         self._invoker = Invoker(self, self.middleware)

@@ -80,11 +80,18 @@ def settings(queue_type: str) -> dict[str, str]:
         "heartbeat": str(HEARTBEAT),
         "retry_delay": "0.5",
         "connect_timeout": "20",
+        # Each process is given its node first: the fault then hits the one meant.
+        "broker_order": "listed",
     }
 
 
 def config(queue_type: str) -> Config:
-    return Config(queue_type=queue_type, heartbeat=HEARTBEAT, connect_timeout=20)
+    return Config(
+        queue_type=queue_type,
+        heartbeat=HEARTBEAT,
+        connect_timeout=20,
+        broker_order="listed",
+    )
 
 
 def wait_serving(started: Sequence[Daemon], timeout: float = 60.0) -> None:

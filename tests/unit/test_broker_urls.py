@@ -84,3 +84,32 @@ def test_config_errors_never_show_a_password():
     with pytest.raises(ConfigError) as raised:
         Config(broker_url=f"{A};user:secret@nowhere")
     assert "secret" not in str(raised.value)
+
+
+def test_listed_order_starts_every_connection_at_the_first_node():
+    from rpc.transport.link import Link
+
+    def link(config: Config) -> Link:
+        return Link(
+            config.broker_url,
+            name="t",
+            heartbeat=0,
+            connect_timeout=1,
+            on_connect=lambda channel: None,
+            on_disconnect=None,
+            on_tick=None,
+            reconnect=False,
+            confirms=None,
+            dispatcher=None,  # type: ignore[arg-type]
+            listed_order=config.broker_order == "listed",
+        )
+
+    listed = Config(broker_urls=(A, B, C), broker_order="listed")
+    assert all(link(listed).nodes.round()[0] == A for _ in range(20))
+    spread = Config(broker_urls=(A, B, C))
+    assert len({link(spread).nodes.round()[0] for _ in range(60)}) > 1
+
+
+def test_broker_order_takes_only_its_named_values():
+    with pytest.raises(ConfigError, match="broker_order"):
+        Config(broker_order="nearest")
