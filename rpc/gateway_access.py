@@ -282,8 +282,13 @@ class GatewayAccess:
 
 ACCESS: Final = web.AppKey("access", GatewayAccess)
 LIMITS_STATE: Final = web.AppKey("caller_limits", CallerLimits)
-#: The token a request came with (None: anonymous), for the handlers.
-TOKEN_KEY: Final = "rpc.token"
+#: The token a request came with (None: anonymous), for the handlers after
+#: :func:`authenticate`: a typed key where aiohttp has them (newer releases warn
+#: about plain strings).
+_REQUEST_KEY: Any = getattr(web, "RequestKey", None)
+TOKEN_KEY: Final[Any] = (
+    _REQUEST_KEY("rpc.token", object) if _REQUEST_KEY is not None else "rpc.token"
+)
 #: Who the call being sent is made for: read by :class:`ForwardIdentity`.
 _CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rpc_gateway_caller", default=None

@@ -249,6 +249,7 @@ def test_the_gateway_serves_its_own_metrics(broker_url, tmp_path):
 
     http, metrics = free_port(), free_port()
     command = ["gateway", "--port", str(http), "--metrics-port", str(metrics)]
+    command.append("--allow-anonymous")
     with daemons(broker_url, ["services.greeter:Greeter"]):
         with ClusterProxy(config=Config(broker_url=broker_url)) as cluster:
             wait_until_served(cluster, "greeter", "hello", ("ready",))

@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanKind
 
 from rpc import ClusterProxy, Config, RemoteError
 from rpc.gateway import create_app
+from rpc.gateway_access import GatewayAccess
 from rpc.gateway_server import serving
 from services.greeter import Frontend, Greeter
 from tests.integration.observed_services import Counted
@@ -36,7 +37,10 @@ def through_gateway(broker_url: str, headers: dict[str, str]) -> tuple[int, obje
     """POST /frontend/welcome through a gateway with tracing on."""
 
     async def main() -> tuple[int, object]:
-        app = create_app(Config(broker_url=broker_url, tracing=True))
+        app = create_app(
+            Config(broker_url=broker_url, tracing=True),
+            access=GatewayAccess(allow_anonymous=True),
+        )
         async with (
             serving(app, host="127.0.0.1", port=0) as (host, port),
             aiohttp.ClientSession() as session,
