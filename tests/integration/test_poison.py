@@ -87,8 +87,12 @@ def test_a_handler_that_kills_its_worker_is_dead_lettered_after_the_limit(
         # The service recovered: it answers, and the poison is gone from its queue.
         assert cluster.faulty.whoami() in {child.pid for child in children_of(run)}
         info = queue_info(broker_url)
-    assert len(lines(marker)) == 3  # ran exactly delivery_limit times
-    assert len(set(lines(marker))) == 3  # in three different processes
+    # delivery_limit runs, or one more: a counted copy is confirmed before its
+    # original is acked, and a copy that kills its process inside that round trip
+    # leaves the original to come back once more (docs/cluster-faults.md).
+    runs = lines(marker)
+    assert 3 <= len(runs) <= 4
+    assert len(set(runs)) == len(runs)  # each in a process of its own
     (body, headers), *rest = found
     assert rest == []
     assert orjson.loads(body) == {"args": [str(marker)], "kwargs": {}}
