@@ -80,6 +80,21 @@ def _failed(span: Span, error: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, str(error)))
 
 
+def _attributes(
+    service: str, method: str, exchange: str, routing_key: str, operation: str
+) -> dict[str, str]:
+    """The semantic-convention attributes both sides of a message's spans carry."""
+    return {
+        "rpc.system": RPC_SYSTEM,
+        "rpc.service": service,
+        "rpc.method": method,
+        "messaging.system": MESSAGING_SYSTEM,
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "messaging.operation.type": operation,
+    }
+
+
 def _destination(kind: str, service: str, method: str) -> tuple[str, str]:
     """The exchange and routing key a call, cast or event is published to."""
     if kind == "event":
@@ -108,18 +123,9 @@ class TracingMiddleware(Middleware):
         )
         if span.is_recording():
             exchange, routing_key = _destination(call.kind, call.service, call.method)
+            operation = "send" if call.kind == "call" else "publish"
             span.set_attributes(
-                {
-                    "rpc.system": RPC_SYSTEM,
-                    "rpc.service": call.service,
-                    "rpc.method": call.method,
-                    "messaging.system": MESSAGING_SYSTEM,
-                    "messaging.destination.name": exchange,
-                    "messaging.rabbitmq.destination.routing_key": routing_key,
-                    "messaging.operation.type": "send"
-                    if call.kind == "call"
-                    else "publish",
-                }
+                _attributes(call.service, call.method, exchange, routing_key, operation)
             )
             if call.correlation_id is not None:
                 span.set_attribute(
@@ -159,15 +165,7 @@ class TracingMiddleware(Middleware):
                     request.caller or call.service, request.event_type
                 )
             span.set_attributes(
-                {
-                    "rpc.system": RPC_SYSTEM,
-                    "rpc.service": call.service,
-                    "rpc.method": call.method,
-                    "messaging.system": MESSAGING_SYSTEM,
-                    "messaging.destination.name": exchange,
-                    "messaging.rabbitmq.destination.routing_key": routing_key,
-                    "messaging.operation.type": "process",
-                }
+                _attributes(call.service, call.method, exchange, routing_key, "process")
             )
             if request.correlation_id is not None:
                 span.set_attribute(
