@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import kombu
 import pytest
@@ -31,16 +32,29 @@ def _message_count(url: str, queue: str) -> int:
         return int(channel.queue_declare(queue=queue, passive=True).message_count)
 
 
+def _eventual_message_count(url: str, queue: str, expected: int, within: float = 15.0) -> int:
+    """A quorum follower learns of a commit a moment after the leader: ask until it agrees."""
+    deadline = time.monotonic() + within
+    while True:
+        count = _message_count(url, queue)
+        if count == expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
 def test_three_nodes_run_as_one_cluster(healthy_cluster: LocalCluster):
     names = {node.name for node in healthy_cluster.nodes}
     assert set(healthy_cluster.running_nodes()) == names
     assert len(set(healthy_cluster.urls)) == 3
     # A queue declared through node 1 is there through node 3.
     _declare_quorum(healthy_cluster.node(1).url, "harness-check")
-    with kombu.Connection(healthy_cluster.node(1).url) as connection:
+    node_1 = kombu.Connection(
+        healthy_cluster.node(1).url, transport_options={"confirm_publish": True}
+    )
+    with node_1 as connection:
         producer = connection.Producer()
         producer.publish(b"x", routing_key="harness-check", delivery_mode=2)
-    assert _message_count(healthy_cluster.node(3).url, "harness-check") == 1
+    assert _eventual_message_count(healthy_cluster.node(3).url, "harness-check", 1) == 1
 
 
 def test_a_killed_node_leaves_and_comes_back(healthy_cluster: LocalCluster):
