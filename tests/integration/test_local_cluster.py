@@ -32,8 +32,10 @@ def _message_count(url: str, queue: str) -> int:
         return int(channel.queue_declare(queue=queue, passive=True).message_count)
 
 
-def _eventual_message_count(url: str, queue: str, expected: int, within: float = 15.0) -> int:
-    """A quorum follower learns of a commit a moment after the leader: ask until it agrees."""
+def _eventual_message_count(
+    url: str, queue: str, expected: int, within: float = 15.0
+) -> int:
+    """A quorum follower learns of a commit after its leader: ask until it agrees."""
     deadline = time.monotonic() + within
     while True:
         count = _message_count(url, queue)
